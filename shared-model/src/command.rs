@@ -1,0 +1,80 @@
+//! Commands: what clients ask the coordinator to do. A command is decided against the state ([`crate::decide`])
+//! into events or a typed error; nothing else changes state.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dag::NodeKey;
+use crate::ids::{ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, SourceUrl, StreamId};
+use crate::model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency};
+
+/// A write as it travels through the Raft log: the command, its idempotency key and the leader's wall clock at
+/// proposal (part of the log entry, so every node sees the same value; used only for lag in seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Makes a retry after a lost reply apply once.
+    pub key: IdempotencyKey,
+    /// What to do.
+    pub command: Command,
+    /// Milliseconds since the Unix epoch on the leader when it proposed this entry.
+    pub proposed_at_unix_ms: u64,
+}
+
+/// One step of a frontier advance: batch `seq` of `stream` is durably in the broker at `position`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontierAdvance {
+    /// The published stream.
+    pub stream: StreamId,
+    /// The batch sequence number; must be exactly the stream's current frontier + 1.
+    pub seq: u64,
+    /// Delta or snapshot batch.
+    pub kind: BatchKind,
+    /// Where the batch's last message sits in the broker.
+    pub position: BrokerPosition,
+}
+
+/// Everything the coordinator's state machine accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Name the federation and set the change-log settings handed to clusters.
+    ConfigureFederation { name: FederationName, changelog: ChangeLogSettings },
+    /// Register (or update) a PostgreSQL cluster.
+    RegisterCluster { name: ClusterName, endpoint: String, capabilities: BTreeSet<Ident> },
+    /// Remove a cluster; with `cascade`, also everything it publishes or owns and everything depending on those.
+    DeregisterCluster { name: ClusterName, cascade: bool },
+    /// Offer a local stream table to the federation (or update its columns / upstream edges).
+    /// `upstream` names the published streams and federated tables of the same cluster it is computed from
+    /// `base_seq` is the stream's last batch seq before publication (its first advance is `base_seq + 1`).
+    PublishStream { stream: StreamId, columns: Vec<ColumnDef>, upstream: BTreeSet<NodeKey>, base_seq: u64 },
+    /// Withdraw a published stream; rejected while something depends on it unless `cascade`.
+    UnpublishStream { stream: StreamId, cascade: bool },
+    /// Create a federated stream table owned by `table.cluster` over published streams.
+    CreateFederatedTable { table: FederatedTableId, sources: Vec<SourceUrl>, consistency: Consistency },
+    /// Drop a federated table; rejected while a published stream depends on it unless `cascade`.
+    DropFederatedTable { table: FederatedTableId, cascade: bool },
+    /// Record that batches are durably in the broker; many streams (and several seqs of one) per command.
+    AdvanceFrontier { advances: Vec<FrontierAdvance> },
+    /// Ask the producer of `stream` to send a snapshot batch (a consumer lost data, or the schema changed).
+    RequestReinitialize { stream: StreamId, reason: String },
+    /// Record a checkpoint a cluster wrote to object storage.
+    RecordCheckpoint { cluster: ClusterName, checkpoint: CheckpointRecord },
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::ConfigureFederation { .. } => "configure_federation",
+            Command::RegisterCluster { .. } => "register_cluster",
+            Command::DeregisterCluster { .. } => "deregister_cluster",
+            Command::PublishStream { .. } => "publish_stream",
+            Command::UnpublishStream { .. } => "unpublish_stream",
+            Command::CreateFederatedTable { .. } => "create_federated_table",
+            Command::DropFederatedTable { .. } => "drop_federated_table",
+            Command::AdvanceFrontier { .. } => "advance_frontier",
+            Command::RequestReinitialize { .. } => "request_reinitialize",
+            Command::RecordCheckpoint { .. } => "record_checkpoint",
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Command validation: `decide(state, index, command)` turns a command into the events it causes, or a typed
+//! error, without changing anything. Deterministic — the same on every replica — and total: every command gets an
+//! answer, no input panics.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::command::{Command, FrontierAdvance};
+use crate::dag::NodeKey;
+use crate::error::CommandError;
+use crate::event::Event;
+use crate::ids::{ClusterName, FederatedTableId, StreamId};
+use crate::model::{ColumnDef, LogIndex};
+use crate::state::State;
+
+/// Largest number of frontier advances in one command.
+pub const MAX_ADVANCES_PER_COMMAND: usize = 10_000;
+/// Largest number of sources of one federated table.
+pub const MAX_SOURCES: usize = 64;
+/// PostgreSQL's limit on columns per table.
+pub const MAX_COLUMNS: usize = 1600;
+/// Longest free-text field (endpoint, reason, URL…).
+pub const MAX_TEXT: usize = 2048;
+
+fn invalid(field: &str, reason: impl Into<String>) -> CommandError {
+    CommandError::InvalidArgument { field: field.to_string(), reason: reason.into() }
+}
+
+fn check_text(field: &str, value: &str, allow_empty: bool) -> Result<(), CommandError> {
+    if !allow_empty && value.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_TEXT {
+        return Err(invalid(field, format!("is {} bytes long, the limit is {MAX_TEXT}", value.len())));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Decides a command against `state` at log `index` (the index it will commit at).
+pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<Event>, CommandError> {
+    match command {
+        Command::ConfigureFederation { name, changelog } => {
+            check_text("bootstrap_servers", &changelog.bootstrap_servers, false)?;
+            check_text("topic_prefix", &changelog.topic_prefix, false)?;
+            let current = state.federation();
+            if &current.name == name && &current.changelog == changelog {
+                return Ok(vec![]);
+            }
+            let in_use = current.name != *name || current.changelog.backend != changelog.backend;
+            if in_use && !state.federated_tables().is_empty() {
+                return Err(CommandError::HasDependents {
+                    object: format!("federation {} ({})", current.name, current.changelog.backend),
+                    dependents: state.federated_tables().keys().map(|t| format!("federated {t}")).collect(),
+                });
+            }
+            Ok(vec![Event::FederationConfigured { name: name.clone(), changelog: changelog.clone() }])
+        }
+        Command::RegisterCluster { name, endpoint, capabilities } => {
+            check_text("endpoint", endpoint, false)?;
+            if capabilities.len() > 64 {
+                return Err(invalid("capabilities", "at most 64 are allowed"));
+            }
+            if let Some(c) = state.clusters().get(name) {
+                if &c.endpoint == endpoint && &c.capabilities == capabilities {
+                    return Ok(vec![]);
+                }
+            }
+            Ok(vec![Event::ClusterRegistered { name: name.clone(), endpoint: endpoint.clone(), capabilities: capabilities.clone() }])
+        }
+        Command::DeregisterCluster { name, cascade } => {
+            if !state.clusters().contains_key(name) {
+                return Err(CommandError::UnknownCluster { cluster: name.to_string() });
+            }
+            let owned = owned_nodes(state, name);
+            let mut events = removal_events(state, &owned, true, *cascade, &format!("cluster {name}"))?;
+            events.push(Event::ClusterDeregistered { name: name.clone() });
+            Ok(events)
+        }
+        Command::PublishStream { stream, columns, upstream, base_seq } => {
+            decide_publish(state, stream, columns, upstream, *base_seq)
+        }
+        Command::UnpublishStream { stream, cascade } => {
+            if !state.streams().contains_key(stream) {
+                return Err(CommandError::UnknownStream { stream: stream.to_string() });
+            }
+            removal_events(state, &BTreeSet::from([NodeKey::Stream(stream.clone())]), false, *cascade, &format!("stream {stream}"))
+        }
+        Command::CreateFederatedTable { table, sources, consistency } => {
+            decide_create_federated(state, table, sources, *consistency)
+        }
+        Command::DropFederatedTable { table, cascade } => {
+            if !state.federated_tables().contains_key(table) {
+                return Err(CommandError::UnknownFederatedTable { table: table.to_string() });
+            }
+            removal_events(
+                state,
+                &BTreeSet::from([NodeKey::Federated(table.clone())]),
+                false,
+                *cascade,
+                &format!("federated table {table}"),
+            )
+        }
+        Command::AdvanceFrontier { advances } => decide_advances(state, index, advances),
+        Command::RequestReinitialize { stream, reason } => {
+            check_text("reason", reason, false)?;
+            let info = state.streams().get(stream).ok_or_else(|| CommandError::UnknownStream { stream: stream.to_string() })?;
+            if info.pending_reinit.is_some() {
+                return Ok(vec![]); // coalesce: one snapshot batch answers every pending request
+            }
+            Ok(vec![Event::ReinitializeRequested { stream: stream.clone(), epoch: info.reinit_epoch + 1, reason: reason.clone() }])
+        }
+        Command::RecordCheckpoint { cluster, checkpoint } => {
+            if !state.clusters().contains_key(cluster) {
+                return Err(CommandError::UnknownCluster { cluster: cluster.to_string() });
+            }
+            check_text("checkpoint url", &checkpoint.url, false)?;
+            if checkpoint.checksum.is_empty()
+                || checkpoint.checksum.len() > 128
+                || !checkpoint.checksum.chars().all(|c| c.is_ascii_hexdigit())
+            {
+                return Err(invalid("checkpoint checksum", "must be 1 to 128 hexadecimal digits"));
+            }
+            Ok(vec![Event::CheckpointRecorded { cluster: cluster.clone(), checkpoint: checkpoint.clone() }])
+        }
+    }
+}
+
+fn owned_nodes(state: &State, cluster: &ClusterName) -> BTreeSet<NodeKey> {
+    let streams = state.streams().keys().filter(|s| s.cluster() == cluster).map(|s| NodeKey::Stream(s.clone()));
+    let tables = state.federated_tables().keys().filter(|t| t.cluster() == cluster).map(|t| NodeKey::Federated(t.clone()));
+    streams.chain(tables).collect()
+}
+
+/// Events that remove `roots`: rejected when anything else would go too and `cascade` is off; with cascade, every
+/// descendant goes first, most downstream first, so each event leaves a consistent state behind.
+fn removal_events(
+    state: &State,
+    roots: &BTreeSet<NodeKey>,
+    roots_need_cascade: bool,
+    cascade: bool,
+    object: &str,
+) -> Result<Vec<Event>, CommandError> {
+    let dag = state.dag();
+    let mut doomed = roots.clone();
+    for root in roots {
+        doomed.extend(dag.descendants(root));
+    }
+    if !cascade {
+        // A cluster must be empty to leave without cascade; a stream or table must have no dependents.
+        let others: Vec<String> = doomed
+            .iter()
+            .filter(|d| roots_need_cascade || !roots.contains(*d))
+            .map(|d| d.to_string())
+            .collect();
+        if !others.is_empty() {
+            return Err(CommandError::HasDependents { object: object.to_string(), dependents: others });
+        }
+    }
+    let order = dag.topological_order();
+    Ok(order
+        .into_iter()
+        .rev()
+        .filter(|n| doomed.contains(n))
+        .map(|n| match n {
+            NodeKey::Stream(stream) => Event::StreamUnpublished { stream },
+            NodeKey::Federated(table) => Event::FederatedTableDropped { table },
+        })
+        .collect())
+}
+
+fn check_columns(columns: &[ColumnDef]) -> Result<(), CommandError> {
+    if columns.is_empty() || columns.len() > MAX_COLUMNS {
+        return Err(invalid("columns", format!("a stream has 1 to {MAX_COLUMNS} columns, not {}", columns.len())));
+    }
+    let mut seen = BTreeSet::new();
+    for c in columns {
+        if c.name.is_empty() || c.name.len() > crate::ids::MAX_IDENT_LEN || c.name.contains('\0') {
+            return Err(invalid("column name", format!("{:?} must be 1 to 63 bytes without NUL", c.name)));
+        }
+        if !seen.insert(&c.name) {
+            return Err(invalid("columns", format!("column {:?} appears twice", c.name)));
+        }
+        if c.type_name.trim().is_empty() || c.type_name.len() > 256 || c.type_name.chars().any(|ch| ch.is_control()) {
+            return Err(invalid("column type", format!("type of {:?} must be 1 to 256 printable bytes", c.name)));
+        }
+    }
+    Ok(())
+}
+
+fn cycle_error(path: Vec<NodeKey>) -> CommandError {
+    CommandError::CycleDetected { path: path.iter().map(|n| n.to_string()).collect() }
+}
+
+fn decide_publish(
+    state: &State,
+    stream: &StreamId,
+    columns: &[ColumnDef],
+    upstream: &BTreeSet<NodeKey>,
+    base_seq: u64,
+) -> Result<Vec<Event>, CommandError> {
+    if !state.clusters().contains_key(stream.cluster()) {
+        return Err(CommandError::UnknownCluster { cluster: stream.cluster().to_string() });
+    }
+    check_columns(columns)?;
+    if upstream.len() > 1024 {
+        return Err(invalid("upstream", "at most 1024 upstream edges are allowed"));
+    }
+    let me = NodeKey::Stream(stream.clone());
+    for up in upstream {
+        let (cluster, exists) = match up {
+            NodeKey::Stream(s) => (s.cluster(), state.streams().contains_key(s)),
+            NodeKey::Federated(t) => (t.cluster(), state.federated_tables().contains_key(t)),
+        };
+        if cluster != stream.cluster() {
+            return Err(invalid("upstream", format!("{up} is on another cluster than {stream}; cross-cluster reads go through federated tables")));
+        }
+        if up == &me {
+            return Err(cycle_error(vec![me.clone(), me.clone()]));
+        }
+        if !exists {
+            return Err(CommandError::UnknownUpstream { stream: stream.to_string(), upstream: up.to_string() });
+        }
+    }
+    let existing = state.streams().get(stream);
+    if let Some(info) = existing {
+        if info.columns == columns && &info.upstream == upstream {
+            return Ok(vec![]); // identical re-publication; base_seq only matters the first time
+        }
+        if let Some(cycle) = state.dag().cycle_if_added(&me, upstream) {
+            return Err(cycle_error(cycle));
+        }
+    }
+    let schema_version = match existing {
+        None => 1,
+        Some(info) if info.columns != columns => info.schema_version + 1,
+        Some(info) => info.schema_version,
+    };
+    let base_seq = existing.map_or(base_seq, |i| i.frontier.seq());
+    Ok(vec![Event::StreamPublished {
+        stream: stream.clone(),
+        columns: columns.to_vec(),
+        upstream: upstream.clone(),
+        base_seq,
+        schema_version,
+    }])
+}
+
+fn decide_create_federated(
+    state: &State,
+    table: &FederatedTableId,
+    sources: &[crate::ids::SourceUrl],
+    consistency: crate::model::Consistency,
+) -> Result<Vec<Event>, CommandError> {
+    if !state.clusters().contains_key(table.cluster()) {
+        return Err(CommandError::UnknownCluster { cluster: table.cluster().to_string() });
+    }
+    if sources.is_empty() || sources.len() > MAX_SOURCES {
+        return Err(invalid("sources", format!("a federated table has 1 to {MAX_SOURCES} sources, not {}", sources.len())));
+    }
+    let settings = state.federation();
+    let mut by_stream = BTreeMap::new();
+    for url in sources {
+        if url.federation != settings.name {
+            return Err(CommandError::FederationMismatch {
+                source_url: url.to_string(),
+                found: url.federation.to_string(),
+                expected: settings.name.to_string(),
+            });
+        }
+        if url.backend != settings.changelog.backend {
+            return Err(CommandError::BackendMismatch {
+                source_url: url.to_string(),
+                found: url.backend.to_string(),
+                expected: settings.changelog.backend.to_string(),
+            });
+        }
+        if !state.clusters().contains_key(url.stream.cluster()) {
+            return Err(CommandError::UnknownCluster { cluster: url.stream.cluster().to_string() });
+        }
+        if !state.streams().contains_key(&url.stream) {
+            return Err(CommandError::UnknownStream { stream: url.stream.to_string() });
+        }
+        if by_stream.insert(url.stream.clone(), url.clone()).is_some() {
+            return Err(invalid("sources", format!("{} is listed twice", url.stream)));
+        }
+    }
+    if let Some(existing) = state.federated_tables().get(table) {
+        if existing.sources == by_stream && existing.consistency == consistency {
+            return Ok(vec![]);
+        }
+        return Err(CommandError::AlreadyExists { what: "federated table".into(), name: table.to_string() });
+    }
+    // The only edge out of a new federated table goes to the published stream of the same name, if any.
+    let me = NodeKey::Federated(table.clone());
+    let output = NodeKey::Stream(StreamId(table.0.clone()));
+    if state.dag().contains(&output) {
+        for source in by_stream.keys() {
+            let source = NodeKey::Stream(source.clone());
+            if let Some(mut path) = state.dag().path(&output, &source) {
+                path.insert(0, me.clone());
+                path.push(me.clone());
+                return Err(cycle_error(path));
+            }
+        }
+    }
+    Ok(vec![Event::FederatedTableCreated { table: table.clone(), sources: by_stream, consistency }])
+}
+
+fn decide_advances(state: &State, _index: LogIndex, advances: &[FrontierAdvance]) -> Result<Vec<Event>, CommandError> {
+    if advances.is_empty() || advances.len() > MAX_ADVANCES_PER_COMMAND {
+        return Err(invalid("advances", format!("1 to {MAX_ADVANCES_PER_COMMAND} per command, not {}", advances.len())));
+    }
+    // Seqs advanced earlier in this same command, per stream.
+    let mut staged: BTreeMap<&StreamId, BTreeMap<u64, &FrontierAdvance>> = BTreeMap::new();
+    let mut events = Vec::new();
+    for adv in advances {
+        let info = state.streams().get(&adv.stream).ok_or_else(|| CommandError::UnknownStream { stream: adv.stream.to_string() })?;
+        let here = staged.entry(&adv.stream).or_default();
+        let current = here.keys().next_back().copied().unwrap_or_else(|| info.frontier.seq());
+        if adv.seq == current + 1 {
+            here.insert(adv.seq, adv);
+            events.push(Event::FrontierAdvanced { stream: adv.stream.clone(), seq: adv.seq, kind: adv.kind, position: adv.position });
+            continue;
+        }
+        if adv.seq > current + 1 {
+            return Err(CommandError::FrontierGap { stream: adv.stream.to_string(), current, proposed: adv.seq });
+        }
+        // A repeat: a no-op when identical to what is recorded, a conflict otherwise.
+        let recorded = match here.get(&adv.seq) {
+            Some(earlier) => Some((earlier.position, earlier.kind)),
+            None => match info.frontier.point(adv.seq) {
+                Ok(Some(p)) => Some((p.position, p.kind)),
+                Ok(None) | Err(_) => None,
+            },
+        };
+        match recorded {
+            Some((position, kind)) if position == adv.position && kind == adv.kind => {}
+            Some((position, _)) => {
+                return Err(CommandError::FrontierConflict {
+                    stream: adv.stream.to_string(),
+                    seq: adv.seq,
+                    recorded: position,
+                    proposed: adv.position,
+                })
+            }
+            None => {
+                return Err(CommandError::FrontierTooOld { stream: adv.stream.to_string(), seq: adv.seq, oldest_retained: info.frontier.oldest_retained() });
+            }
+        }
+    }
+    Ok(events)
+}

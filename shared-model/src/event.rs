@@ -1,0 +1,67 @@
+//! Events: the facts the log records. The coordinator's state is the fold of its events ([`crate::State::fold`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dag::NodeKey;
+use crate::ids::{ClusterName, FederatedTableId, FederationName, Ident, SourceUrl, StreamId};
+use crate::model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex};
+
+/// One state change. Emitted by [`crate::decide`]; applied by [`crate::State::fold`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The federation's name and change-log settings were set.
+    FederationConfigured { name: FederationName, changelog: ChangeLogSettings },
+    /// A cluster joined, or changed its endpoint or capabilities.
+    ClusterRegistered { name: ClusterName, endpoint: String, capabilities: BTreeSet<Ident> },
+    /// A cluster left.
+    ClusterDeregistered { name: ClusterName },
+    /// A stream was published or its definition changed (`schema_version` counts column changes from 1).
+    StreamPublished {
+        stream: StreamId,
+        columns: Vec<ColumnDef>,
+        upstream: BTreeSet<NodeKey>,
+        base_seq: u64,
+        schema_version: u32,
+    },
+    /// A stream was withdrawn.
+    StreamUnpublished { stream: StreamId },
+    /// A federated table was created over `sources`.
+    FederatedTableCreated { table: FederatedTableId, sources: BTreeMap<StreamId, SourceUrl>, consistency: Consistency },
+    /// A federated table was dropped.
+    FederatedTableDropped { table: FederatedTableId },
+    /// Batch `seq` of `stream` is durably in the broker. Its global timestamp is the log index of this event.
+    FrontierAdvanced { stream: StreamId, seq: u64, kind: BatchKind, position: BrokerPosition },
+    /// A snapshot batch of `stream` was requested; `epoch` counts requests per stream.
+    ReinitializeRequested { stream: StreamId, epoch: u64, reason: String },
+    /// A cluster wrote a checkpoint.
+    CheckpointRecorded { cluster: ClusterName, checkpoint: CheckpointRecord },
+}
+
+impl Event {
+    /// A short name for logs, metrics and the watch API.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::FederationConfigured { .. } => "FederationConfigured",
+            Event::ClusterRegistered { .. } => "ClusterRegistered",
+            Event::ClusterDeregistered { .. } => "ClusterDeregistered",
+            Event::StreamPublished { .. } => "StreamPublished",
+            Event::StreamUnpublished { .. } => "StreamUnpublished",
+            Event::FederatedTableCreated { .. } => "FederatedTableCreated",
+            Event::FederatedTableDropped { .. } => "FederatedTableDropped",
+            Event::FrontierAdvanced { .. } => "FrontierAdvanced",
+            Event::ReinitializeRequested { .. } => "ReinitializeRequested",
+            Event::CheckpointRecorded { .. } => "CheckpointRecorded",
+        }
+    }
+}
+
+/// What a committed command produced: the log index it committed at and its events (empty for a no-op repeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The log index of the command (the global timestamp of any frontier advance in it).
+    pub index: LogIndex,
+    /// The events, in order.
+    pub events: Vec<Event>,
+}
