@@ -102,7 +102,8 @@ impl GlobalDag {
     /// Replaces every edge into `to` with edges from `froms` (missing nodes are skipped).
     pub fn set_edges_into(&mut self, to: &NodeKey, froms: &BTreeSet<NodeKey>) {
         let Some(&b) = self.nodes.get(to) else { return };
-        let old: Vec<_> = self.graph.edges_directed(b, Direction::Incoming).map(|e| petgraph::visit::EdgeRef::id(&e)).collect();
+        let old: Vec<_> =
+            self.graph.edges_directed(b, Direction::Incoming).map(|e| petgraph::visit::EdgeRef::id(&e)).collect();
         for e in old {
             self.graph.remove_edge(e);
         }

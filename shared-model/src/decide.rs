@@ -67,7 +67,11 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
                     return Ok(vec![]);
                 }
             }
-            Ok(vec![Event::ClusterRegistered { name: name.clone(), endpoint: endpoint.clone(), capabilities: capabilities.clone() }])
+            Ok(vec![Event::ClusterRegistered {
+                name: name.clone(),
+                endpoint: endpoint.clone(),
+                capabilities: capabilities.clone(),
+            }])
         }
         Command::DeregisterCluster { name, cascade } => {
             if !state.clusters().contains_key(name) {
@@ -85,7 +89,13 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
             if !state.streams().contains_key(stream) {
                 return Err(CommandError::UnknownStream { stream: stream.to_string() });
             }
-            removal_events(state, &BTreeSet::from([NodeKey::Stream(stream.clone())]), false, *cascade, &format!("stream {stream}"))
+            removal_events(
+                state,
+                &BTreeSet::from([NodeKey::Stream(stream.clone())]),
+                false,
+                *cascade,
+                &format!("stream {stream}"),
+            )
         }
         Command::CreateFederatedTable { table, sources, consistency } => {
             decide_create_federated(state, table, sources, *consistency)
@@ -105,11 +115,18 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
         Command::AdvanceFrontier { advances } => decide_advances(state, index, advances),
         Command::RequestReinitialize { stream, reason } => {
             check_text("reason", reason, false)?;
-            let info = state.streams().get(stream).ok_or_else(|| CommandError::UnknownStream { stream: stream.to_string() })?;
+            let info = state
+                .streams()
+                .get(stream)
+                .ok_or_else(|| CommandError::UnknownStream { stream: stream.to_string() })?;
             if info.pending_reinit.is_some() {
                 return Ok(vec![]); // coalesce: one snapshot batch answers every pending request
             }
-            Ok(vec![Event::ReinitializeRequested { stream: stream.clone(), epoch: info.reinit_epoch + 1, reason: reason.clone() }])
+            Ok(vec![Event::ReinitializeRequested {
+                stream: stream.clone(),
+                epoch: info.reinit_epoch + 1,
+                reason: reason.clone(),
+            }])
         }
         Command::RecordCheckpoint { cluster, checkpoint } => {
             if !state.clusters().contains_key(cluster) {
@@ -129,7 +146,8 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
 
 fn owned_nodes(state: &State, cluster: &ClusterName) -> BTreeSet<NodeKey> {
     let streams = state.streams().keys().filter(|s| s.cluster() == cluster).map(|s| NodeKey::Stream(s.clone()));
-    let tables = state.federated_tables().keys().filter(|t| t.cluster() == cluster).map(|t| NodeKey::Federated(t.clone()));
+    let tables =
+        state.federated_tables().keys().filter(|t| t.cluster() == cluster).map(|t| NodeKey::Federated(t.clone()));
     streams.chain(tables).collect()
 }
 
@@ -149,11 +167,8 @@ fn removal_events(
     }
     if !cascade {
         // A cluster must be empty to leave without cascade; a stream or table must have no dependents.
-        let others: Vec<String> = doomed
-            .iter()
-            .filter(|d| roots_need_cascade || !roots.contains(*d))
-            .map(|d| d.to_string())
-            .collect();
+        let others: Vec<String> =
+            doomed.iter().filter(|d| roots_need_cascade || !roots.contains(*d)).map(|d| d.to_string()).collect();
         if !others.is_empty() {
             return Err(CommandError::HasDependents { object: object.to_string(), dependents: others });
         }
@@ -214,7 +229,10 @@ fn decide_publish(
             NodeKey::Federated(t) => (t.cluster(), state.federated_tables().contains_key(t)),
         };
         if cluster != stream.cluster() {
-            return Err(invalid("upstream", format!("{up} is on another cluster than {stream}; cross-cluster reads go through federated tables")));
+            return Err(invalid(
+                "upstream",
+                format!("{up} is on another cluster than {stream}; cross-cluster reads go through federated tables"),
+            ));
         }
         if up == &me {
             return Err(cycle_error(vec![me.clone(), me.clone()]));
@@ -257,7 +275,10 @@ fn decide_create_federated(
         return Err(CommandError::UnknownCluster { cluster: table.cluster().to_string() });
     }
     if sources.is_empty() || sources.len() > MAX_SOURCES {
-        return Err(invalid("sources", format!("a federated table has 1 to {MAX_SOURCES} sources, not {}", sources.len())));
+        return Err(invalid(
+            "sources",
+            format!("a federated table has 1 to {MAX_SOURCES} sources, not {}", sources.len()),
+        ));
     }
     let settings = state.federation();
     let mut by_stream = BTreeMap::new();
@@ -310,18 +331,29 @@ fn decide_create_federated(
 
 fn decide_advances(state: &State, _index: LogIndex, advances: &[FrontierAdvance]) -> Result<Vec<Event>, CommandError> {
     if advances.is_empty() || advances.len() > MAX_ADVANCES_PER_COMMAND {
-        return Err(invalid("advances", format!("1 to {MAX_ADVANCES_PER_COMMAND} per command, not {}", advances.len())));
+        return Err(invalid(
+            "advances",
+            format!("1 to {MAX_ADVANCES_PER_COMMAND} per command, not {}", advances.len()),
+        ));
     }
     // Seqs advanced earlier in this same command, per stream.
     let mut staged: BTreeMap<&StreamId, BTreeMap<u64, &FrontierAdvance>> = BTreeMap::new();
     let mut events = Vec::new();
     for adv in advances {
-        let info = state.streams().get(&adv.stream).ok_or_else(|| CommandError::UnknownStream { stream: adv.stream.to_string() })?;
+        let info = state
+            .streams()
+            .get(&adv.stream)
+            .ok_or_else(|| CommandError::UnknownStream { stream: adv.stream.to_string() })?;
         let here = staged.entry(&adv.stream).or_default();
         let current = here.keys().next_back().copied().unwrap_or_else(|| info.frontier.seq());
         if adv.seq == current + 1 {
             here.insert(adv.seq, adv);
-            events.push(Event::FrontierAdvanced { stream: adv.stream.clone(), seq: adv.seq, kind: adv.kind, position: adv.position });
+            events.push(Event::FrontierAdvanced {
+                stream: adv.stream.clone(),
+                seq: adv.seq,
+                kind: adv.kind,
+                position: adv.position,
+            });
             continue;
         }
         if adv.seq > current + 1 {
@@ -346,7 +378,11 @@ fn decide_advances(state: &State, _index: LogIndex, advances: &[FrontierAdvance]
                 })
             }
             None => {
-                return Err(CommandError::FrontierTooOld { stream: adv.stream.to_string(), seq: adv.seq, oldest_retained: info.frontier.oldest_retained() });
+                return Err(CommandError::FrontierTooOld {
+                    stream: adv.stream.to_string(),
+                    seq: adv.seq,
+                    oldest_retained: info.frontier.oldest_retained(),
+                });
             }
         }
     }

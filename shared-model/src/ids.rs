@@ -301,7 +301,8 @@ impl SourceUrl {
     /// Parses a source URL, saying which part is wrong.
     pub fn parse(input: &str) -> Result<Self, ParseError> {
         const WHAT: &str = "source URL";
-        const FORM: &str = "expected SCHEME://FEDERATION/CLUSTER/STREAM_TABLE, e.g. kafka://coordinator/cluster_a/order_agg";
+        const FORM: &str =
+            "expected SCHEME://FEDERATION/CLUSTER/STREAM_TABLE, e.g. kafka://coordinator/cluster_a/order_agg";
         let Some((scheme, rest)) = input.split_once("://") else {
             return Err(ParseError::new(WHAT, input, FORM));
         };

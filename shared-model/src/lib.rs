@@ -23,7 +23,10 @@ pub use decide::decide;
 pub use error::{CommandError, ErrorClass};
 pub use event::{Applied, Event};
 pub use frontier::{Cut, Frontier, Lag};
-pub use ids::{Backend, ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, ParseError, RelationId, SourceUrl, StreamId};
+pub use ids::{
+    Backend, ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, ParseError, RelationId, SourceUrl,
+    StreamId,
+};
 pub use model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex};
 pub use state::{Executed, State};
 

@@ -17,7 +17,7 @@ use crate::error::CommandError;
 use crate::event::{Applied, Event};
 use crate::frontier::{cut_at, Cut, Frontier, FrontierPoint, HistoryTruncated};
 use crate::idempotency::{fingerprint, IdempotencyCache, Remembered};
-use crate::ids::{ClusterName, FederatedTableId, FederationName, Ident, IdempotencyKey, SourceUrl, StreamId};
+use crate::ids::{ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, SourceUrl, StreamId};
 use crate::model::{ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex};
 
 /// The federation's own settings.
@@ -257,10 +257,9 @@ impl State {
         let fp = fingerprint(&request.command);
         let (fresh, result) = match self.data.idempotency.get(&request.key) {
             Some(first) if first.fingerprint == fp => (false, first.result.clone()),
-            Some(first) => (
-                false,
-                Err(CommandError::IdempotencyKeyReused { key: request.key.to_string(), index: first.index }),
-            ),
+            Some(first) => {
+                (false, Err(CommandError::IdempotencyKeyReused { key: request.key.to_string(), index: first.index }))
+            }
             None => (true, decide(self, index, &request.command).map(|events| Applied { index, events })),
         };
         let executed = Executed {
@@ -277,8 +276,14 @@ impl State {
 
     /// Records a log entry without a command (blank or membership entry).
     pub fn execute_noop(&mut self, index: LogIndex) -> Executed {
-        let executed =
-            Executed { index, proposed_at_unix_ms: 0, key: None, fingerprint: 0, fresh: false, result: Ok(Applied { index, events: vec![] }) };
+        let executed = Executed {
+            index,
+            proposed_at_unix_ms: 0,
+            key: None,
+            fingerprint: 0,
+            fresh: false,
+            result: Ok(Applied { index, events: vec![] }),
+        };
         self.data.last_applied = self.data.last_applied.max(index);
         executed
     }
@@ -300,7 +305,11 @@ impl State {
             if let Some(key) = &executed.key {
                 self.data.idempotency.remember(
                     key.clone(),
-                    Remembered { index: executed.index, fingerprint: executed.fingerprint, result: executed.result.clone() },
+                    Remembered {
+                        index: executed.index,
+                        fingerprint: executed.fingerprint,
+                        result: executed.result.clone(),
+                    },
                 );
             }
         }
@@ -355,7 +364,11 @@ impl State {
             Event::FederatedTableCreated { table, sources, consistency } => {
                 let mut seqs = BTreeMap::new();
                 for source in sources.keys() {
-                    let info = self.data.streams.get(source).ok_or_else(|| fail(format!("source {source} is not published")))?;
+                    let info = self
+                        .data
+                        .streams
+                        .get(source)
+                        .ok_or_else(|| fail(format!("source {source} is not published")))?;
                     seqs.insert(source.clone(), info.frontier.seq());
                 }
                 self.data.federated.insert(
@@ -379,8 +392,11 @@ impl State {
                 }
             }
             Event::FederatedTableDropped { table } => {
-                let info =
-                    self.data.federated.remove(table).ok_or_else(|| fail(format!("federated table {table} does not exist")))?;
+                let info = self
+                    .data
+                    .federated
+                    .remove(table)
+                    .ok_or_else(|| fail(format!("federated table {table} does not exist")))?;
                 for source in info.sources.keys() {
                     if let Some(subs) = self.subscribers.get_mut(source) {
                         subs.remove(table);
@@ -392,11 +408,24 @@ impl State {
                 self.dag.remove_node(&NodeKey::Federated(table.clone()));
             }
             Event::FrontierAdvanced { stream, seq, kind, position } => {
-                let info = self.data.streams.get_mut(stream).ok_or_else(|| fail(format!("stream {stream} is not published")))?;
+                let info = self
+                    .data
+                    .streams
+                    .get_mut(stream)
+                    .ok_or_else(|| fail(format!("stream {stream} is not published")))?;
                 if *seq != info.frontier.seq() + 1 || index < info.frontier.at() {
-                    return Err(fail(format!("batch {seq} of {stream} does not follow frontier {}", info.frontier.seq())));
+                    return Err(fail(format!(
+                        "batch {seq} of {stream} does not follow frontier {}",
+                        info.frontier.seq()
+                    )));
                 }
-                info.frontier.push(FrontierPoint { seq: *seq, at: index, kind: *kind, position: *position, proposed_at_unix_ms });
+                info.frontier.push(FrontierPoint {
+                    seq: *seq,
+                    at: index,
+                    kind: *kind,
+                    position: *position,
+                    proposed_at_unix_ms,
+                });
                 if *kind == crate::model::BatchKind::Snapshot {
                     info.pending_reinit = None;
                 }
@@ -410,12 +439,21 @@ impl State {
                 }
             }
             Event::ReinitializeRequested { stream, epoch, reason } => {
-                let info = self.data.streams.get_mut(stream).ok_or_else(|| fail(format!("stream {stream} is not published")))?;
+                let info = self
+                    .data
+                    .streams
+                    .get_mut(stream)
+                    .ok_or_else(|| fail(format!("stream {stream} is not published")))?;
                 info.reinit_epoch = *epoch;
-                info.pending_reinit = Some(PendingReinit { epoch: *epoch, reason: reason.clone(), requested_at: index });
+                info.pending_reinit =
+                    Some(PendingReinit { epoch: *epoch, reason: reason.clone(), requested_at: index });
             }
             Event::CheckpointRecorded { cluster, checkpoint } => {
-                let info = self.data.clusters.get_mut(cluster).ok_or_else(|| fail(format!("cluster {cluster} is not registered")))?;
+                let info = self
+                    .data
+                    .clusters
+                    .get_mut(cluster)
+                    .ok_or_else(|| fail(format!("cluster {cluster} is not registered")))?;
                 info.last_checkpoint = Some(checkpoint.clone());
             }
         }

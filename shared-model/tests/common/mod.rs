@@ -1,0 +1,108 @@
+//! Helpers shared by the shared-model integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+
+use shared_model::*;
+
+pub struct Harness {
+    pub state: State,
+    pub index: LogIndex,
+    pub next_request: u64,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Harness { state: State::default(), index: 0, next_request: 0 }
+    }
+
+    /// Executes a command under a fresh key.
+    pub fn run(&mut self, command: Command) -> Result<Applied, CommandError> {
+        self.next_request += 1;
+        let key = IdempotencyKey::new("test", &self.next_request.to_string()).unwrap();
+        self.run_keyed(key, command)
+    }
+
+    pub fn run_keyed(&mut self, key: IdempotencyKey, command: Command) -> Result<Applied, CommandError> {
+        self.index += 1;
+        let request = Request { key, command, proposed_at_unix_ms: 1_000 * self.index };
+        self.state.execute(self.index, &request).result
+    }
+
+    /// Executes and asserts that the data (not the idempotency cache) did not change and the error is returned.
+    pub fn rejected(&mut self, command: Command) -> CommandError {
+        let before = snapshot_without_cache(&self.state);
+        let err = self.run(command).expect_err("command should be rejected");
+        assert_eq!(snapshot_without_cache(&self.state), before, "a rejected command changed the state");
+        err
+    }
+}
+
+/// The state's serialized data with the idempotency cache and last index stripped, for "unchanged" checks.
+pub fn snapshot_without_cache(state: &State) -> String {
+    format!("{:?}|{:?}|{:?}|{:?}", state.federation(), state.clusters(), state.streams(), state.federated_tables())
+}
+
+pub fn cluster(name: &str) -> ClusterName {
+    ClusterName::parse(name).unwrap()
+}
+pub fn stream(id: &str) -> StreamId {
+    StreamId::parse(id).unwrap()
+}
+pub fn table(id: &str) -> FederatedTableId {
+    FederatedTableId::parse(id).unwrap()
+}
+pub fn url(stream_id: &str) -> SourceUrl {
+    let s = stream(stream_id);
+    SourceUrl::parse(&format!("kafka://coordinator/{}/{}", s.cluster(), s.0.qualified_name())).unwrap()
+}
+
+pub fn register(name: &str) -> Command {
+    Command::RegisterCluster {
+        name: cluster(name),
+        endpoint: format!("postgres://{name}:5432"),
+        capabilities: BTreeSet::new(),
+    }
+}
+
+pub fn publish(id: &str, upstream: &[NodeKey]) -> Command {
+    Command::PublishStream {
+        stream: stream(id),
+        columns: vec![ColumnDef::new("k", "bigint"), ColumnDef::new("v", "numeric")],
+        upstream: upstream.iter().cloned().collect(),
+        base_seq: 0,
+    }
+}
+
+pub fn federate(id: &str, sources: &[&str]) -> Command {
+    Command::CreateFederatedTable {
+        table: table(id),
+        sources: sources.iter().map(|s| url(s)).collect(),
+        consistency: Consistency::Eventual,
+    }
+}
+
+pub fn advance(id: &str, seq: u64) -> FrontierAdvance {
+    FrontierAdvance {
+        stream: stream(id),
+        seq,
+        kind: BatchKind::Delta,
+        position: BrokerPosition { partition: 0, offset: seq as i64 * 10 },
+    }
+}
+
+pub fn advances(list: &[(&str, u64)]) -> Command {
+    Command::AdvanceFrontier { advances: list.iter().map(|(s, q)| advance(s, *q)).collect() }
+}
+
+/// The seed scenario: A publishes order_agg, B publishes user_stats, C federates both into dashboard.
+pub fn seed() -> Harness {
+    let mut h = Harness::new();
+    for c in ["cluster_a", "cluster_b", "cluster_c"] {
+        h.run(register(c)).unwrap();
+    }
+    h.run(publish("cluster_a/order_agg", &[])).unwrap();
+    h.run(publish("cluster_b/user_stats", &[])).unwrap();
+    h.run(federate("cluster_c/dashboard", &["cluster_a/order_agg", "cluster_b/user_stats"])).unwrap();
+    h
+}

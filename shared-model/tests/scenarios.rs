@@ -1,0 +1,219 @@
+//! Command validation scenarios: each rejection is typed and leaves the state unchanged.
+
+mod common;
+
+use common::*;
+use shared_model::*;
+
+#[test]
+fn seed_scenario_builds_the_dag_and_cuts() {
+    let mut h = seed();
+    let dash = table("cluster_c/dashboard");
+    assert_eq!(h.state.dag().node_count(), 3);
+    assert_eq!(h.state.dag().edge_count(), 2);
+    let applied = h.run(advances(&[("cluster_a/order_agg", 1), ("cluster_b/user_stats", 1)])).unwrap();
+    assert_eq!(applied.events.len(), 2);
+    let t1 = applied.index;
+    h.run(advances(&[("cluster_a/order_agg", 2)])).unwrap();
+    let cut = h.state.newest_cut(&dash).unwrap();
+    assert_eq!(cut.seqs[&stream("cluster_a/order_agg")], 2);
+    assert_eq!(cut.seqs[&stream("cluster_b/user_stats")], 1);
+    let old = h.state.cut_at(&dash, t1).unwrap().unwrap();
+    assert_eq!(old.seqs[&stream("cluster_a/order_agg")], 1);
+    assert_eq!(h.state.cut_at(&dash, cut.at).unwrap().unwrap(), cut.clone());
+}
+
+#[test]
+fn unknown_names_are_rejected() {
+    let mut h = seed();
+    assert_eq!(h.rejected(publish("cluster_z/x", &[])).code(), "unknown_cluster");
+    assert_eq!(h.rejected(federate("cluster_c/f2", &["cluster_a/nope"])).code(), "unknown_stream");
+    assert_eq!(h.rejected(federate("cluster_z/f2", &["cluster_a/order_agg"])).code(), "unknown_cluster");
+    assert_eq!(h.rejected(advances(&[("cluster_a/nope", 1)])).code(), "unknown_stream");
+    let e = h.rejected(Command::DropFederatedTable { table: table("cluster_c/nope"), cascade: false });
+    assert_eq!(e.code(), "unknown_federated_table");
+    assert_eq!(e.class(), ErrorClass::NotFound);
+    let up = NodeKey::Stream(stream("cluster_a/missing"));
+    assert_eq!(h.rejected(publish("cluster_a/x", &[up])).code(), "unknown_upstream");
+}
+
+#[test]
+fn frontier_gaps_repeats_and_conflicts() {
+    let mut h = seed();
+    h.run(advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    let e = h.rejected(advances(&[("cluster_a/order_agg", 3)]));
+    assert!(matches!(e, CommandError::FrontierGap { current: 1, proposed: 3, .. }), "{e:?}");
+    assert!(e.to_string().contains("next batch is 2"), "{e}");
+    // An identical repeat is a no-op with no events.
+    let again = h.run(advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    assert!(again.events.is_empty());
+    // A conflicting repeat is an error.
+    let mut other = advance("cluster_a/order_agg", 1);
+    other.position.offset = 999;
+    let e = h.rejected(Command::AdvanceFrontier { advances: vec![other] });
+    assert_eq!(e.code(), "frontier_conflict");
+    // Several seqs of one stream in one command, in order.
+    let ok =
+        h.run(advances(&[("cluster_a/order_agg", 2), ("cluster_a/order_agg", 3), ("cluster_a/order_agg", 3)])).unwrap();
+    assert_eq!(ok.events.len(), 2);
+    // A batch that fails halfway rejects the whole command.
+    let e = h.rejected(advances(&[("cluster_b/user_stats", 1), ("cluster_a/order_agg", 9)]));
+    assert_eq!(e.code(), "frontier_gap");
+    assert_eq!(h.state.frontier(&stream("cluster_b/user_stats")).unwrap().seq(), 0);
+    assert_eq!(h.rejected(Command::AdvanceFrontier { advances: vec![] }).code(), "invalid_argument");
+}
+
+#[test]
+fn cycles_are_rejected_with_their_path() {
+    let mut h = seed();
+    // C publishes its dashboard; A federates it and publishes a stream computed from that mirror.
+    h.run(publish("cluster_c/dashboard", &[])).unwrap();
+    h.run(federate("cluster_a/dash_mirror", &["cluster_c/dashboard"])).unwrap();
+    // order_agg reading dash_mirror would close a → c → a.
+    let up = NodeKey::Federated(table("cluster_a/dash_mirror"));
+    let e = h.rejected(publish("cluster_a/order_agg", &[up]));
+    let CommandError::CycleDetected { path } = &e else { panic!("{e:?}") };
+    assert_eq!(path.first(), path.last());
+    assert!(path.iter().any(|p| p.contains("cluster_c/public.dashboard")), "{path:?}");
+    assert!(e.to_string().contains(" -> "));
+    assert!(h.state.dag().is_acyclic());
+}
+
+#[test]
+fn a_federated_table_may_not_read_its_own_output() {
+    let mut h = seed();
+    h.run(publish("cluster_a/report", &[])).unwrap();
+    // cluster_a/report is published; creating the federated table of the same name over a source that reads it.
+    h.run(federate("cluster_b/copy", &["cluster_a/report"])).unwrap();
+    h.run(publish("cluster_b/derived", &[NodeKey::Federated(table("cluster_b/copy"))])).unwrap();
+    let e = h.rejected(federate("cluster_a/report", &["cluster_b/derived"]));
+    assert_eq!(e.code(), "cycle_detected");
+}
+
+#[test]
+fn drops_with_dependents_need_cascade() {
+    let mut h = seed();
+    let e = h.rejected(Command::UnpublishStream { stream: stream("cluster_a/order_agg"), cascade: false });
+    let CommandError::HasDependents { dependents, .. } = &e else { panic!("{e:?}") };
+    assert_eq!(dependents, &vec!["federated cluster_c/public.dashboard".to_string()]);
+    let e = h.rejected(Command::DeregisterCluster { name: cluster("cluster_b"), cascade: false });
+    assert_eq!(e.code(), "has_dependents");
+    let done = h.run(Command::DeregisterCluster { name: cluster("cluster_b"), cascade: true }).unwrap();
+    let kinds: Vec<_> = done.events.iter().map(|e| e.kind()).collect();
+    assert_eq!(kinds, ["FederatedTableDropped", "StreamUnpublished", "ClusterDeregistered"]);
+    assert!(h.state.federated_tables().is_empty());
+    assert!(h.state.subscribers(&stream("cluster_a/order_agg")).next().is_none());
+    // Now order_agg has no dependents.
+    h.run(Command::UnpublishStream { stream: stream("cluster_a/order_agg"), cascade: false }).unwrap();
+    assert_eq!(h.state.dag().node_count(), 0);
+}
+
+#[test]
+fn idempotent_retry_returns_the_first_result() {
+    let mut h = seed();
+    let key = IdempotencyKey::new("cluster_a", "req-1").unwrap();
+    let first = h.run_keyed(key.clone(), advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    let retry = h.run_keyed(key.clone(), advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    assert_eq!(first, retry);
+    assert_eq!(h.state.frontier(&stream("cluster_a/order_agg")).unwrap().seq(), 1);
+    // Same key, different command.
+    let e = h.run_keyed(key.clone(), advances(&[("cluster_a/order_agg", 2)])).unwrap_err();
+    assert_eq!(e.code(), "idempotency_key_reused");
+    // A rejected first attempt is also remembered.
+    let bad = IdempotencyKey::new("cluster_a", "req-2").unwrap();
+    let e1 = h.run_keyed(bad.clone(), advances(&[("cluster_a/order_agg", 7)])).unwrap_err();
+    let e2 = h.run_keyed(bad, advances(&[("cluster_a/order_agg", 7)])).unwrap_err();
+    assert_eq!(e1, e2);
+}
+
+#[test]
+fn source_urls_must_match_the_federation() {
+    let mut h = seed();
+    let nats = SourceUrl::parse("nats://coordinator/cluster_a/order_agg").unwrap();
+    let e = h.rejected(Command::CreateFederatedTable {
+        table: table("cluster_c/x"),
+        sources: vec![nats],
+        consistency: Consistency::Causal,
+    });
+    assert_eq!(e.code(), "backend_mismatch");
+    let foreign = SourceUrl::parse("kafka://elsewhere/cluster_a/order_agg").unwrap();
+    let e = h.rejected(Command::CreateFederatedTable {
+        table: table("cluster_c/x"),
+        sources: vec![foreign],
+        consistency: Consistency::Causal,
+    });
+    assert_eq!(e.code(), "federation_mismatch");
+    let e = h.rejected(federate("cluster_c/dashboard", &["cluster_a/order_agg"]));
+    assert_eq!(e.code(), "already_exists");
+    // An identical re-creation is a no-op.
+    let same = h.run(federate("cluster_c/dashboard", &["cluster_a/order_agg", "cluster_b/user_stats"])).unwrap();
+    assert!(same.events.is_empty());
+}
+
+#[test]
+fn reinitialize_is_requested_once_and_answered_by_a_snapshot() {
+    let mut h = seed();
+    let s = stream("cluster_a/order_agg");
+    let r = h.run(Command::RequestReinitialize { stream: s.clone(), reason: "broker lost data".into() }).unwrap();
+    assert_eq!(r.events.len(), 1);
+    let again = h.run(Command::RequestReinitialize { stream: s.clone(), reason: "again".into() }).unwrap();
+    assert!(again.events.is_empty(), "pending requests coalesce");
+    let mut snap = advance("cluster_a/order_agg", 1);
+    snap.kind = BatchKind::Snapshot;
+    h.run(Command::AdvanceFrontier { advances: vec![snap] }).unwrap();
+    assert!(h.state.streams()[&s].pending_reinit.is_none());
+    let next = h.run(Command::RequestReinitialize { stream: s.clone(), reason: "schema".into() }).unwrap();
+    assert!(matches!(next.events[0], Event::ReinitializeRequested { epoch: 2, .. }));
+}
+
+#[test]
+fn republishing_with_new_columns_bumps_the_schema_version() {
+    let mut h = seed();
+    let s = stream("cluster_a/order_agg");
+    h.run(advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    let same = h.run(publish("cluster_a/order_agg", &[])).unwrap();
+    assert!(same.events.is_empty());
+    let changed = h
+        .run(Command::PublishStream {
+            stream: s.clone(),
+            columns: vec![ColumnDef::new("k", "text")],
+            upstream: Default::default(),
+            base_seq: 0,
+        })
+        .unwrap();
+    assert!(matches!(changed.events[0], Event::StreamPublished { schema_version: 2, base_seq: 1, .. }));
+    assert_eq!(h.state.frontier(&s).unwrap().seq(), 1, "the frontier survives a schema change");
+    let e =
+        h.rejected(Command::PublishStream { stream: s, columns: vec![], upstream: Default::default(), base_seq: 0 });
+    assert_eq!(e.code(), "invalid_argument");
+}
+
+#[test]
+fn checkpoints_are_recorded_per_cluster() {
+    let mut h = seed();
+    let record = CheckpointRecord {
+        url: "file:///tmp/ck.jsonl.zst".into(),
+        checksum: "ab12".into(),
+        size_bytes: 10,
+        taken_at_unix_ms: 5,
+    };
+    h.run(Command::RecordCheckpoint { cluster: cluster("cluster_a"), checkpoint: record.clone() }).unwrap();
+    assert_eq!(h.state.clusters()[&cluster("cluster_a")].last_checkpoint.as_ref(), Some(&record));
+    let mut bad = record;
+    bad.checksum = "not hex".into();
+    assert_eq!(
+        h.rejected(Command::RecordCheckpoint { cluster: cluster("cluster_a"), checkpoint: bad }).code(),
+        "invalid_argument"
+    );
+}
+
+#[test]
+fn state_survives_the_codec_and_rebuilds_its_dag() {
+    let mut h = seed();
+    h.run(advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    let bytes = codec::encode(&h.state);
+    let back: State = codec::decode(&bytes).unwrap();
+    assert_eq!(back, h.state);
+    assert_eq!(back.dag().to_dot(), h.state.dag().to_dot());
+    assert_eq!(codec::encode(&back), bytes, "encoding is deterministic");
+}
