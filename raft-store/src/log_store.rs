@@ -1,0 +1,260 @@
+//! The Raft log on sled: entries, vote, committed and purged log ids in one tree, so that every change is one
+//! atomic sled batch. Appends and votes are acknowledged only after sled has flushed them to disk.
+//!
+//! Keys: `e` + index (u64 big-endian, so the tree's order is the log's order) for entries; `m/vote`,
+//! `m/committed`, `m/purged` for metadata. Values use the checksummed codec of `shared-model`, so a garbled value
+//! is reported as damage with its index instead of being decoded into nonsense.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogId, LogState, OptionalSend, RaftLogReader, StorageError, Vote};
+use serde::de::DeserializeOwned;
+use shared_model::codec;
+
+use crate::error::StoreError;
+use crate::{LogEntry, NodeId, TypeConfig};
+
+const ENTRY_PREFIX: u8 = b'e';
+const KEY_VOTE: &[u8] = b"m/vote";
+const KEY_COMMITTED: &[u8] = b"m/committed";
+const KEY_PURGED: &[u8] = b"m/purged";
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut key = [ENTRY_PREFIX; 9];
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn index_of(key: &[u8]) -> Option<u64> {
+    (key.len() == 9 && key[0] == ENTRY_PREFIX).then(|| u64::from_be_bytes(key[1..].try_into().expect("8 bytes")))
+}
+
+/// The durable Raft log. Cheap to clone; clones share the same tree (the log reader is a clone).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    tree: sled::Tree,
+    path: PathBuf,
+}
+
+impl LogStore {
+    /// Opens the log inside an open sled database and checks it: every entry decodes, indices have no hole, and
+    /// nothing precedes the purge point.
+    pub(crate) fn open(db: sled::Db, path: PathBuf) -> Result<Self, StoreError> {
+        let tree = db.open_tree("raft_log").map_err(StoreError::sled(&path))?;
+        let store = LogStore { inner: Arc::new(Inner { db, tree, path }) };
+        store.verify()?;
+        Ok(store)
+    }
+
+    fn path(&self) -> &PathBuf {
+        &self.inner.path
+    }
+
+    fn meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.inner.tree.get(key).map_err(StoreError::sled(self.path()))? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| {
+                StoreError::damaged(self.path(), format!("metadata {:?}: {e}", String::from_utf8_lossy(key)))
+            }),
+        }
+    }
+
+    fn decode_entry(&self, index: u64, bytes: &[u8]) -> Result<LogEntry, StoreError> {
+        let entry: LogEntry =
+            codec::decode(bytes).map_err(|e| StoreError::damaged(self.path(), format!("log entry {index}: {e}")))?;
+        if entry.log_id.index != index {
+            return Err(StoreError::damaged(
+                self.path(),
+                format!("log entry stored at index {index} says it is entry {}", entry.log_id.index),
+            ));
+        }
+        Ok(entry)
+    }
+
+    fn verify(&self) -> Result<(), StoreError> {
+        let purged: Option<LogId<NodeId>> = self.meta(KEY_PURGED)?;
+        let _: Option<Vote<NodeId>> = self.meta(KEY_VOTE)?;
+        let _: Option<Option<LogId<NodeId>>> = self.meta(KEY_COMMITTED)?;
+        let mut previous: Option<u64> = None;
+        for item in self.inner.tree.range(entry_key(0)..=entry_key(u64::MAX)) {
+            let (key, value) = item.map_err(StoreError::sled(self.path()))?;
+            let index = index_of(&key).ok_or_else(|| StoreError::damaged(self.path(), "malformed log key"))?;
+            self.decode_entry(index, &value)?;
+            if let Some(p) = purged {
+                if index <= p.index {
+                    return Err(StoreError::damaged(self.path(), format!("entry {index} survives purge up to {}", p.index)));
+                }
+            }
+            if let Some(prev) = previous {
+                if index != prev + 1 {
+                    return Err(StoreError::damaged(self.path(), format!("hole in the log between {prev} and {index}")));
+                }
+            }
+            previous = Some(index);
+        }
+        Ok(())
+    }
+
+    /// Entries in `range`, read and checked.
+    pub fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<LogEntry>, StoreError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Bound::Included(entry_key(i)),
+            Bound::Excluded(&i) => Bound::Excluded(entry_key(i)),
+            Bound::Unbounded => Bound::Included(entry_key(u64::MAX)),
+        };
+        let mut out = Vec::new();
+        for item in self.inner.tree.range((Bound::Included(entry_key(start)), end)) {
+            let (key, value) = item.map_err(StoreError::sled(self.path()))?;
+            let index = index_of(&key).ok_or_else(|| StoreError::damaged(self.path(), "malformed log key"))?;
+            out.push(self.decode_entry(index, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// The last purged and last present log ids.
+    pub fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
+        let purged: Option<LogId<NodeId>> = self.meta(KEY_PURGED)?;
+        let last = match self.inner.tree.range(entry_key(0)..=entry_key(u64::MAX)).next_back() {
+            Some(item) => {
+                let (key, value) = item.map_err(StoreError::sled(self.path()))?;
+                let index = index_of(&key).ok_or_else(|| StoreError::damaged(self.path(), "malformed log key"))?;
+                Some(self.decode_entry(index, &value)?.log_id)
+            }
+            None => purged,
+        };
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+    }
+
+    /// Appends entries as one atomic batch and returns once sled has flushed them to disk.
+    pub async fn append_durably(&self, entries: impl IntoIterator<Item = LogEntry>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(&entry_key(entry.log_id.index), codec::encode(&entry));
+        }
+        self.inner.tree.apply_batch(batch).map_err(StoreError::sled(self.path()))?;
+        self.flush().await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush_async().await.map_err(StoreError::sled(self.path()))?;
+        Ok(())
+    }
+
+    /// The saved vote.
+    pub fn vote(&self) -> Result<Option<Vote<NodeId>>, StoreError> {
+        self.meta(KEY_VOTE)
+    }
+
+    /// The saved committed log id.
+    pub fn committed(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        Ok(self.meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?.flatten())
+    }
+
+    /// Deletes entries from `index` on (conflicting entries replaced by a new leader), durably.
+    pub async fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.inner.tree.range(entry_key(index)..=entry_key(u64::MAX)).keys() {
+            batch.remove(key.map_err(StoreError::sled(self.path()))?);
+        }
+        self.inner.tree.apply_batch(batch).map_err(StoreError::sled(self.path()))?;
+        self.flush().await
+    }
+
+    /// Deletes entries up to and including `log_id` (they are in a snapshot) and records the purge point.
+    pub async fn purge_upto(&self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.inner.tree.range(entry_key(0)..=entry_key(log_id.index)).keys() {
+            batch.remove(key.map_err(StoreError::sled(self.path()))?);
+        }
+        batch.insert(KEY_PURGED, codec::encode(&log_id));
+        self.inner.tree.apply_batch(batch).map_err(StoreError::sled(self.path()))?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<LogEntry>, StorageError<NodeId>> {
+        self.entries(range).map_err(StoreError::into_read)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        self.log_state().map_err(StoreError::into_read)
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let result = async {
+            self.inner.tree.insert(KEY_VOTE, codec::encode(vote)).map_err(StoreError::sled(self.path()))?;
+            self.flush().await
+        };
+        result.await.map_err(StoreError::into_write)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.vote().map_err(StoreError::into_read)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        // Not flushed: a committed index lost in a crash is learned again from the leader; the state machine's
+        // own applied index covers what was applied.
+        self.inner
+            .tree
+            .insert(KEY_COMMITTED, codec::encode(&committed))
+            .map_err(StoreError::sled(self.path()))
+            .map_err(StoreError::into_write)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        self.committed().map_err(StoreError::into_read)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = LogEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        match self.append_durably(entries).await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e.into_write())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.truncate_from(log_id.index).await.map_err(StoreError::into_write)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.purge_upto(log_id).await.map_err(StoreError::into_write)
+    }
+}

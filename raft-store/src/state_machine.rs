@@ -1,0 +1,294 @@
+//! The state machine: `shared-model`'s [`State`], event-sourced on sled.
+//!
+//! Applying entries runs [`State::execute`] and stores each entry's [`Executed`] record (its events or its
+//! rejection) together with the applied log id and membership in one atomic sled batch. On open the state is
+//! rebuilt from the snapshot file plus the records after it, and must end exactly at the stored applied index.
+//! Records are not flushed per apply: whatever a crash loses is re-applied by openraft from the flushed log (we
+//! persist the committed index). The records double as the watchable event log, kept `retained_records` entries
+//! behind the latest snapshot.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StoredMembership};
+use shared_model::{codec, Executed, State};
+use tokio::sync::watch;
+
+use crate::error::StoreError;
+use crate::snapshot;
+use crate::{LogEntry, Node, NodeId, StoreOptions, TypeConfig};
+
+const RECORD_PREFIX: u8 = b'r';
+const KEY_APPLIED: &[u8] = b"m/applied";
+
+fn record_key(index: u64) -> [u8; 9] {
+    let mut key = [RECORD_PREFIX; 9];
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+type Applied = (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>);
+
+struct Current {
+    state: State,
+    applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Node>,
+    snapshot: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
+}
+
+struct Inner {
+    tree: sled::Tree,
+    db_path: PathBuf,
+    dir: PathBuf,
+    options: StoreOptions,
+    current: RwLock<Current>,
+    applied_tx: watch::Sender<u64>,
+}
+
+/// The state machine store. Cheap to clone; the coordinator keeps a clone for reads and watches.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+impl StateMachineStore {
+    pub(crate) fn open(db: &sled::Db, dir: PathBuf, db_path: PathBuf, options: StoreOptions) -> Result<Self, StoreError> {
+        let tree = db.open_tree("state_machine").map_err(StoreError::sled(&db_path))?;
+        let snap = snapshot::read_file(&dir)?;
+        let stored: Option<Applied> = match tree.get(KEY_APPLIED).map_err(StoreError::sled(&db_path))? {
+            Some(bytes) => Some(
+                codec::decode(&bytes).map_err(|e| StoreError::damaged(&db_path, format!("applied index: {e}")))?,
+            ),
+            None => None,
+        };
+        let (mut state, snap_last, snap_membership, snapshot) = match snap {
+            Some((image, bytes)) => {
+                let meta = image.meta.clone();
+                (image.state, meta.last_log_id, meta.last_membership.clone(), Some((meta, bytes)))
+            }
+            None => (State::with_idempotency_capacity(options.idempotency_capacity), None, StoredMembership::default(), None),
+        };
+        // The snapshot is written before the applied index that follows it, so a crash in between leaves the
+        // stored index behind the snapshot: the snapshot then wins.
+        let (applied, membership) = match stored {
+            Some((applied, membership)) if applied >= snap_last => (applied, membership),
+            _ => (snap_last, snap_membership),
+        };
+        let start = snap_last.map_or(0, |l| l.index + 1);
+        let mut expected = start;
+        for item in tree.range(record_key(start)..=record_key(u64::MAX)) {
+            let (_, value) = item.map_err(StoreError::sled(&db_path))?;
+            let record: Executed = codec::decode(&value)
+                .map_err(|e| StoreError::damaged(&db_path, format!("applied record {expected}: {e}")))?;
+            if record.index != expected {
+                return Err(StoreError::damaged(
+                    &db_path,
+                    format!("applied records jump from {} to {}", expected.saturating_sub(1), record.index),
+                ));
+            }
+            state.replay(&record).map_err(|e| StoreError::damaged(&db_path, e.to_string()))?;
+            expected += 1;
+        }
+        let applied_index = applied.map_or(0, |a| a.index);
+        if state.last_applied() != applied_index {
+            return Err(StoreError::damaged(
+                &db_path,
+                format!(
+                    "the state machine says it applied index {applied_index} but its snapshot and records rebuild the state to {}",
+                    state.last_applied()
+                ),
+            ));
+        }
+        let (applied_tx, _) = watch::channel(applied.map_or(0, |a| a.index));
+        Ok(StateMachineStore {
+            inner: Arc::new(Inner {
+                tree,
+                db_path,
+                dir,
+                options,
+                current: RwLock::new(Current { state, applied, membership, snapshot }),
+                applied_tx,
+            }),
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Current> {
+        self.inner.current.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the current state (a read lock is held meanwhile: keep it short).
+    pub fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.read().state)
+    }
+
+    /// The last applied log id.
+    pub fn applied(&self) -> Option<LogId<NodeId>> {
+        self.read().applied
+    }
+
+    /// The membership as of the last applied entry.
+    pub fn membership(&self) -> StoredMembership<NodeId, Node> {
+        self.read().membership.clone()
+    }
+
+    /// A receiver that sees the last applied index change (for long-poll watches).
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied_tx.subscribe()
+    }
+
+    /// Up to `limit` records with index > `after`, in order. Records older than the retention window are gone:
+    /// the first returned index then tells the caller where the retained history starts.
+    pub fn records_after(&self, after: u64, limit: usize) -> Result<Vec<Executed>, StoreError> {
+        let mut out = Vec::new();
+        let start = after.saturating_add(1);
+        for item in self.inner.tree.range(record_key(start)..=record_key(u64::MAX)).take(limit) {
+            let (_, value) = item.map_err(StoreError::sled(&self.inner.db_path))?;
+            out.push(codec::decode(&value).map_err(|e| StoreError::damaged(&self.inner.db_path, format!("record: {e}")))?);
+        }
+        Ok(out)
+    }
+
+    /// Applies entries; returns each entry's record (the client's answer).
+    pub fn apply_entries(&self, entries: impl IntoIterator<Item = LogEntry>) -> Result<Vec<Executed>, StoreError> {
+        let mut current = self.inner.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut out = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            let executed = match &entry.payload {
+                EntryPayload::Blank => current.state.execute_noop(index),
+                EntryPayload::Normal(request) => current.state.execute(index, request),
+                EntryPayload::Membership(m) => {
+                    current.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    current.state.execute_noop(index)
+                }
+            };
+            current.applied = Some(entry.log_id);
+            batch.insert(&record_key(index), codec::encode(&executed));
+            out.push(executed);
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        batch.insert(KEY_APPLIED, codec::encode(&(current.applied, current.membership.clone())));
+        self.inner.tree.apply_batch(batch).map_err(StoreError::sled(&self.inner.db_path))?;
+        if let Some(applied) = current.applied {
+            self.inner.applied_tx.send_replace(applied.index);
+        }
+        Ok(out)
+    }
+
+    /// Builds a snapshot of the current state, writes it durably and prunes records behind the retention window.
+    pub fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let (meta, bytes) = {
+            let current = self.read();
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let meta = SnapshotMeta {
+                last_log_id: current.applied,
+                last_membership: current.membership.clone(),
+                snapshot_id: match current.applied {
+                    Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
+                    None => format!("none-{nanos}"),
+                },
+            };
+            let bytes = snapshot::encode(&meta, &current.state);
+            (meta, bytes)
+        };
+        snapshot::write_file(&self.inner.dir, &bytes)?;
+        if let Some(last) = meta.last_log_id {
+            let keep_from = last.index.saturating_sub(self.inner.options.retained_records);
+            let mut batch = sled::Batch::default();
+            for key in self.inner.tree.range(record_key(0)..record_key(keep_from)).keys() {
+                batch.remove(key.map_err(StoreError::sled(&self.inner.db_path))?);
+            }
+            self.inner.tree.apply_batch(batch).map_err(StoreError::sled(&self.inner.db_path))?;
+        }
+        let mut current = self.inner.current.write().unwrap_or_else(|p| p.into_inner());
+        // Keep the newest: a concurrently installed snapshot may be ahead of this one.
+        if current.snapshot.as_ref().is_none_or(|(m, _)| m.last_log_id <= meta.last_log_id) {
+            current.snapshot = Some((meta.clone(), bytes.clone()));
+        }
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+
+    /// Replaces the state with a snapshot received from the leader, after checking it.
+    pub fn install(&self, meta: &SnapshotMeta<NodeId, Node>, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let origin = PathBuf::from(format!("<snapshot {} from leader>", meta.snapshot_id));
+        let image = snapshot::decode(&bytes, &origin)?;
+        if image.meta.last_log_id != meta.last_log_id {
+            return Err(StoreError::damaged(
+                origin,
+                format!("its contents end at {:?}, the leader says {:?}", image.meta.last_log_id, meta.last_log_id),
+            ));
+        }
+        snapshot::write_file(&self.inner.dir, &bytes)?;
+        let mut current = self.inner.current.write().unwrap_or_else(|p| p.into_inner());
+        let last = meta.last_log_id.map_or(0, |l| l.index);
+        let mut batch = sled::Batch::default();
+        for key in self.inner.tree.range(record_key(last.saturating_add(1))..=record_key(u64::MAX)).keys() {
+            batch.remove(key.map_err(StoreError::sled(&self.inner.db_path))?);
+        }
+        batch.insert(KEY_APPLIED, codec::encode(&(meta.last_log_id, meta.last_membership.clone())));
+        self.inner.tree.apply_batch(batch).map_err(StoreError::sled(&self.inner.db_path))?;
+        current.state = image.state;
+        current.applied = meta.last_log_id;
+        current.membership = meta.last_membership.clone();
+        current.snapshot = Some((meta.clone(), bytes));
+        self.inner.applied_tx.send_replace(last);
+        Ok(())
+    }
+
+    /// The newest snapshot this node has (built or installed).
+    pub fn current_snapshot(&self) -> Option<Snapshot<TypeConfig>> {
+        self.read()
+            .snapshot
+            .as_ref()
+            .map(|(meta, bytes)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(bytes.clone())) })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        self.build().map_err(StoreError::into_write)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<Applied, StorageError<NodeId>> {
+        let current = self.read();
+        Ok((current.applied, current.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Executed>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = LogEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.apply_entries(entries).map_err(StoreError::into_write)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.install(meta, snapshot.into_inner()).map_err(StoreError::into_write)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self.current_snapshot())
+    }
+}
