@@ -7,15 +7,18 @@
 //! ```text
 //! DATA_DIR/raft.sled/            sled database: trees `raft_log` and `state_machine`
 //! DATA_DIR/snapshots/current.snap  the newest snapshot (checksummed, atomically replaced)
+//! DATA_DIR/raft.hwm              how far appends were acknowledged (detects a truncated database file)
 //! ```
 //!
 //! Opening checks everything it reads and reports damage with the path and what is wrong; it never panics and
 //! never repairs by overwriting.
 
 mod error;
+mod high_water;
 mod log_store;
 pub mod snapshot;
 mod state_machine;
+pub mod workload;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -56,7 +59,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { retained_records: 100_000, idempotency_capacity: shared_model::idempotency::DEFAULT_IDEMPOTENCY_CAPACITY }
+        StoreOptions {
+            retained_records: 100_000,
+            idempotency_capacity: shared_model::idempotency::DEFAULT_IDEMPOTENCY_CAPACITY,
+        }
     }
 }
 
@@ -66,27 +72,77 @@ pub fn sled_path(dir: &Path) -> PathBuf {
 }
 
 /// Opens (or creates) the store in `dir`.
+///
+/// sled repairs a torn tail in place when it opens a database, which is right after a crash but would also
+/// rewrite a damaged file before we could report it. So an existing database is first opened and checked on a
+/// scratch copy; only when the copy opens cleanly is the real one opened. A damaged store is reported and left
+/// byte-for-byte as it was.
 pub fn open(dir: &Path, options: StoreOptions) -> Result<(LogStore, StateMachineStore), StoreError> {
     std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
     let db_path = sled_path(dir);
+    if db_path.exists() {
+        let scratch = dir.join(".raft.sled.verify");
+        let _ = std::fs::remove_dir_all(&scratch);
+        copy_dir(&db_path, &scratch.join("raft.sled"))?;
+        let hwm = dir.join("raft.hwm");
+        if hwm.exists() {
+            std::fs::copy(&hwm, scratch.join("raft.hwm")).map_err(StoreError::io(&hwm))?;
+        }
+        let checked = open_at(dir, &scratch.join("raft.sled"), &scratch.join("raft.hwm"), options).map(drop);
+        let _ = std::fs::remove_dir_all(&scratch);
+        // Errors name the real database, not the scratch copy.
+        let real = |path: PathBuf| match path.strip_prefix(&scratch) {
+            Ok(rest) => dir.join(rest),
+            Err(_) => path,
+        };
+        checked.map_err(|e| match e {
+            StoreError::Damaged { path, what } => StoreError::Damaged { path: real(path), what },
+            StoreError::Open { path, source } => StoreError::Open { path: real(path), source },
+            StoreError::Sled { path, source } => StoreError::Sled { path: real(path), source },
+            StoreError::Io { path, source } => StoreError::Io { path: real(path), source },
+        })?;
+    }
+    open_at(dir, &db_path, &dir.join("raft.hwm"), options)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(to).map_err(StoreError::io(to))?;
+    for entry in std::fs::read_dir(from).map_err(StoreError::io(from))? {
+        let entry = entry.map_err(StoreError::io(from))?;
+        let target = to.join(entry.file_name());
+        if entry.file_type().map_err(StoreError::io(entry.path()))?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target).map_err(StoreError::io(entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
+fn open_at(
+    dir: &Path,
+    db_path: &Path,
+    hwm_path: &Path,
+    options: StoreOptions,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
     // sled panics on some kinds of damage instead of returning an error; report those as damage too.
-    let opened = std::panic::catch_unwind(|| sled::Config::new().path(&db_path).open());
+    let opened = std::panic::catch_unwind(|| sled::Config::new().path(db_path).open());
     let db = match opened {
         Ok(Ok(db)) => db,
         Ok(Err(sled::Error::Corruption { at, bt: _ })) => {
-            return Err(StoreError::damaged(&db_path, format!("sled found corruption at {at:?}")))
+            return Err(StoreError::damaged(db_path, format!("sled found corruption at {at:?}")))
         }
-        Ok(Err(source)) => return Err(StoreError::Open { path: db_path, source }),
+        Ok(Err(source)) => return Err(StoreError::Open { path: db_path.to_path_buf(), source }),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unreadable".into());
-            return Err(StoreError::damaged(&db_path, format!("sled could not read it: {what}")));
+            return Err(StoreError::damaged(db_path, format!("sled could not read it: {what}")));
         }
     };
-    let log = LogStore::open(db.clone(), db_path.clone())?;
-    let sm = StateMachineStore::open(&db, dir.to_path_buf(), db_path, options)?;
+    let log = LogStore::open(db.clone(), db_path.to_path_buf(), hwm_path.to_path_buf())?;
+    let sm = StateMachineStore::open(&db, dir.to_path_buf(), db_path.to_path_buf(), options)?;
     Ok((log, sm))
 }

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use shared_model::codec;
 
 use crate::error::StoreError;
+use crate::high_water::{self, HighWater};
 use crate::{LogEntry, NodeId, TypeConfig};
 
 const ENTRY_PREFIX: u8 = b'e';
@@ -33,6 +34,18 @@ fn index_of(key: &[u8]) -> Option<u64> {
     (key.len() == 9 && key[0] == ENTRY_PREFIX).then(|| u64::from_be_bytes(key[1..].try_into().expect("8 bytes")))
 }
 
+fn decode_entry(path: &PathBuf, index: u64, bytes: &[u8]) -> Result<LogEntry, StoreError> {
+    let entry: LogEntry =
+        codec::decode(bytes).map_err(|e| StoreError::damaged(path, format!("log entry {index}: {e}")))?;
+    if entry.log_id.index != index {
+        return Err(StoreError::damaged(
+            path,
+            format!("log entry stored at index {index} says it is entry {}", entry.log_id.index),
+        ));
+    }
+    Ok(entry)
+}
+
 /// The durable Raft log. Cheap to clone; clones share the same tree (the log reader is a clone).
 #[derive(Clone)]
 pub struct LogStore {
@@ -43,16 +56,29 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     path: PathBuf,
+    high_water: HighWater,
 }
 
 impl LogStore {
     /// Opens the log inside an open sled database and checks it: every entry decodes, indices have no hole, and
     /// nothing precedes the purge point.
-    pub(crate) fn open(db: sled::Db, path: PathBuf) -> Result<Self, StoreError> {
+    pub(crate) fn open(db: sled::Db, path: PathBuf, hwm_path: PathBuf) -> Result<Self, StoreError> {
         let tree = db.open_tree("raft_log").map_err(StoreError::sled(&path))?;
-        let store = LogStore { inner: Arc::new(Inner { db, tree, path }) };
-        store.verify()?;
-        Ok(store)
+        let mark = high_water::read(&hwm_path)?;
+        let last = Self::verify(&tree, &path)?;
+        if let Some(mark) = mark {
+            if last.is_none_or(|l| l < mark) {
+                return Err(StoreError::damaged(
+                    &path,
+                    format!(
+                        "the log ends at {} but entries up to {mark} were acknowledged (see raft.hwm): the database file was truncated or garbled",
+                        last.map_or("nothing".to_string(), |l| l.to_string()),
+                    ),
+                ));
+            }
+        }
+        let high_water = HighWater::open(hwm_path, last.unwrap_or(0))?;
+        Ok(LogStore { inner: Arc::new(Inner { db, tree, path, high_water }) })
     }
 
     fn path(&self) -> &PathBuf {
@@ -69,39 +95,44 @@ impl LogStore {
     }
 
     fn decode_entry(&self, index: u64, bytes: &[u8]) -> Result<LogEntry, StoreError> {
-        let entry: LogEntry =
-            codec::decode(bytes).map_err(|e| StoreError::damaged(self.path(), format!("log entry {index}: {e}")))?;
-        if entry.log_id.index != index {
-            return Err(StoreError::damaged(
-                self.path(),
-                format!("log entry stored at index {index} says it is entry {}", entry.log_id.index),
-            ));
-        }
-        Ok(entry)
+        decode_entry(self.path(), index, bytes)
     }
 
-    fn verify(&self) -> Result<(), StoreError> {
-        let purged: Option<LogId<NodeId>> = self.meta(KEY_PURGED)?;
-        let _: Option<Vote<NodeId>> = self.meta(KEY_VOTE)?;
-        let _: Option<Option<LogId<NodeId>>> = self.meta(KEY_COMMITTED)?;
+    /// Checks every stored value and the log's shape; returns the last present index (or the purge point).
+    fn verify(tree: &sled::Tree, path: &PathBuf) -> Result<Option<u64>, StoreError> {
+        let meta =
+            |key: &[u8]| -> Result<Option<sled::IVec>, StoreError> { tree.get(key).map_err(StoreError::sled(path)) };
+        let damaged = |key: &[u8], e: codec::CodecError| {
+            StoreError::damaged(path, format!("metadata {:?}: {e}", String::from_utf8_lossy(key)))
+        };
+        let purged: Option<LogId<NodeId>> = match meta(KEY_PURGED)? {
+            Some(b) => Some(codec::decode(&b).map_err(|e| damaged(KEY_PURGED, e))?),
+            None => None,
+        };
+        if let Some(b) = meta(KEY_VOTE)? {
+            codec::decode::<Vote<NodeId>>(&b).map_err(|e| damaged(KEY_VOTE, e))?;
+        }
+        if let Some(b) = meta(KEY_COMMITTED)? {
+            codec::decode::<Option<LogId<NodeId>>>(&b).map_err(|e| damaged(KEY_COMMITTED, e))?;
+        }
         let mut previous: Option<u64> = None;
-        for item in self.inner.tree.range(entry_key(0)..=entry_key(u64::MAX)) {
-            let (key, value) = item.map_err(StoreError::sled(self.path()))?;
-            let index = index_of(&key).ok_or_else(|| StoreError::damaged(self.path(), "malformed log key"))?;
-            self.decode_entry(index, &value)?;
+        for item in tree.range(entry_key(0)..=entry_key(u64::MAX)) {
+            let (key, value) = item.map_err(StoreError::sled(path))?;
+            let index = index_of(&key).ok_or_else(|| StoreError::damaged(path, "malformed log key"))?;
+            decode_entry(path, index, &value)?;
             if let Some(p) = purged {
                 if index <= p.index {
-                    return Err(StoreError::damaged(self.path(), format!("entry {index} survives purge up to {}", p.index)));
+                    return Err(StoreError::damaged(path, format!("entry {index} survives purge up to {}", p.index)));
                 }
             }
             if let Some(prev) = previous {
                 if index != prev + 1 {
-                    return Err(StoreError::damaged(self.path(), format!("hole in the log between {prev} and {index}")));
+                    return Err(StoreError::damaged(path, format!("hole in the log between {prev} and {index}")));
                 }
             }
             previous = Some(index);
         }
-        Ok(())
+        Ok(previous.or(purged.map(|p| p.index)))
     }
 
     /// Entries in `range`, read and checked.
@@ -142,11 +173,16 @@ impl LogStore {
     /// Appends entries as one atomic batch and returns once sled has flushed them to disk.
     pub async fn append_durably(&self, entries: impl IntoIterator<Item = LogEntry>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        let mut last = None;
         for entry in entries {
             batch.insert(&entry_key(entry.log_id.index), codec::encode(&entry));
+            last = Some(entry.log_id.index);
         }
+        let Some(last) = last else { return Ok(()) };
         self.inner.tree.apply_batch(batch).map_err(StoreError::sled(self.path()))?;
-        self.flush().await
+        self.flush().await?;
+        self.inner.high_water.advance(last);
+        Ok(())
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -171,7 +207,8 @@ impl LogStore {
             batch.remove(key.map_err(StoreError::sled(self.path()))?);
         }
         self.inner.tree.apply_batch(batch).map_err(StoreError::sled(self.path()))?;
-        self.flush().await
+        self.flush().await?;
+        self.inner.high_water.lower(index.saturating_sub(1))
     }
 
     /// Deletes entries up to and including `log_id` (they are in a snapshot) and records the purge point.

@@ -13,7 +13,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StoredMembership};
+use openraft::{
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+};
 use shared_model::{codec, Executed, State};
 use tokio::sync::watch;
 
@@ -55,13 +57,18 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub(crate) fn open(db: &sled::Db, dir: PathBuf, db_path: PathBuf, options: StoreOptions) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        dir: PathBuf,
+        db_path: PathBuf,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
         let tree = db.open_tree("state_machine").map_err(StoreError::sled(&db_path))?;
         let snap = snapshot::read_file(&dir)?;
         let stored: Option<Applied> = match tree.get(KEY_APPLIED).map_err(StoreError::sled(&db_path))? {
-            Some(bytes) => Some(
-                codec::decode(&bytes).map_err(|e| StoreError::damaged(&db_path, format!("applied index: {e}")))?,
-            ),
+            Some(bytes) => {
+                Some(codec::decode(&bytes).map_err(|e| StoreError::damaged(&db_path, format!("applied index: {e}")))?)
+            }
             None => None,
         };
         let (mut state, snap_last, snap_membership, snapshot) = match snap {
@@ -69,7 +76,12 @@ impl StateMachineStore {
                 let meta = image.meta.clone();
                 (image.state, meta.last_log_id, meta.last_membership.clone(), Some((meta, bytes)))
             }
-            None => (State::with_idempotency_capacity(options.idempotency_capacity), None, StoredMembership::default(), None),
+            None => (
+                State::with_idempotency_capacity(options.idempotency_capacity),
+                None,
+                StoredMembership::default(),
+                None,
+            ),
         };
         // The snapshot is written before the applied index that follows it, so a crash in between leaves the
         // stored index behind the snapshot: the snapshot then wins.
@@ -77,9 +89,18 @@ impl StateMachineStore {
             Some((applied, membership)) if applied >= snap_last => (applied, membership),
             _ => (snap_last, snap_membership),
         };
-        let start = snap_last.map_or(0, |l| l.index + 1);
-        let mut expected = start;
-        for item in tree.range(record_key(start)..=record_key(u64::MAX)) {
+        // Without a snapshot the records start at the first applied entry: 0 for openraft's initial membership
+        // entry, 1 for a log that starts at 1.
+        let start = match snap_last {
+            Some(l) => l.index + 1,
+            None => match tree.range(record_key(0)..=record_key(1)).next() {
+                Some(item) => {
+                    item.map_err(StoreError::sled(&db_path))?.0[1..].try_into().map(u64::from_be_bytes).unwrap_or(0)
+                }
+                None => 0,
+            },
+        };
+        for (expected, item) in (start..).zip(tree.range(record_key(start)..=record_key(u64::MAX))) {
             let (_, value) = item.map_err(StoreError::sled(&db_path))?;
             let record: Executed = codec::decode(&value)
                 .map_err(|e| StoreError::damaged(&db_path, format!("applied record {expected}: {e}")))?;
@@ -90,7 +111,6 @@ impl StateMachineStore {
                 ));
             }
             state.replay(&record).map_err(|e| StoreError::damaged(&db_path, e.to_string()))?;
-            expected += 1;
         }
         let applied_index = applied.map_or(0, |a| a.index);
         if state.last_applied() != applied_index {
@@ -146,7 +166,9 @@ impl StateMachineStore {
         let start = after.saturating_add(1);
         for item in self.inner.tree.range(record_key(start)..=record_key(u64::MAX)).take(limit) {
             let (_, value) = item.map_err(StoreError::sled(&self.inner.db_path))?;
-            out.push(codec::decode(&value).map_err(|e| StoreError::damaged(&self.inner.db_path, format!("record: {e}")))?);
+            out.push(
+                codec::decode(&value).map_err(|e| StoreError::damaged(&self.inner.db_path, format!("record: {e}")))?,
+            );
         }
         Ok(out)
     }
