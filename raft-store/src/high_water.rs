@@ -1,4 +1,5 @@
-//! An independent record of how far the log was durably acknowledged: `raft.hwm` beside the sled database.
+//! An independent record of how far the log was durably acknowledged: `raft.hwm` beside the sled database. The
+//! mark is one past the last acknowledged index (0: nothing yet).
 //!
 //! sled treats a truncated or garbled tail of its file as a torn write and silently recovers the prefix before
 //! it — right after a crash, wrong when a disk or an operator damaged a file that held acknowledged entries. The
@@ -97,15 +98,15 @@ impl HighWater {
         Ok(HighWater { shared, wake })
     }
 
-    /// Notes that entries up to `index` are flushed; the file follows shortly.
-    pub fn advance(&self, index: u64) {
-        self.shared.target.store(index, Ordering::SeqCst);
+    /// Notes that entries below `mark` are flushed; the file follows shortly.
+    pub fn advance(&self, mark: u64) {
+        self.shared.target.store(mark, Ordering::SeqCst);
         let _ = self.wake.send(());
     }
 
-    /// Lowers the mark to `index` before returning (the log was truncated).
-    pub fn lower(&self, index: u64) -> Result<(), StoreError> {
-        self.shared.target.store(index, Ordering::SeqCst);
+    /// Lowers the mark to `mark` before returning (the log was truncated).
+    pub fn lower(&self, mark: u64) -> Result<(), StoreError> {
+        self.shared.target.store(mark, Ordering::SeqCst);
         self.shared.write_current().map_err(StoreError::io(&self.shared.path))
     }
 }

@@ -66,18 +66,21 @@ impl LogStore {
         let tree = db.open_tree("raft_log").map_err(StoreError::sled(&path))?;
         let mark = high_water::read(&hwm_path)?;
         let last = Self::verify(&tree, &path)?;
+        // The mark counts entries: one past the last acknowledged index (0 = nothing acknowledged).
+        let present = last.map_or(0, |l| l + 1);
         if let Some(mark) = mark {
-            if last.is_none_or(|l| l < mark) {
+            if present < mark {
                 return Err(StoreError::damaged(
                     &path,
                     format!(
-                        "the log ends at {} but entries up to {mark} were acknowledged (see raft.hwm): the database file was truncated or garbled",
+                        "the log ends at {} but entries up to {} were acknowledged (see raft.hwm): the database file was truncated or garbled",
                         last.map_or("nothing".to_string(), |l| l.to_string()),
+                        mark - 1,
                     ),
                 ));
             }
         }
-        let high_water = HighWater::open(hwm_path, last.unwrap_or(0))?;
+        let high_water = HighWater::open(hwm_path, present)?;
         Ok(LogStore { inner: Arc::new(Inner { db, tree, path, high_water }) })
     }
 
@@ -181,7 +184,7 @@ impl LogStore {
         let Some(last) = last else { return Ok(()) };
         self.inner.tree.apply_batch(batch).map_err(StoreError::sled(self.path()))?;
         self.flush().await?;
-        self.inner.high_water.advance(last);
+        self.inner.high_water.advance(last + 1);
         Ok(())
     }
 
@@ -208,7 +211,7 @@ impl LogStore {
         }
         self.inner.tree.apply_batch(batch).map_err(StoreError::sled(self.path()))?;
         self.flush().await?;
-        self.inner.high_water.lower(index.saturating_sub(1))
+        self.inner.high_water.lower(index)
     }
 
     /// Deletes entries up to and including `log_id` (they are in a snapshot) and records the purge point.
