@@ -57,7 +57,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("newest_cut/recompute_from_history", |b| {
         b.iter(|| fed.state.cut_at(&table, now).expect("retained").expect("table").seqs.len())
     });
-    group.bench_function("newest_cut/incremental_read", |b| b.iter(|| fed.state.newest_cut(&table).expect("table").seqs.len()));
+    group.bench_function("newest_cut/incremental_read", |b| {
+        b.iter(|| fed.state.newest_cut(&table).expect("table").seqs.len())
+    });
     group.finish();
 }
 

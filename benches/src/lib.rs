@@ -49,7 +49,11 @@ pub fn federation(clusters: usize, streams_per_cluster: usize, sources: usize) -
     let mut f = Federation { state: State::default(), next_index: 1, streams: vec![], tables: vec![], requests: 0 };
     let name = |c: usize| ClusterName::parse(&format!("c{c}")).expect("valid");
     for c in 0..clusters {
-        f.must(Command::RegisterCluster { name: name(c), endpoint: format!("pg-{c}:5432"), capabilities: BTreeSet::new() });
+        f.must(Command::RegisterCluster {
+            name: name(c),
+            endpoint: format!("pg-{c}:5432"),
+            capabilities: BTreeSet::new(),
+        });
     }
     let columns = vec![ColumnDef::new("k", "bigint"), ColumnDef::new("v", "numeric")];
     // Layer 1: the first half of each cluster's streams read nothing federated.
@@ -57,7 +61,12 @@ pub fn federation(clusters: usize, streams_per_cluster: usize, sources: usize) -
     for c in 0..clusters {
         for s in 0..half {
             let stream = StreamId::parse(&format!("c{c}/s{s}")).expect("valid");
-            f.must(Command::PublishStream { stream: stream.clone(), columns: columns.clone(), upstream: BTreeSet::new(), base_seq: 0 });
+            f.must(Command::PublishStream {
+                stream: stream.clone(),
+                columns: columns.clone(),
+                upstream: BTreeSet::new(),
+                base_seq: 0,
+            });
             f.streams.push(stream);
         }
     }

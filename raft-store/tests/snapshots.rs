@@ -58,7 +58,8 @@ fn a_damaged_snapshot_is_refused_before_use() {
 fn watch_records_follow_the_applied_index() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let (log, sm) = raft_store::open(dir.path(), StoreOptions { retained_records: 10, ..Default::default() }).unwrap();
+        let (log, sm) =
+            raft_store::open(dir.path(), StoreOptions { retained_records: 10, ..Default::default() }).unwrap();
         let mut applied = sm.subscribe_applied();
         let entries: Vec<_> = (1..=50).map(workload::entry).collect();
         log.append_durably(entries.clone()).await.unwrap();

@@ -25,19 +25,28 @@ fn main() {
     };
     for c in ["cluster_a", "cluster_b", "cluster_c"] {
         let name = ClusterName::parse(c).expect("valid");
-        run(&mut state, Command::RegisterCluster { name, endpoint: format!("postgres://{c}"), capabilities: BTreeSet::new() });
+        run(
+            &mut state,
+            Command::RegisterCluster { name, endpoint: format!("postgres://{c}"), capabilities: BTreeSet::new() },
+        );
     }
     let columns = vec![ColumnDef::new("customer_id", "bigint"), ColumnDef::new("total", "numeric")];
     for s in ["cluster_a/order_agg", "cluster_b/user_stats"] {
         let stream = StreamId::parse(s).expect("valid");
-        run(&mut state, Command::PublishStream { stream, columns: columns.clone(), upstream: BTreeSet::new(), base_seq: 0 });
+        run(
+            &mut state,
+            Command::PublishStream { stream, columns: columns.clone(), upstream: BTreeSet::new(), base_seq: 0 },
+        );
     }
     let dashboard = FederatedTableId::parse("cluster_c/dashboard").expect("valid");
     let sources = ["kafka://coordinator/cluster_a/order_agg", "kafka://coordinator/cluster_b/user_stats"]
         .iter()
         .map(|u| SourceUrl::parse(u).expect("valid"))
         .collect();
-    run(&mut state, Command::CreateFederatedTable { table: dashboard.clone(), sources, consistency: Consistency::Causal });
+    run(
+        &mut state,
+        Command::CreateFederatedTable { table: dashboard.clone(), sources, consistency: Consistency::Causal },
+    );
     for (stream, seq) in [("cluster_a/order_agg", 1), ("cluster_b/user_stats", 1), ("cluster_a/order_agg", 2)] {
         let advance = FrontierAdvance {
             stream: StreamId::parse(stream).expect("valid"),
@@ -52,10 +61,21 @@ fn main() {
     run(&mut state, Command::PublishStream { stream: dash_stream, columns, upstream: BTreeSet::new(), base_seq: 0 });
     let mirror = FederatedTableId::parse("cluster_a/dash_mirror").expect("valid");
     let url = SourceUrl::parse("kafka://coordinator/cluster_c/dashboard").expect("valid");
-    run(&mut state, Command::CreateFederatedTable { table: mirror.clone(), sources: vec![url], consistency: Consistency::Eventual });
+    run(
+        &mut state,
+        Command::CreateFederatedTable { table: mirror.clone(), sources: vec![url], consistency: Consistency::Eventual },
+    );
     let order_agg = StreamId::parse("cluster_a/order_agg").expect("valid");
     let upstream = BTreeSet::from([NodeKey::Federated(mirror)]);
-    run(&mut state, Command::PublishStream { stream: order_agg, columns: vec![ColumnDef::new("customer_id", "bigint"), ColumnDef::new("total", "numeric")], upstream, base_seq: 0 });
+    run(
+        &mut state,
+        Command::PublishStream {
+            stream: order_agg,
+            columns: vec![ColumnDef::new("customer_id", "bigint"), ColumnDef::new("total", "numeric")],
+            upstream,
+            base_seq: 0,
+        },
+    );
 
     let cut = state.newest_cut(&dashboard).expect("exists");
     println!("\nnewest cut of {dashboard} at global time {}:", cut.at);
