@@ -81,35 +81,33 @@ fn foreign_snapshot_is_refused() {
     assert!(msg.contains("current.snap") && msg.contains("not a pg_trickle federation record"), "{msg}");
 }
 
-#[test]
-fn truncated_database_file_is_reported() {
+/// Damages the sled database file of a populated store with `damage`, then expects a reported error that names
+/// the database and a store left byte-for-byte unchanged by the attempt to open it.
+fn assert_database_damage_is_reported(damage: impl FnOnce(&mut Vec<u8>)) {
     let dir = tempfile::tempdir().unwrap();
     populate(dir.path(), 200, None);
     let db = raft_store::sled_path(dir.path()).join("db");
-    let bytes = fs::read(&db).unwrap();
-    fs::write(&db, &bytes[..bytes.len() / 3]).unwrap();
+    let mut bytes = fs::read(&db).unwrap();
+    damage(&mut bytes);
+    fs::write(&db, &bytes).unwrap();
     let before = files_under(dir.path());
     let msg = open_err(dir.path()).to_string();
-    println!("{msg}");
     assert!(msg.contains("raft.sled") && !msg.contains("verify"), "{msg}");
     assert_eq!(files_under(dir.path()), before, "opening changed files");
 }
 
 #[test]
+fn truncated_database_file_is_reported() {
+    assert_database_damage_is_reported(|bytes| bytes.truncate(bytes.len() / 3));
+}
+
+#[test]
 fn garbled_database_file_is_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    populate(dir.path(), 200, None);
-    let db = raft_store::sled_path(dir.path()).join("db");
-    let mut bytes = fs::read(&db).unwrap();
-    for i in (bytes.len() / 4..bytes.len() / 2).step_by(97) {
-        bytes[i] ^= 0xa5;
-    }
-    fs::write(&db, &bytes).unwrap();
-    let before = files_under(dir.path());
-    let msg = open_err(dir.path()).to_string();
-    println!("{msg}");
-    assert!(msg.contains("raft.sled") && !msg.contains("verify"), "{msg}");
-    assert_eq!(files_under(dir.path()), before, "opening changed files");
+    assert_database_damage_is_reported(|bytes| {
+        for i in (bytes.len() / 4..bytes.len() / 2).step_by(97) {
+            bytes[i] ^= 0xa5;
+        }
+    });
 }
 
 #[test]
