@@ -1,9 +1,49 @@
-//! `pgtrickle-coordinator`: the three-node Raft service of pg_trickle federation.
-//!
-//! Skeleton: the service (openraft over `raft-store`, HTTP admin API, CLI) is built by its own issue; see
-//! docs/ARCHITECTURE.md "What exists". Until then the binary says so and exits with status 2.
+//! `pgtrickle-coordinator`: run a node (`serve`) or talk to a running cluster (every other subcommand).
+
+use clap::Parser;
+use coordinator::cli::{self, Cli, Command, Exit};
 
 fn main() {
-    eprintln!("pgtrickle-coordinator: the coordinator service is not built yet (see docs/ARCHITECTURE.md)");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Serve(args) => serve(&cli, args).await,
+            _ => cli::run_client(&cli).await,
+        }
+    });
+    if let Err(Exit { status, message }) = result {
+        eprintln!("pgtrickle-coordinator: {message}");
+        std::process::exit(status);
+    }
+}
+
+async fn serve(cli: &Cli, args: &cli::ServeArgs) -> Result<(), Exit> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = cli::serve_config(args, cli.token.clone())?;
+    let server = coordinator::server::start(config).await.map_err(|e| Exit { status: 2, message: e.to_string() })?;
+    let coordinator = server.coordinator.clone();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate() => {}
+    }
+    tracing::info!(id = coordinator.id, "shutting down");
+    drop(coordinator);
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
 }

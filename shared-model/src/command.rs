@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::dag::NodeKey;
 use crate::ids::{ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, SourceUrl, StreamId};
 use crate::model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency};
+use crate::state::State;
 
 /// A write as it travels through the Raft log: the command, its idempotency key and the leader's wall clock at
 /// proposal (part of the log entry, so every node sees the same value; used only for lag in seconds).
@@ -23,6 +24,7 @@ pub struct Request {
 
 /// One step of a frontier advance: batch `seq` of `stream` is durably in the broker at `position`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FrontierAdvance {
     /// The published stream.
     pub stream: StreamId,
@@ -59,6 +61,8 @@ pub enum Command {
     RequestReinitialize { stream: StreamId, reason: String },
     /// Record a checkpoint a cluster wrote to object storage.
     RecordCheckpoint { cluster: ClusterName, checkpoint: CheckpointRecord },
+    /// Start a new coordinator cluster from another one's state snapshot; only into an empty state.
+    RestoreState { state: Box<State> },
 }
 
 impl Command {
@@ -75,6 +79,7 @@ impl Command {
             Command::AdvanceFrontier { .. } => "advance_frontier",
             Command::RequestReinitialize { .. } => "request_reinitialize",
             Command::RecordCheckpoint { .. } => "record_checkpoint",
+            Command::RestoreState { .. } => "restore_state",
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::ids::{FederatedTableId, StreamId};
 
 /// A node of the global DAG.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NodeKey {
     /// A published stream.
     Stream(StreamId),
@@ -38,6 +39,7 @@ impl fmt::Display for NodeKey {
 /// A federated table whose sources share an upstream: readers can see one path ahead of the other unless the
 /// table runs in causal mode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiamondGroup {
     /// The federated table at the bottom of the diamond.
     pub table: FederatedTableId,

@@ -128,6 +128,18 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
                 reason: reason.clone(),
             }])
         }
+        Command::RestoreState { state: restored } => {
+            if !state.clusters().is_empty() || !state.streams().is_empty() || !state.federated_tables().is_empty() {
+                let what = format!(
+                    "{} clusters, {} streams, {} federated tables",
+                    state.clusters().len(),
+                    state.streams().len(),
+                    state.federated_tables().len()
+                );
+                return Err(CommandError::StateNotEmpty { what });
+            }
+            Ok(vec![Event::StateRestored { state: Box::new(restored.rebased(index)) }])
+        }
         Command::RecordCheckpoint { cluster, checkpoint } => {
             if !state.clusters().contains_key(cluster) {
                 return Err(CommandError::UnknownCluster { cluster: cluster.to_string() });

@@ -18,6 +18,7 @@ pub enum ErrorClass {
 
 /// Why a command was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CommandError {
     /// An argument is malformed or out of range.
     #[error("invalid {field}: {reason}")]
@@ -58,6 +59,9 @@ pub enum CommandError {
     /// A source URL names another change-log backend than the federation uses.
     #[error("source {source_url:?} uses backend {found}, but this federation uses {expected}")]
     BackendMismatch { source_url: String, found: String, expected: String },
+    /// A restore needs an empty state.
+    #[error("the coordinator already holds state ({what}); a snapshot can only be restored into a new cluster")]
+    StateNotEmpty { what: String },
     /// The idempotency key was already used for a different command.
     #[error("idempotency key {key:?} was already used at log index {index} for a different command")]
     IdempotencyKeyReused { key: String, index: LogIndex },
@@ -81,6 +85,7 @@ impl CommandError {
             CommandError::FederationMismatch { .. } => "federation_mismatch",
             CommandError::BackendMismatch { .. } => "backend_mismatch",
             CommandError::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            CommandError::StateNotEmpty { .. } => "state_not_empty",
         }
     }
 
@@ -100,7 +105,8 @@ impl CommandError {
             | CommandError::FrontierGap { .. }
             | CommandError::FrontierConflict { .. }
             | CommandError::FrontierTooOld { .. }
-            | CommandError::IdempotencyKeyReused { .. } => ErrorClass::Conflict,
+            | CommandError::IdempotencyKeyReused { .. }
+            | CommandError::StateNotEmpty { .. } => ErrorClass::Conflict,
         }
     }
 
@@ -135,6 +141,9 @@ impl CommandError {
             }
             CommandError::BackendMismatch { .. } => "Use the scheme of the federation's change-log backend.".into(),
             CommandError::IdempotencyKeyReused { .. } => "Use a fresh request id for a new command.".into(),
+            CommandError::StateNotEmpty { .. } => {
+                "Start a new, empty coordinator cluster with `serve --bootstrap-from URL` instead.".into()
+            }
         }
     }
 }

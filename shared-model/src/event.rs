@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use crate::dag::NodeKey;
 use crate::ids::{ClusterName, FederatedTableId, FederationName, Ident, SourceUrl, StreamId};
 use crate::model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex};
+use crate::state::State;
 
 /// One state change. Emitted by [`crate::decide`]; applied by [`crate::State::fold`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Event {
     /// The federation's name and change-log settings were set.
     FederationConfigured { name: FederationName, changelog: ChangeLogSettings },
@@ -37,6 +39,11 @@ pub enum Event {
     ReinitializeRequested { stream: StreamId, epoch: u64, reason: String },
     /// A cluster wrote a checkpoint.
     CheckpointRecorded { cluster: ClusterName, checkpoint: CheckpointRecord },
+    /// The state was restored from a snapshot of another coordinator cluster (rebased onto this log's time).
+    StateRestored {
+        #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+        state: Box<State>,
+    },
 }
 
 impl Event {
@@ -53,12 +60,14 @@ impl Event {
             Event::FrontierAdvanced { .. } => "FrontierAdvanced",
             Event::ReinitializeRequested { .. } => "ReinitializeRequested",
             Event::CheckpointRecorded { .. } => "CheckpointRecorded",
+            Event::StateRestored { .. } => "StateRestored",
         }
     }
 }
 
 /// What a committed command produced: the log index it committed at and its events (empty for a no-op repeat).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Applied {
     /// The log index of the command (the global timestamp of any frontier advance in it).
     pub index: LogIndex,

@@ -18,6 +18,7 @@ pub const FRONTIER_HISTORY: usize = 1024;
 
 /// One committed batch of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FrontierPoint {
     /// The batch seq.
     pub seq: u64,
@@ -137,6 +138,7 @@ impl Frontier {
 
 /// A consumer's lag on one source.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Lag {
     /// Committed batches not yet applied.
     pub batches: u64,
@@ -148,6 +150,7 @@ pub struct Lag {
 
 /// A cut: for each source, the highest seq committed at or before `at`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Cut {
     /// The global time of the cut.
     pub at: LogIndex,

@@ -251,6 +251,7 @@ relation_newtype!(
 
 /// The change-log backend a source URL names by its scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Backend {
     /// Apache Kafka (or any Kafka-protocol broker).
     Kafka,
@@ -350,6 +351,7 @@ impl From<SourceUrl> for String {
 /// Identifies one write so that a retry after a lost reply is applied once: the writing client (usually the
 /// cluster name or an operator's tool) plus a request id unique for that client.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IdempotencyKey {
     /// Who writes (`cluster_a`, `cli@host`…); 1–128 printable characters.
     pub client: String,
@@ -378,6 +380,34 @@ impl IdempotencyKey {
 impl fmt::Display for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}#{}", self.client, self.request_id)
+    }
+}
+
+/// OpenAPI: every id travels as a string in its text form.
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+
+    macro_rules! string_schema {
+        ($($t:ty => $pattern:literal, $desc:literal;)*) => {$(
+            impl utoipa::PartialSchema for $t {
+                fn schema() -> RefOr<Schema> {
+                    ObjectBuilder::new().schema_type(Type::String).pattern(Some($pattern)).description(Some($desc)).into()
+                }
+            }
+            impl utoipa::ToSchema for $t {}
+        )*};
+    }
+
+    string_schema! {
+        super::ClusterName => "^[a-z_][a-z0-9_$]{0,62}$", "A cluster name (PostgreSQL identifier).";
+        super::Ident => "^[a-z_][a-z0-9_$]{0,62}$", "A PostgreSQL identifier.";
+        super::FederationName => "^[a-z_][a-z0-9_$]{0,62}$", "The federation's name.";
+        super::RelationId => "^[a-z_][a-z0-9_$]{0,62}/([a-z_][a-z0-9_$]{0,62}\\.)?[a-z_][a-z0-9_$]{0,62}$", "cluster/schema.table";
+        super::StreamId => "^[a-z_][a-z0-9_$]{0,62}/([a-z_][a-z0-9_$]{0,62}\\.)?[a-z_][a-z0-9_$]{0,62}$", "A published stream: cluster/schema.table";
+        super::FederatedTableId => "^[a-z_][a-z0-9_$]{0,62}/([a-z_][a-z0-9_$]{0,62}\\.)?[a-z_][a-z0-9_$]{0,62}$", "A federated table: cluster/schema.table";
+        super::SourceUrl => "^(kafka|nats)://[a-z_][a-z0-9_$]{0,62}/[a-z_][a-z0-9_$]{0,62}/([a-z_][a-z0-9_$]{0,62}\\.)?[a-z_][a-z0-9_$]{0,62}$", "SCHEME://FEDERATION/CLUSTER/[SCHEMA.]STREAM_TABLE";
     }
 }
 

@@ -12,6 +12,7 @@ pub type LogIndex = u64;
 
 /// One column of a published stream, as the consumer must create it in the mirror.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ColumnDef {
     /// Column name as PostgreSQL stores it (any non-empty name up to 63 bytes).
     pub name: String,
@@ -28,6 +29,7 @@ impl ColumnDef {
 
 /// Where a batch sits in the broker: Kafka partition + offset, or (partition 0) a JetStream stream sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BrokerPosition {
     /// Kafka partition (0 for NATS).
     pub partition: i32,
@@ -37,6 +39,7 @@ pub struct BrokerPosition {
 
 /// What a federated table promises its readers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Consistency {
     /// Each source is applied up to its own committed frontier, independently (the default).
     #[default]
@@ -71,6 +74,7 @@ impl FromStr for Consistency {
 
 /// What a batch carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum BatchKind {
     /// The delta of one refresh.
     Delta,
@@ -80,6 +84,7 @@ pub enum BatchKind {
 
 /// The federation's change-log settings, handed to every cluster at registration so the broker is configured once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangeLogSettings {
     /// Which broker the federation uses.
     pub backend: Backend,
@@ -101,6 +106,7 @@ impl Default for ChangeLogSettings {
 
 /// A checkpoint a cluster wrote to object storage, as recorded in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckpointRecord {
     /// Where the checkpoint file is (`file://…`, `s3://…`).
     pub url: String,

@@ -22,6 +22,7 @@ use crate::model::{ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, 
 
 /// The federation's own settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FederationSettings {
     /// The host part of every source URL.
     pub name: FederationName,
@@ -249,6 +250,30 @@ impl State {
         self.data.streams.get(stream).map(|s| &s.frontier)
     }
 
+    /// This state moved onto another log's timeline at `index`: every timestamp becomes `index` and frontier
+    /// histories collapse to their current seq (times of the old log mean nothing in the new one). The idempotency
+    /// cache is left behind for the same reason.
+    pub fn rebased(&self, index: LogIndex) -> State {
+        let mut data = self.data.clone();
+        data.idempotency = IdempotencyCache::default();
+        data.last_applied = 0;
+        for c in data.clusters.values_mut() {
+            c.registered_at = index;
+        }
+        for s in data.streams.values_mut() {
+            s.published_at = index;
+            s.frontier = Frontier::new(s.frontier.seq(), index);
+            if let Some(p) = &mut s.pending_reinit {
+                p.requested_at = index;
+            }
+        }
+        for t in data.federated.values_mut() {
+            t.created_at = index;
+            t.newest_cut.at = index;
+        }
+        State::rebuild(data)
+    }
+
     // ----- writes ------------------------------------------------------------------------------------------------
 
     /// Decides and applies a request committed at log `index`. Deterministic: every replica returns the same
@@ -447,6 +472,11 @@ impl State {
                 info.reinit_epoch = *epoch;
                 info.pending_reinit =
                     Some(PendingReinit { epoch: *epoch, reason: reason.clone(), requested_at: index });
+            }
+            Event::StateRestored { state } => {
+                let idempotency = std::mem::take(&mut self.data.idempotency);
+                let last_applied = self.data.last_applied;
+                *self = State::rebuild(StateData { idempotency, last_applied, ..state.data.clone() });
             }
             Event::CheckpointRecorded { cluster, checkpoint } => {
                 let info = self

@@ -1,0 +1,393 @@
+//! The coordinator client library: no server dependencies, so the extension links it too.
+//!
+//! A [`Client`] holds the list of coordinator nodes (`http://c1:7070,c2:7070,c3:7070`), prefers the node that
+//! last answered or was named leader, fails over to the others on connection errors, and retries on `503 no_leader`
+//! until its deadline. Every write carries one idempotency key for all its attempts, so a retry after a lost reply
+//! is applied once. [`Client::watch_events`] follows the event log with long polls, resuming after the last index
+//! it delivered when it has to switch nodes, so each record is delivered once and in order.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shared_model::{Applied, ClusterName, FederatedTableId, LogIndex, StreamId};
+
+use crate::api::*;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator answered with an error.
+    #[error("{status}: {} ({}){}", error.message, error.code, error.hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+    Api { status: u16, error: ApiError },
+    /// No node could be reached, or none had a leader, before the deadline.
+    #[error("no coordinator answered within {waited:?}: {last}")]
+    Unavailable { waited: Duration, last: String },
+    /// A node list or URL is malformed.
+    #[error("invalid coordinator URL {0:?}: expected http://host:port[,host:port…]")]
+    BadUrl(String),
+    /// The answer did not decode.
+    #[error("unexpected answer from {url}: {reason}")]
+    Decode { url: String, reason: String },
+}
+
+impl ClientError {
+    /// The API error code, if the coordinator answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { error, .. } => Some(&error.code),
+            _ => None,
+        }
+    }
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Bearer token for writes.
+    pub token: Option<String>,
+    /// Who writes (first half of every idempotency key).
+    pub client_id: String,
+    /// Overall deadline of one call, retries included.
+    pub deadline: Duration,
+    /// Timeout of one HTTP attempt (long polls add their wait).
+    pub attempt_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            token: None,
+            client_id: format!("client-{}", uuid::Uuid::new_v4().simple()),
+            deadline: Duration::from_secs(15),
+            attempt_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A coordinator client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    nodes: std::sync::Arc<Vec<String>>,
+    preferred: std::sync::Arc<AtomicUsize>,
+    http: reqwest::Client,
+    options: ClientOptions,
+}
+
+/// Parses `http://a:1,b:2,https://c:3` into base URLs (a scheme carries over to the hosts after it).
+pub fn parse_nodes(spec: &str) -> Result<Vec<String>, ClientError> {
+    let mut scheme = "http";
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (s, rest) = match part.split_once("://") {
+            Some((s, rest)) => (s, rest),
+            None => (scheme, part),
+        };
+        if s != "http" && s != "https" {
+            return Err(ClientError::BadUrl(spec.into()));
+        }
+        scheme = s;
+        let host = rest.trim_end_matches('/');
+        if host.is_empty() || host.contains('/') || !host.contains(':') {
+            return Err(ClientError::BadUrl(spec.into()));
+        }
+        out.push(format!("{s}://{host}"));
+    }
+    if out.is_empty() {
+        return Err(ClientError::BadUrl(spec.into()));
+    }
+    Ok(out)
+}
+
+impl Client {
+    /// A client for the nodes in `spec`.
+    pub fn new(spec: &str, options: ClientOptions) -> Result<Self, ClientError> {
+        let nodes = parse_nodes(spec)?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ClientError::Decode { url: spec.into(), reason: e.to_string() })?;
+        Ok(Client { nodes: std::sync::Arc::new(nodes), preferred: Default::default(), http, options })
+    }
+
+    /// The node URLs.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// A fresh request id for a write.
+    pub fn new_request_id() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    /// Sends one call with failover and retries. `request_id` makes it a write (idempotent across attempts).
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&B>,
+        request_id: Option<&str>,
+        extra_wait: Duration,
+    ) -> Result<T, ClientError> {
+        let started = Instant::now();
+        let mut attempt = 0usize;
+        let mut last = String::from("no attempt made");
+        let body = match body {
+            Some(b) => Some(
+                serde_json::to_vec(b)
+                    .map_err(|e| ClientError::Decode { url: path_and_query.into(), reason: e.to_string() })?,
+            ),
+            None => None,
+        };
+        while started.elapsed() < self.options.deadline || attempt == 0 {
+            let index = (self.preferred.load(Ordering::Relaxed) + attempt) % self.nodes.len();
+            attempt += 1;
+            let url = format!("{}{}", self.nodes[index], path_and_query);
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .timeout(self.options.attempt_timeout + extra_wait)
+                .header(CLIENT_HEADER, &self.options.client_id);
+            if let Some(token) = &self.options.token {
+                req = req.bearer_auth(token);
+            }
+            if let Some(id) = request_id {
+                req = req.header(IDEMPOTENCY_HEADER, id);
+            }
+            if let Some(b) = &body {
+                req = req.header("content-type", "application/json").body(b.clone());
+            }
+            match req.send().await {
+                Err(e) => {
+                    last = format!("{url}: {e}");
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    if let Some(leader) = resp.headers().get("x-pgtrickle-leader").and_then(|v| v.to_str().ok()) {
+                        if let Some(i) = self.nodes.iter().position(|n| n.ends_with(leader)) {
+                            self.preferred.store(i, Ordering::Relaxed);
+                        }
+                    }
+                    let bytes = resp.bytes().await.unwrap_or_default();
+                    if status.is_success() {
+                        self.preferred.store(index, Ordering::Relaxed);
+                        return serde_json::from_slice(&bytes)
+                            .map_err(|e| ClientError::Decode { url, reason: e.to_string() });
+                    }
+                    let error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                        ApiError::new("http_error", String::from_utf8_lossy(&bytes).into_owned(), None)
+                    });
+                    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::BAD_GATEWAY {
+                        last = format!("{url}: {} ({})", error.message, error.code);
+                    } else {
+                        return Err(ClientError::Api { status: status.as_u16(), error });
+                    }
+                }
+            }
+            // Back off a little once every node has been tried.
+            if attempt.is_multiple_of(self.nodes.len()) {
+                tokio::time::sleep(Duration::from_millis(50 * (attempt / self.nodes.len()).min(10) as u64)).await;
+            }
+        }
+        Err(ClientError::Unavailable { waited: started.elapsed(), last })
+    }
+
+    /// A binary GET (e.g. `/v1/admin/snapshot`), with failover.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let mut last = String::new();
+        for attempt in 0..self.nodes.len() {
+            let index = (self.preferred.load(Ordering::Relaxed) + attempt) % self.nodes.len();
+            let url = format!("{}{}", self.nodes[index], path);
+            match self.http.get(&url).timeout(self.options.attempt_timeout * 4).send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    return resp
+                        .bytes()
+                        .await
+                        .map(|b| b.to_vec())
+                        .map_err(|e| ClientError::Decode { url, reason: e.to_string() })
+                }
+                Ok(resp) => last = format!("{url}: {}", resp.status()),
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        Err(ClientError::Unavailable { waited: Duration::ZERO, last })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call::<(), T>(Method::GET, path, None, None, Duration::ZERO).await
+    }
+
+    async fn write<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let id = Self::new_request_id();
+        self.call(method, path, body, Some(&id), Duration::ZERO).await
+    }
+
+    // ----- writes ---------------------------------------------------------------------------------------------
+
+    /// Registers (or updates) a cluster; returns the federation's broker settings.
+    pub async fn register_cluster(&self, body: &RegisterCluster) -> Result<Registered, ClientError> {
+        self.write(Method::POST, "/v1/clusters", Some(body)).await
+    }
+    /// Deregisters a cluster.
+    pub async fn deregister_cluster(&self, name: &ClusterName, cascade: bool) -> Result<Applied, ClientError> {
+        self.write::<(), _>(Method::DELETE, &format!("/v1/clusters/{name}?cascade={cascade}"), None).await
+    }
+    /// Sets the federation's name and change-log settings.
+    pub async fn configure_federation(&self, body: &FederationView) -> Result<Applied, ClientError> {
+        self.write(Method::PUT, "/v1/federation", Some(body)).await
+    }
+    /// Publishes a stream.
+    pub async fn publish_stream(&self, body: &PublishStream) -> Result<Applied, ClientError> {
+        self.write(Method::POST, "/v1/streams", Some(body)).await
+    }
+    /// Unpublishes a stream.
+    pub async fn unpublish_stream(&self, stream: &StreamId, cascade: bool) -> Result<Applied, ClientError> {
+        self.write::<(), _>(Method::DELETE, &format!("/v1/streams/{}?cascade={cascade}", path_of(&stream.0)), None)
+            .await
+    }
+    /// Creates a federated table.
+    pub async fn create_federated_table(&self, body: &CreateFederatedTable) -> Result<Applied, ClientError> {
+        self.write(Method::POST, "/v1/federated-tables", Some(body)).await
+    }
+    /// Drops a federated table.
+    pub async fn drop_federated_table(&self, table: &FederatedTableId, cascade: bool) -> Result<Applied, ClientError> {
+        self.write::<(), _>(
+            Method::DELETE,
+            &format!("/v1/federated-tables/{}?cascade={cascade}", path_of(&table.0)),
+            None,
+        )
+        .await
+    }
+    /// Records frontier advances (many streams per call).
+    pub async fn advance_frontiers(&self, body: &AdvanceFrontiers) -> Result<Applied, ClientError> {
+        self.write(Method::POST, "/v1/frontiers", Some(body)).await
+    }
+    /// Writes with a caller-chosen request id (so the caller can retry across process restarts).
+    pub async fn advance_frontiers_keyed(
+        &self,
+        body: &AdvanceFrontiers,
+        request_id: &str,
+    ) -> Result<Applied, ClientError> {
+        self.call(Method::POST, "/v1/frontiers", Some(body), Some(request_id), Duration::ZERO).await
+    }
+    /// Requests a snapshot batch of a stream.
+    pub async fn request_reinitialize(&self, stream: &StreamId, reason: &str) -> Result<Applied, ClientError> {
+        let body = Reinitialize { reason: reason.into() };
+        self.write(Method::POST, &format!("/v1/streams/{}/reinitialize", path_of(&stream.0)), Some(&body)).await
+    }
+    /// Records a checkpoint.
+    pub async fn record_checkpoint(
+        &self,
+        cluster: &ClusterName,
+        body: &RecordCheckpoint,
+    ) -> Result<Applied, ClientError> {
+        self.write(Method::POST, &format!("/v1/clusters/{cluster}/checkpoints"), Some(body)).await
+    }
+
+    // ----- reads ----------------------------------------------------------------------------------------------
+
+    /// Registered clusters.
+    pub async fn clusters(&self) -> Result<Vec<ClusterView>, ClientError> {
+        self.get("/v1/clusters").await
+    }
+    /// Published streams.
+    pub async fn streams(&self) -> Result<Vec<StreamView>, ClientError> {
+        self.get("/v1/streams").await
+    }
+    /// Federated tables.
+    pub async fn federated_tables(&self) -> Result<Vec<FederatedTableView>, ClientError> {
+        self.get("/v1/federated-tables").await
+    }
+    /// Frontiers of every stream.
+    pub async fn frontiers(&self) -> Result<Vec<FrontierView>, ClientError> {
+        self.get("/v1/frontiers").await
+    }
+    /// The federation settings.
+    pub async fn federation(&self) -> Result<FederationView, ClientError> {
+        self.get("/v1/federation").await
+    }
+    /// The DAG.
+    pub async fn dag(&self) -> Result<DagView, ClientError> {
+        self.get("/v1/dag").await
+    }
+    /// The DAG in Graphviz DOT.
+    pub async fn dag_dot(&self) -> Result<String, ClientError> {
+        self.get("/v1/dag/dot").await
+    }
+    /// This node's Raft status (of the first node that answers).
+    pub async fn status(&self) -> Result<StatusView, ClientError> {
+        self.get("/v1/admin/status").await
+    }
+    /// The status of one specific node (no failover).
+    pub async fn node_status(&self, node: usize) -> Result<StatusView, ClientError> {
+        let one = Client {
+            nodes: std::sync::Arc::new(vec![self.nodes[node].clone()]),
+            preferred: Default::default(),
+            http: self.http.clone(),
+            options: ClientOptions { deadline: Duration::ZERO, ..self.options.clone() },
+        };
+        one.get("/v1/admin/status").await
+    }
+    /// The newest cut of a federated table, waiting up to `wait` for one newer than `after`.
+    pub async fn cut(&self, table: &FederatedTableId, after: LogIndex, wait: Duration) -> Result<CutView, ClientError> {
+        let path = format!("/v1/cut/{}?after={after}&wait_ms={}", path_of(&table.0), wait.as_millis());
+        self.call::<(), _>(Method::GET, &path, None, None, wait).await
+    }
+    /// Event records after `after`, waiting up to `wait` for the first one.
+    pub async fn events(&self, after: LogIndex, wait: Duration, limit: usize) -> Result<EventsPage, ClientError> {
+        let path = format!("/v1/events?after={after}&wait_ms={}&limit={limit}", wait.as_millis());
+        self.call::<(), _>(Method::GET, &path, None, None, wait).await
+    }
+
+    /// Follows the event log from `after`: every record once, in order, across node failures.
+    pub fn watch_events(&self, after: LogIndex) -> impl Stream<Item = Result<EventRecord, ClientError>> + '_ {
+        futures::stream::unfold(
+            (after, Vec::<EventRecord>::new().into_iter()),
+            move |(mut last, mut buffered)| async move {
+                loop {
+                    if let Some(record) = buffered.next() {
+                        last = record.index;
+                        return Some((Ok(record), (last, buffered)));
+                    }
+                    match self.events(last, Duration::from_secs(10), 1000).await {
+                        Ok(page) => {
+                            buffered =
+                                page.records.into_iter().filter(|r| r.index > last).collect::<Vec<_>>().into_iter()
+                        }
+                        Err(ClientError::Unavailable { .. }) => continue,
+                        Err(e) => return Some((Err(e), (last, buffered))),
+                    }
+                }
+            },
+        )
+    }
+}
+
+/// `cluster/schema.table` as two path segments `cluster/schema.table` (names never contain '/').
+fn path_of(r: &shared_model::RelationId) -> String {
+    format!("{}/{}.{}", r.cluster, r.schema, r.table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_lists_parse() {
+        assert_eq!(parse_nodes("http://c1:7070,c2:7070").unwrap(), vec!["http://c1:7070", "http://c2:7070"]);
+        assert_eq!(parse_nodes("127.0.0.1:1").unwrap(), vec!["http://127.0.0.1:1"]);
+        assert!(parse_nodes("ftp://x:1").is_err());
+        assert!(parse_nodes("http://nohost").is_err());
+        assert!(parse_nodes("").is_err());
+    }
+}

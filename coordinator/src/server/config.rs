@@ -1,0 +1,151 @@
+//! `serve` settings from flags, environment and an optional TOML file (flags and environment win over the file,
+//! the file over defaults), the way etcd takes `--config-file`.
+//!
+//! ```toml
+//! id = 1
+//! listen = "127.0.0.1:7071"
+//! advertise = "10.0.0.1:7071"     # what peers and clients dial; defaults to the bound address
+//! data_dir = "/var/lib/pgtrickle-coordinator"
+//! token = "…"                     # default: generated into DATA_DIR/token
+//! peers = { 1 = "127.0.0.1:7071", 2 = "127.0.0.1:7072", 3 = "127.0.0.1:7073" }
+//! body_limit = 1048576
+//! [raft]
+//! heartbeat_ms = 100
+//! election_timeout_min_ms = 400
+//! election_timeout_max_ms = 800
+//! snapshot_logs_since_last = 10000
+//! logs_kept_after_snapshot = 1000
+//! max_payload_entries = 512
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Raft timing and snapshot policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSettings {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot (lets a slightly lagging follower catch up without one).
+    pub logs_kept_after_snapshot: u64,
+    /// Most entries per AppendEntries RPC.
+    pub max_payload_entries: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_logs_since_last: 10_000,
+            logs_kept_after_snapshot: 1_000,
+            max_payload_entries: 512,
+        }
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// This node's Raft id (> 0).
+    pub id: u64,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// What peers and clients dial (default: the bound address).
+    pub advertise: Option<String>,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// The initial cluster, used by `init` without explicit members.
+    pub peers: BTreeMap<u64, String>,
+    /// Bearer token; None generates one into the data dir unless `insecure_no_token`.
+    pub token: Option<String>,
+    /// Run without any token (tests and local demos only).
+    pub insecure_no_token: bool,
+    /// Largest request body accepted (413 above).
+    pub body_limit: usize,
+    /// Raft settings.
+    pub raft: RaftSettings,
+    /// Start a new cluster from this coordinator snapshot (file://, s3://).
+    pub bootstrap_from: Option<String>,
+}
+
+/// The TOML file's shape; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub id: Option<u64>,
+    pub listen: Option<SocketAddr>,
+    pub advertise: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub token: Option<String>,
+    pub peers: Option<BTreeMap<String, String>>,
+    pub body_limit: Option<usize>,
+    pub bootstrap_from: Option<String>,
+    pub raft: Option<RaftSettings>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file, naming the file in the error.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(spec: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| format!("peer {part:?}: expected ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("peer {part:?}: the id must be a positive integer"))?;
+        if id == 0 {
+            return Err(format!("peer {part:?}: node ids start at 1"));
+        }
+        let addr = addr.trim().trim_start_matches("http://").trim_end_matches('/');
+        if !addr.contains(':') {
+            return Err(format!("peer {part:?}: expected HOST:PORT"));
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(format!("peer id {id} appears twice"));
+        }
+    }
+    Ok(out)
+}
+
+/// File peers have string keys (TOML tables); convert them.
+pub fn file_peers(peers: &BTreeMap<String, String>) -> Result<BTreeMap<u64, String>, String> {
+    let spec: Vec<String> = peers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    parse_peers(&spec.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_reject() {
+        let p = parse_peers("1=127.0.0.1:7071, 2=http://127.0.0.1:7072/").unwrap();
+        assert_eq!(p[&2], "127.0.0.1:7072");
+        assert!(parse_peers("0=a:1").unwrap_err().contains("start at 1"));
+        assert!(parse_peers("x=a:1").unwrap_err().contains("positive integer"));
+        assert!(parse_peers("1=a:1,1=b:2").unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn file_config_parses_and_rejects_unknown_keys() {
+        let c: FileConfig = toml::from_str("id = 2\nlisten = \"127.0.0.1:1\"\n[raft]\nheartbeat_ms = 50\n").unwrap();
+        assert_eq!(c.raft.unwrap().heartbeat_ms, 50);
+        assert!(toml::from_str::<FileConfig>("idd = 2").is_err());
+    }
+}
