@@ -192,7 +192,11 @@ async fn typed_errors(State(app): State<AppState>, req: Request, next: Next) -> 
     };
     let hint = (status == StatusCode::PAYLOAD_TOO_LARGE)
         .then_some("Split the request (e.g. fewer frontier advances per call).");
-    let mut out = Failure::new(status, code, String::from_utf8_lossy(&text).into_owned(), hint).into_response();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("error")),
+        text => text.to_string(),
+    };
+    let mut out = Failure::new(status, code, message, hint).into_response();
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             out.headers_mut().insert(name.clone(), value.clone());
