@@ -10,9 +10,9 @@
 //! peers = { 1 = "127.0.0.1:7071", 2 = "127.0.0.1:7072", 3 = "127.0.0.1:7073" }
 //! body_limit = 1048576
 //! [raft]
-//! heartbeat_ms = 100
-//! election_timeout_min_ms = 400
-//! election_timeout_max_ms = 800
+//! heartbeat_ms = 50
+//! election_timeout_min_ms = 250
+//! election_timeout_max_ms = 500
 //! snapshot_logs_since_last = 10000
 //! logs_kept_after_snapshot = 1000
 //! max_payload_entries = 512
@@ -45,9 +45,9 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         RaftSettings {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
             snapshot_logs_since_last: 10_000,
             logs_kept_after_snapshot: 1_000,
             max_payload_entries: 512,
