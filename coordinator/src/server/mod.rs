@@ -132,16 +132,17 @@ fn raft_config(settings: &RaftSettings) -> Result<Config, ServeError> {
 
 /// Starts a node: opens the store, starts Raft, binds the listener and serves.
 pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
+    // A bootstrap snapshot is checked before anything is created or opened.
+    let bootstrap = match &config.bootstrap_from {
+        Some(url) => Some(export::load_state(url).await.map_err(|e| ServeError::Bootstrap(e.to_string()))?),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| ServeError::Io { what: format!("creating {}", config.data_dir.display()), source: e })?;
     let token = match &config.token {
         Some(t) => Some(t.clone()),
         None if config.insecure_no_token => None,
         None => Some(load_or_create_token(&config.data_dir)?),
-    };
-    let bootstrap = match &config.bootstrap_from {
-        Some(url) => Some(export::load_state(url).await.map_err(|e| ServeError::Bootstrap(e.to_string()))?),
-        None => None,
     };
     let (log, sm) = raft_store::open(&config.data_dir, StoreOptions::default())?;
     let http_client = reqwest::Client::builder()
