@@ -3,7 +3,7 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in build-essential pkg-config; do
+for pkg in build-essential pkg-config curl python3-venv etcd-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -17,3 +17,11 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustc --version
+
+# schemathesis (PyPI), pinned, in a venv outside the work tree so repeat runs reuse it.
+VENV="${HOME:-/root}/.cache/pgtrickle-federation/venv"
+if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "4.32.5"; then
+  echo "== pip install schemathesis==4.32.5 into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.5"
+fi

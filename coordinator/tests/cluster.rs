@@ -15,7 +15,11 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn register(name: &str) -> RegisterCluster {
-    RegisterCluster { name: ClusterName::parse(name).unwrap(), endpoint: format!("postgres://{name}"), capabilities: BTreeSet::new() }
+    RegisterCluster {
+        name: ClusterName::parse(name).unwrap(),
+        endpoint: format!("postgres://{name}"),
+        capabilities: BTreeSet::new(),
+    }
 }
 
 fn publish(id: &str) -> PublishStream {
@@ -76,7 +80,20 @@ async fn state_dump(client: &coordinator::client::Client) -> String {
 
 fn raw(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> (u16, ApiError) {
     let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, url, "-H", "content-type: application/json", "--data-binary", "@-"]);
+    cmd.args([
+        "-s",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+        url,
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        "@-",
+    ]);
     if let Some(t) = token {
         cmd.args(["-H", &format!("authorization: Bearer {t}")]);
     }
@@ -144,6 +161,9 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    let out = std::process::Command::new(BIN).args(["--endpoints", "http://127.0.0.1:1", "--timeout-secs", "1", "clusters"]).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["--endpoints", "http://127.0.0.1:1", "--timeout-secs", "1", "clusters"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }

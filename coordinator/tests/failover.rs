@@ -64,8 +64,16 @@ fn leader_failover_and_membership_changes_under_load_lose_nothing() {
     rt.block_on(async {
         for i in 0..CLIENTS {
             let name = ClusterName::parse(&format!("c{i}")).unwrap();
-            client.register_cluster(&RegisterCluster { name, endpoint: "x".into(), capabilities: BTreeSet::new() }).await.unwrap();
-            let publish = PublishStream { stream: stream_of(i), columns: vec![ColumnDef::new("k", "int")], upstream: BTreeSet::new(), base_seq: 0 };
+            client
+                .register_cluster(&RegisterCluster { name, endpoint: "x".into(), capabilities: BTreeSet::new() })
+                .await
+                .unwrap();
+            let publish = PublishStream {
+                stream: stream_of(i),
+                columns: vec![ColumnDef::new("k", "int")],
+                upstream: BTreeSet::new(),
+                base_seq: 0,
+            };
             client.publish_stream(&publish).await.unwrap();
         }
     });
@@ -87,7 +95,8 @@ fn leader_failover_and_membership_changes_under_load_lose_nothing() {
     };
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..CLIENTS).map(|i| rt.spawn(writer(cluster.client_as(&format!("w{i}")), i, stop.clone()))).collect();
+    let writers: Vec<_> =
+        (0..CLIENTS).map(|i| rt.spawn(writer(cluster.client_as(&format!("w{i}")), i, stop.clone()))).collect();
     std::thread::sleep(Duration::from_millis(1500));
 
     // Kill the leader and time the election.
@@ -136,7 +145,8 @@ fn leader_failover_and_membership_changes_under_load_lose_nothing() {
     std::thread::sleep(Duration::from_millis(500));
 
     stop.store(true, Ordering::Relaxed);
-    let acked: Vec<u64> = rt.block_on(async { futures::future::join_all(writers).await }).into_iter().map(|r| r.unwrap()).collect();
+    let acked: Vec<u64> =
+        rt.block_on(async { futures::future::join_all(writers).await }).into_iter().map(|r| r.unwrap()).collect();
     let total: u64 = acked.iter().sum();
     println!("{CLIENTS} clients acknowledged {total} frontier advances");
     assert!(total > 100, "the load was too light to mean anything: {total}");

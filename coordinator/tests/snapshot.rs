@@ -18,12 +18,21 @@ fn snapshot_to_object_storage_and_bootstrap_a_new_cluster() {
     let client = cluster.client();
     rt.block_on(async {
         for name in ["cluster_a", "cluster_c"] {
-            let r = RegisterCluster { name: ClusterName::parse(name).unwrap(), endpoint: "x".into(), capabilities: BTreeSet::new() };
+            let r = RegisterCluster {
+                name: ClusterName::parse(name).unwrap(),
+                endpoint: "x".into(),
+                capabilities: BTreeSet::new(),
+            };
             client.register_cluster(&r).await.unwrap();
         }
         let stream = StreamId::parse("cluster_a/order_agg").unwrap();
         client
-            .publish_stream(&PublishStream { stream: stream.clone(), columns: vec![ColumnDef::new("k", "int")], upstream: BTreeSet::new(), base_seq: 0 })
+            .publish_stream(&PublishStream {
+                stream: stream.clone(),
+                columns: vec![ColumnDef::new("k", "int")],
+                upstream: BTreeSet::new(),
+                base_seq: 0,
+            })
             .await
             .unwrap();
         client
@@ -35,7 +44,12 @@ fn snapshot_to_object_storage_and_bootstrap_a_new_cluster() {
             .await
             .unwrap();
         for seq in 1..=3 {
-            let adv = FrontierAdvance { stream: stream.clone(), seq, kind: BatchKind::Delta, position: BrokerPosition { partition: 0, offset: seq as i64 } };
+            let adv = FrontierAdvance {
+                stream: stream.clone(),
+                seq,
+                kind: BatchKind::Delta,
+                position: BrokerPosition { partition: 0, offset: seq as i64 },
+            };
             client.advance_frontiers(&AdvanceFrontiers { advances: vec![adv] }).await.unwrap();
         }
     });
@@ -77,7 +91,10 @@ fn snapshot_to_object_storage_and_bootstrap_a_new_cluster() {
     let endpoint = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
     let init = loop {
-        let out = Command::new(BIN).args(["--endpoints", &endpoint, "--token", TOKEN, "--timeout-secs", "2", "init"]).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["--endpoints", &endpoint, "--token", TOKEN, "--timeout-secs", "2", "init"])
+            .output()
+            .unwrap();
         if out.status.success() || started.elapsed() > Duration::from_secs(10) {
             break out;
         }

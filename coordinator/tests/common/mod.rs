@@ -93,7 +93,11 @@ impl TestCluster {
         let addr = self.nodes[&id].addr();
         let started = Instant::now();
         while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "node {id} did not start listening; log: {}", self.log(id));
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "node {id} did not start listening; log: {}",
+                self.log(id)
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

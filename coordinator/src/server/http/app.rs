@@ -452,7 +452,7 @@ pub async fn get_dag(
 
 /// The global DAG in Graphviz DOT (a JSON string).
 #[utoipa::path(get, path = "/v1/dag/dot", tag = "dag", params(ReadQuery),
-    responses((status = 200, body = String), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
+    responses((status = 200, body = String, content_type = "application/json"), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn get_dag_dot(
     State(app): State<AppState>,
     q: Result<Query<ReadQuery>, QueryRejection>,

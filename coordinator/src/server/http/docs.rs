@@ -44,7 +44,7 @@ impl Modify for BearerAuth {
         admin::status, admin::init, admin::add_learner, admin::change_membership, admin::snapshot,
         healthz, readyz, metrics
     ),
-    components(schemas(ApiError, EventRecord, ReadyView)),
+    components(schemas(ApiError, EventRecord, ReadyView, app::ReadConsistency)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -58,7 +58,7 @@ pub struct ReadyView {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String, content_type = "application/json")))]
 pub async fn healthz() -> Json<&'static str> {
     Json("ok")
 }
