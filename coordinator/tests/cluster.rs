@@ -128,7 +128,9 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
             .unwrap();
         let before = state_dump(&client).await;
 
-        let cases: Vec<(&str, String, Option<&str>, Vec<u8>, u16, &str)> = vec![
+        // (method, url, token, body, expected status, expected code)
+        type Case<'a> = (&'a str, String, Option<&'a str>, Vec<u8>, u16, &'a str);
+        let cases: Vec<Case> = vec![
             ("POST", format!("{base}/v1/streams"), Some(TOKEN), b"{\"stream\": ".to_vec(), 400, "malformed_json"),
             ("POST", format!("{base}/v1/streams"), Some(TOKEN), b"[1,2]".to_vec(), 422, "invalid_argument"),
             ("POST", format!("{base}/v1/streams"), Some(TOKEN), br#"{"stream":"nope/x","columns":[{"name":"k","type_name":"int"}]}"#.to_vec(), 404, "unknown_cluster"),
