@@ -3,7 +3,7 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in build-essential pkg-config curl python3-venv etcd-server; do
+for pkg in build-essential pkg-config curl python3-venv etcd-server protobuf-compiler; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -212,6 +212,8 @@ pub struct DagView {
 pub struct EventRecord {
     /// Log index.
     pub index: LogIndex,
+    /// Position within the entry: concurrent writes batched into one entry share its index.
+    pub position: u32,
     pub proposed_at_unix_ms: u64,
     /// The writing client (None for Raft's own entries).
     pub client: Option<String>,
@@ -231,6 +233,7 @@ impl From<&Executed> for EventRecord {
         };
         EventRecord {
             index: e.index,
+            position: 0,
             proposed_at_unix_ms: e.proposed_at_unix_ms,
             client: e.key.as_ref().map(|k| k.client.clone()),
             outcome: outcome.into(),

@@ -5,7 +5,16 @@ use coordinator::cli::{self, Cli, Command, Exit};
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // PGTRICKLE_WORKER_THREADS: tokio worker threads of a node (default: the number of CPUs, at most 4).
+    let workers = std::env::var("PGTRICKLE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).min(4));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Serve(args) => serve(&cli, args).await,

@@ -14,6 +14,7 @@
 //! never repairs by overwriting.
 
 mod error;
+mod flusher;
 mod high_water;
 mod log_store;
 pub mod snapshot;
@@ -29,11 +30,20 @@ pub use openraft;
 use shared_model::{Executed, Request};
 pub use state_machine::StateMachineStore;
 
+/// The payload of one log entry: the requests the leader batched into it, executed in order at the entry's index.
+/// Batching concurrent writes into one entry is what lets throughput grow with concurrency, since openraft 0.9
+/// appends (and fsyncs) one entry at a time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Batch {
+    /// The requests, in the order they are executed.
+    pub requests: Vec<Request>,
+}
+
 openraft::declare_raft_types!(
-    /// The coordinator's Raft types: requests of `shared-model` in, their executed records out.
+    /// The coordinator's Raft types: batches of `shared-model` requests in, one executed record per request out.
     pub TypeConfig:
-        D = Request,
-        R = Executed,
+        D = Batch,
+        R = Vec<Executed>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

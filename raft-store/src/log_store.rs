@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use shared_model::codec;
 
 use crate::error::StoreError;
+use crate::flusher::{Flusher, Pending, Waiter};
 use crate::high_water::{self, HighWater};
 use crate::{LogEntry, NodeId, TypeConfig};
 
@@ -56,7 +57,8 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     path: PathBuf,
-    high_water: HighWater,
+    high_water: Arc<HighWater>,
+    flusher: Flusher,
 }
 
 impl LogStore {
@@ -80,8 +82,9 @@ impl LogStore {
                 ));
             }
         }
-        let high_water = HighWater::open(hwm_path, present)?;
-        Ok(LogStore { inner: Arc::new(Inner { db, tree, path, high_water }) })
+        let high_water = Arc::new(HighWater::open(hwm_path, present)?);
+        let flusher = Flusher::start(db.clone(), high_water.clone()).map_err(StoreError::io(&path))?;
+        Ok(LogStore { inner: Arc::new(Inner { db, tree, path, high_water, flusher }) })
     }
 
     fn path(&self) -> &PathBuf {
@@ -173,19 +176,34 @@ impl LogStore {
         Ok(LogState { last_purged_log_id: purged, last_log_id: last })
     }
 
-    /// Appends entries as one atomic batch and returns once sled has flushed them to disk.
-    pub async fn append_durably(&self, entries: impl IntoIterator<Item = LogEntry>) -> Result<(), StoreError> {
+    /// Writes entries as one atomic batch into sled (not yet durable) and queues `waiter` for the group flush.
+    fn append_then_flush(&self, entries: impl IntoIterator<Item = LogEntry>, waiter: Waiter) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let mut last = None;
         for entry in entries {
             batch.insert(&entry_key(entry.log_id.index), codec::encode(&entry));
             last = Some(entry.log_id.index);
         }
-        let Some(last) = last else { return Ok(()) };
-        self.inner.tree.apply_batch(batch).map_err(StoreError::sled(self.path()))?;
-        self.flush().await?;
-        self.inner.high_water.advance(last + 1);
+        let mark = match last {
+            Some(last) => {
+                self.inner.tree.apply_batch(batch).map_err(StoreError::sled(self.path()))?;
+                last + 1
+            }
+            None => 0,
+        };
+        self.inner.flusher.enqueue(Pending { waiter, mark });
         Ok(())
+    }
+
+    /// Appends entries as one atomic batch and returns once sled has flushed them to disk.
+    pub async fn append_durably(&self, entries: impl IntoIterator<Item = LogEntry>) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.append_then_flush(entries, Waiter::Local(tx))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::damaged(self.path(), format!("flush failed: {e}"))),
+            Err(_) => Err(StoreError::damaged(self.path(), "the log flusher stopped")),
+        }
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -205,6 +223,8 @@ impl LogStore {
 
     /// Deletes entries from `index` on (conflicting entries replaced by a new leader), durably.
     pub async fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
+        // Let queued flushes finish first, so none of them raises the high-water mark after we lower it.
+        self.append_durably(std::iter::empty()).await?;
         let mut batch = sled::Batch::default();
         for key in self.inner.tree.range(entry_key(index)..=entry_key(u64::MAX)).keys() {
             batch.remove(key.map_err(StoreError::sled(self.path()))?);
@@ -278,16 +298,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        match self.append_durably(entries).await {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e.into_write())
-            }
-        }
+        // Returns once the entries are in sled; the callback fires after the group flush made them durable.
+        self.append_then_flush(entries, Waiter::Raft(callback)).map_err(StoreError::into_write)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

@@ -102,15 +102,18 @@ impl StateMachineStore {
         };
         for (expected, item) in (start..).zip(tree.range(record_key(start)..=record_key(u64::MAX))) {
             let (_, value) = item.map_err(StoreError::sled(&db_path))?;
-            let record: Executed = codec::decode(&value)
+            let records: Vec<Executed> = codec::decode(&value)
                 .map_err(|e| StoreError::damaged(&db_path, format!("applied record {expected}: {e}")))?;
-            if record.index != expected {
+            if records.is_empty() || records.iter().any(|r| r.index != expected) {
+                let found = records.first().map_or("an empty record".to_string(), |r| r.index.to_string());
                 return Err(StoreError::damaged(
                     &db_path,
-                    format!("applied records jump from {} to {}", expected.saturating_sub(1), record.index),
+                    format!("applied records jump from {} to {found}", expected.saturating_sub(1)),
                 ));
             }
-            state.replay(&record).map_err(|e| StoreError::damaged(&db_path, e.to_string()))?;
+            for record in &records {
+                state.replay(record).map_err(|e| StoreError::damaged(&db_path, e.to_string()))?;
+            }
         }
         let applied_index = applied.map_or(0, |a| a.index);
         if state.last_applied() != applied_index {
@@ -159,33 +162,37 @@ impl StateMachineStore {
         self.inner.applied_tx.subscribe()
     }
 
-    /// Up to `limit` records with index > `after`, in order. Records older than the retention window are gone:
+    /// The records of up to `limit` log entries with index > `after`, in order (a batched entry gives one record
+    /// per request). Records older than the retention window are gone:
     /// the first returned index then tells the caller where the retained history starts.
     pub fn records_after(&self, after: u64, limit: usize) -> Result<Vec<Executed>, StoreError> {
         let mut out = Vec::new();
         let start = after.saturating_add(1);
         for item in self.inner.tree.range(record_key(start)..=record_key(u64::MAX)).take(limit) {
             let (_, value) = item.map_err(StoreError::sled(&self.inner.db_path))?;
-            out.push(
-                codec::decode(&value).map_err(|e| StoreError::damaged(&self.inner.db_path, format!("record: {e}")))?,
-            );
+            let records: Vec<Executed> =
+                codec::decode(&value).map_err(|e| StoreError::damaged(&self.inner.db_path, format!("record: {e}")))?;
+            out.extend(records);
         }
         Ok(out)
     }
 
     /// Applies entries; returns each entry's record (the client's answer).
-    pub fn apply_entries(&self, entries: impl IntoIterator<Item = LogEntry>) -> Result<Vec<Executed>, StoreError> {
+    pub fn apply_entries(&self, entries: impl IntoIterator<Item = LogEntry>) -> Result<Vec<Vec<Executed>>, StoreError> {
         let mut current = self.inner.current.write().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
         let mut out = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
-            let executed = match &entry.payload {
-                EntryPayload::Blank => current.state.execute_noop(index),
-                EntryPayload::Normal(request) => current.state.execute(index, request),
+            // One record per batched request (the clients' answers); one for a blank or membership entry.
+            let executed: Vec<Executed> = match &entry.payload {
+                EntryPayload::Normal(batch) if !batch.requests.is_empty() => {
+                    batch.requests.iter().map(|r| current.state.execute(index, r)).collect()
+                }
+                EntryPayload::Blank | EntryPayload::Normal(_) => vec![current.state.execute_noop(index)],
                 EntryPayload::Membership(m) => {
                     current.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    current.state.execute_noop(index)
+                    vec![current.state.execute_noop(index)]
                 }
             };
             current.applied = Some(entry.log_id);
@@ -286,7 +293,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((current.applied, current.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Executed>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Executed>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,

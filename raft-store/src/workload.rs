@@ -63,7 +63,10 @@ pub fn request(index: u64) -> Request {
 
 /// The log entry at `index`, written in term 1 by node 1.
 pub fn entry(index: u64) -> LogEntry {
-    LogEntry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(request(index)) }
+    LogEntry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(crate::Batch { requests: vec![request(index)] }),
+    }
 }
 
 /// The state after applying entries `1..=last` to a fresh state.

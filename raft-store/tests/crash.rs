@@ -121,10 +121,10 @@ fn sigkill_at_random_moments_loses_no_acknowledged_entry() {
         let entries = log.entries(first..=last).unwrap();
         assert_eq!(entries.len() as u64, last + 1 - first, "iteration {iteration}: hole in the log");
         for e in &entries {
-            let EntryPayload::Normal(req) = &e.payload else { panic!("unexpected payload") };
+            let EntryPayload::Normal(batch) = &e.payload else { panic!("unexpected payload") };
             assert_eq!(
-                req,
-                &workload::request(e.log_id.index),
+                &batch.requests,
+                &vec![workload::request(e.log_id.index)],
                 "iteration {iteration}: entry {} differs",
                 e.log_id.index
             );

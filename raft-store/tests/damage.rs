@@ -18,6 +18,17 @@ fn populate(dir: &Path, n: u64, snapshot_at: Option<u64>) {
             }
         }
     });
+    // The high-water mark is written in the background; wait until it covers everything, as it would after a
+    // clean exit, so the damage below is the only change.
+    let hwm = dir.join("raft.hwm");
+    let started = std::time::Instant::now();
+    while fs::read(&hwm).ok().filter(|b| b.len() == 20).map(|b| u64::from_le_bytes(b[4..12].try_into().unwrap()))
+        != Some(n + 1)
+    {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "high-water mark never caught up");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
 }
 
 fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {

@@ -315,7 +315,8 @@ impl State {
 
     /// Folds a record produced by [`State::execute`] (here or on another node) into this state.
     pub fn replay(&mut self, executed: &Executed) -> Result<(), FoldError> {
-        if executed.index <= self.data.last_applied && executed.index != 0 {
+        // Several requests may share one log index (a batched proposal); indexes never go back.
+        if executed.index < self.data.last_applied {
             return Err(FoldError {
                 index: executed.index,
                 reason: format!("records must be replayed in order; last applied is {}", self.data.last_applied),

@@ -108,16 +108,16 @@ pub fn spawn_bootstrapper(coordinator: Arc<Coordinator>) {
                 command: Command::RestoreState { state: Box::new(state.clone()) },
                 proposed_at_unix_ms: super::http::now_ms(),
             };
-            match c.raft.client_write(request).await {
-                Ok(resp) => {
-                    match &resp.data.result {
+            match c.proposer.propose(request).await {
+                Ok(executed) => {
+                    match &executed.result {
                         Ok(_) => tracing::info!("restored the bootstrap snapshot into the new cluster"),
                         Err(e) => tracing::error!(error = %e, "bootstrap snapshot not restored"),
                     }
                     *pending = None;
                     return;
                 }
-                Err(e) => tracing::debug!(error = %e, "bootstrap restore will be retried"),
+                Err(e) => tracing::debug!(error = ?e, "bootstrap restore will be retried"),
             }
         }
     });

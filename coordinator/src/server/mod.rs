@@ -6,6 +6,7 @@ pub mod export;
 pub mod http;
 pub mod metrics;
 pub mod network;
+pub mod proposer;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct Coordinator {
     pub addr: String,
     /// The Raft node.
     pub raft: Raft<TypeConfig>,
+    /// Batches concurrent writes into one entry.
+    pub proposer: proposer::Proposer,
     /// The state machine (reads, watches).
     pub sm: StateMachineStore,
     /// The log (status).
@@ -164,6 +167,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let coordinator = Arc::new(Coordinator {
         id: config.id,
         addr,
+        proposer: proposer::Proposer::spawn(raft.clone()),
         raft,
         sm,
         log,

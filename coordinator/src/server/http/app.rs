@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::server::proposer::ProposeError;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use openraft::error::{ClientWriteError, RaftError};
 use serde::Deserialize;
 use shared_model::{Applied, ClusterName, Command, FederatedTableId, IdempotencyKey, Request, StreamId};
 use utoipa::IntoParams;
@@ -78,14 +78,14 @@ pub async fn propose(app: &AppState, headers: &HeaderMap, command: Command) -> R
     let kind = command.kind();
     let started = Instant::now();
     let request = Request { key, command, proposed_at_unix_ms: now_ms() };
-    let result = app.raft.client_write(request).await;
+    let result = app.proposer.propose(request).await;
     app.metrics
         .write_seconds
         .get_or_create(&CommandLabel { command: kind.into() })
         .observe(started.elapsed().as_secs_f64());
     let outcome = |o: &str| OutcomeLabels { command: kind.into(), outcome: o.into() };
     match result {
-        Ok(resp) => match resp.data.result {
+        Ok(executed) => match executed.result {
             Ok(applied) => {
                 app.metrics.writes.get_or_create(&outcome("applied")).inc();
                 Ok(applied)
@@ -95,10 +95,10 @@ pub async fn propose(app: &AppState, headers: &HeaderMap, command: Command) -> R
                 Err(Failure::command(&e))
             }
         },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(Failure::unavailable("not_leader", format!("leadership moved (leader now {:?}); retry", f.leader_id)))
+        Err(ProposeError::NotLeader(leader)) => {
+            Err(Failure::unavailable("not_leader", format!("leadership moved (leader now {leader:?}); retry")))
         }
-        Err(e) => Err(Failure::unavailable("raft_unavailable", e.to_string())),
+        Err(ProposeError::Raft(e)) => Err(Failure::unavailable("raft_unavailable", e)),
     }
 }
 
@@ -504,7 +504,15 @@ pub async fn events(
             }
         }
         if !records.is_empty() || wait.is_zero() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(EventsPage { records: records.iter().map(EventRecord::from).collect(), last_applied }));
+            let mut out: Vec<EventRecord> = Vec::with_capacity(records.len());
+            for record in &records {
+                let mut view = EventRecord::from(record);
+                if let Some(prev) = out.last().filter(|p| p.index == view.index) {
+                    view.position = prev.position + 1;
+                }
+                out.push(view);
+            }
+            return Ok(Json(EventsPage { records: out, last_applied }));
         }
         if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
             return Ok(Json(EventsPage { records: vec![], last_applied }));
