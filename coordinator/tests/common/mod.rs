@@ -40,18 +40,25 @@ pub struct TestCluster {
     pub nodes: BTreeMap<u64, Node>,
     pub base: tempfile::TempDir,
     peers: String,
+    extra_args: Vec<String>,
 }
 
 impl TestCluster {
     /// Starts `n` nodes and forms a cluster of them through the CLI.
     pub fn start(n: u64) -> Self {
+        Self::start_with(n, &[])
+    }
+
+    /// The same, with extra `serve` flags for every node.
+    pub fn start_with(n: u64, extra_args: &[&str]) -> Self {
         let base = tempfile::tempdir().unwrap();
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             nodes.insert(id, Node { id, port: free_port(), dir: base.path().join(format!("n{id}")), child: None });
         }
         let peers = nodes.values().map(|n| format!("{}={}", n.id, n.addr())).collect::<Vec<_>>().join(",");
-        let mut cluster = TestCluster { nodes, base, peers };
+        let extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut cluster = TestCluster { nodes, base, peers, extra_args };
         for id in 1..=n {
             cluster.spawn(id);
         }
@@ -81,6 +88,7 @@ impl TestCluster {
             .args(["serve", "--id", &id.to_string(), "--listen", &node.addr(), "--data-dir"])
             .arg(&node.dir)
             .args(["--peers", &peers, "--token", TOKEN])
+            .args(&self.extra_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
