@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::api::*;
 use crate::client::{Client, ClientError, ClientOptions};
-use crate::server::config::{file_peers, parse_peers, FileConfig, RaftSettings, ServeConfig};
+use crate::server::config::{file_peers, parse_peers, FileConfig, RaftSettings, ServeConfig, TlsFiles};
 
 /// Command-line interface.
 #[derive(Debug, Parser)]
@@ -31,6 +31,9 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM file of the CA that signed the coordinators' TLS certificates (https:// endpoints, and peers for serve).
+    #[arg(long, env = "PGTRICKLE_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Give up after this many seconds without an answer.
     #[arg(long, default_value_t = 15, global = true)]
     pub timeout_secs: u64,
@@ -136,6 +139,12 @@ pub struct ServeArgs {
     /// Largest request body (bytes).
     #[arg(long)]
     pub body_limit: Option<usize>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "PGTRICKLE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "PGTRICKLE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A failure of the CLI with its exit status.
@@ -168,7 +177,7 @@ fn usage(message: impl Into<String>) -> Exit {
 }
 
 /// Builds the serve configuration: flags/env over file over defaults.
-pub fn serve_config(args: &ServeArgs, token: Option<String>) -> Result<ServeConfig, Exit> {
+pub fn serve_config(args: &ServeArgs, token: Option<String>, ca_file: Option<PathBuf>) -> Result<ServeConfig, Exit> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path).map_err(usage)?,
         None => FileConfig::default(),
@@ -206,6 +215,12 @@ pub fn serve_config(args: &ServeArgs, token: Option<String>) -> Result<ServeConf
         body_limit: args.body_limit.or(file.body_limit).unwrap_or(1024 * 1024),
         raft,
         bootstrap_from: args.bootstrap_from.clone().or(file.bootstrap_from),
+        tls: match (args.tls_cert.clone().or(file.tls_cert), args.tls_key.clone().or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(usage("TLS needs both a certificate and a key (--tls-cert and --tls-key)")),
+        },
+        ca_file: ca_file.or(file.ca_file),
     })
 }
 
@@ -236,7 +251,12 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 
 /// Runs a client subcommand.
 pub async fn run_client(cli: &Cli) -> Result<(), Exit> {
+    let ca_pem = match &cli.ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?),
+        None => None,
+    };
     let options = ClientOptions {
+        ca_pem,
         token: cli.token.clone(),
         client_id: format!("cli@{}", std::process::id()),
         deadline: Duration::from_secs(cli.timeout_secs),

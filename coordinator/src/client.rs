@@ -55,6 +55,8 @@ pub struct ClientOptions {
     pub deadline: Duration,
     /// Timeout of one HTTP attempt (long polls add their wait).
     pub attempt_timeout: Duration,
+    /// PEM of the CA that signed the coordinators' certificates (https:// endpoints); default: system roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for ClientOptions {
@@ -64,6 +66,7 @@ impl Default for ClientOptions {
             client_id: format!("client-{}", uuid::Uuid::new_v4().simple()),
             deadline: Duration::from_secs(15),
             attempt_timeout: Duration::from_secs(5),
+            ca_pem: None,
         }
     }
 }
@@ -106,12 +109,16 @@ impl Client {
     /// A client for the nodes in `spec`.
     pub fn new(spec: &str, options: ClientOptions) -> Result<Self, ClientError> {
         let nodes = parse_nodes(spec)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ClientError::Decode { url: spec.into(), reason: e.to_string() })?;
+            .tcp_nodelay(true);
+        if let Some(pem) = &options.ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| ClientError::Decode { url: spec.into(), reason: format!("CA certificate: {e}") })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| ClientError::Decode { url: spec.into(), reason: e.to_string() })?;
         Ok(Client { nodes: std::sync::Arc::new(nodes), preferred: Default::default(), http, options })
     }
 

@@ -35,7 +35,7 @@ async fn serve(cli: &Cli, args: &cli::ServeArgs) -> Result<(), Exit> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = cli::serve_config(args, cli.token.clone())?;
+    let config = cli::serve_config(args, cli.token.clone(), cli.ca_file.clone())?;
     let server = coordinator::server::start(config).await.map_err(|e| Exit { status: 2, message: e.to_string() })?;
     let coordinator = server.coordinator.clone();
     tokio::select! {

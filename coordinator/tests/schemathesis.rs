@@ -36,22 +36,37 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let node = cluster.nodes.keys().copied().find(|id| *id != leader).unwrap_or(leader);
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
     let reports = tempfile::tempdir().unwrap();
-    let out = Command::new(&st)
-        .args(["--config-file", config, "run"])
-        .arg(format!("{}/openapi.json", cluster.nodes[&node].url()))
-        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
-        .args([
-            "--checks",
-            "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
-        ])
-        .args(["--exclude-path", "/v1/admin/membership", "--exclude-path", "/v1/admin/learners"])
-        .args(["--max-examples", "40", "--workers", "2", "--seed", "1"])
-        .arg("--report-dir")
-        .arg(reports.path())
-        .current_dir(reports.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let run = || {
+        Command::new(&st)
+            .args(["--config-file", config, "run"])
+            .arg(format!("{}/openapi.json", cluster.nodes[&node].url()))
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .args([
+                "--checks",
+                "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
+            ])
+            .args(["--exclude-path", "/v1/admin/membership", "--exclude-path", "/v1/admin/learners"])
+            .args(["--max-examples", "40", "--workers", "2", "--seed", "1"])
+            .arg("--report-dir")
+            .arg(reports.path())
+            .current_dir(reports.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    // schemathesis 4.32 occasionally crashes inside its own coverage phase ("Runtime Error", a KeyError in its
+    // generator) without having found anything about the API. Such a run proves nothing either way: run again
+    // (at most twice more). A run that reports a failed check is never retried.
+    let mut out = run();
+    for _ in 0..2 {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let tool_crash = !out.status.success() && !text.contains("Failures:") && text.contains("Runtime Error");
+        if !tool_crash {
+            break;
+        }
+        println!("schemathesis crashed internally (no API failure reported); running it again");
+        out = run();
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary = stdout.lines().skip_while(|l| !l.contains("SUMMARY")).collect::<Vec<_>>().join("\n");
     println!("{summary}");

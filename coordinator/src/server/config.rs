@@ -78,6 +78,17 @@ pub struct ServeConfig {
     pub raft: RaftSettings,
     /// Start a new cluster from this coordinator snapshot (file://, s3://).
     pub bootstrap_from: Option<String>,
+    /// TLS: certificate chain and private key (PEM) to serve HTTPS; peers are then reached over HTTPS too.
+    pub tls: Option<TlsFiles>,
+    /// PEM file of the CA that signed the peers' certificates (default: the system roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Certificate and key of a node.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The TOML file's shape; every field optional.
@@ -92,6 +103,9 @@ pub struct FileConfig {
     pub peers: Option<BTreeMap<String, String>>,
     pub body_limit: Option<usize>,
     pub bootstrap_from: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     pub raft: Option<RaftSettings>,
 }
 

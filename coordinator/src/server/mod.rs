@@ -67,6 +67,8 @@ pub struct Coordinator {
     pub body_limit: usize,
     /// A snapshot to restore into a fresh cluster once this node leads it.
     pub bootstrap: tokio::sync::Mutex<Option<shared_model::State>>,
+    /// `http` or `https`: how this node and its peers are reached.
+    pub scheme: &'static str,
 }
 
 /// A started server.
@@ -147,20 +149,36 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         None if config.insecure_no_token => None,
         None => Some(load_or_create_token(&config.data_dir)?),
     };
-    let (log, sm) = raft_store::open(&config.data_dir, StoreOptions::default())?;
-    let http_client = reqwest::Client::builder()
+    let tls = match &config.tls {
+        Some(files) => {
+            Some(axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key).await.map_err(|e| {
+                ServeError::Io {
+                    what: format!("loading TLS certificate {} and key {}", files.cert.display(), files.key.display()),
+                    source: e,
+                }
+            })?)
+        }
+        None => None,
+    };
+    let mut builder = reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(300))
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| ServeError::Raft(e.to_string()))?;
-    let network = network::Network::new(http_client.clone(), token.clone(), false);
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = &config.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| ServeError::Io { what: format!("reading CA file {}", ca.display()), source: e })?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| ServeError::Config(format!("CA file {}: {e}", ca.display())))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let http_client = builder.build().map_err(|e| ServeError::Raft(e.to_string()))?;
+    let (log, sm) = raft_store::open(&config.data_dir, StoreOptions::default())?;
+    let network = network::Network::new(http_client.clone(), token.clone(), tls.is_some());
     let raft = Raft::new(config.id, Arc::new(raft_config(&config.raft)?), network, log.clone(), sm.clone())
         .await
         .map_err(|e| ServeError::Raft(e.to_string()))?;
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| ServeError::Io { what: format!("binding {}", config.listen), source: e })?;
     let local_addr = listener.local_addr().map_err(|e| ServeError::Io { what: "local address".into(), source: e })?;
     let addr = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
@@ -177,19 +195,43 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         metrics: metrics::Metrics::new(),
         body_limit: config.body_limit,
         bootstrap: tokio::sync::Mutex::new(bootstrap),
+        scheme: if tls.is_some() { "https" } else { "http" },
     });
     metrics::spawn_raft_watcher(coordinator.clone());
     export::spawn_bootstrapper(coordinator.clone());
     let (stop, mut stopped) = watch::channel(false);
     let router = http::router(coordinator.clone());
-    let serving = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
-            tracing::error!(error = %e, "HTTP server stopped");
+    let serving = match tls {
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+                stopper.graceful_shutdown(Some(Duration::from_secs(2)));
+            });
+            let server = axum_server::from_tcp_rustls(listener, tls)
+                .map_err(|e| ServeError::Io { what: "serving TLS".into(), source: e })?
+                .handle(handle);
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(router.into_make_service()).await {
+                    tracing::error!(error = %e, "HTTPS server stopped");
+                }
+            })
         }
-    });
+        None => {
+            listener.set_nonblocking(true).map_err(|e| ServeError::Io { what: "listener".into(), source: e })?;
+            let listener =
+                TcpListener::from_std(listener).map_err(|e| ServeError::Io { what: "listener".into(), source: e })?;
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            })
+        }
+    };
     tracing::info!(id = config.id, addr = %local_addr, data_dir = %config.data_dir.display(), "coordinator node serving");
     Ok(RunningServer { coordinator, local_addr, stop, serving })
 }

@@ -21,6 +21,7 @@ pub struct Node {
     pub id: u64,
     pub port: u16,
     pub dir: PathBuf,
+    scheme: &'static str,
     child: Option<Child>,
 }
 
@@ -29,7 +30,7 @@ impl Node {
         format!("127.0.0.1:{}", self.port)
     }
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
     pub fn running(&self) -> bool {
         self.child.is_some()
@@ -41,6 +42,8 @@ pub struct TestCluster {
     pub base: tempfile::TempDir,
     peers: String,
     extra_args: Vec<String>,
+    /// With TLS: the PEM file clients trust (the nodes' self-signed certificate).
+    ca_file: Option<PathBuf>,
 }
 
 impl TestCluster {
@@ -51,14 +54,39 @@ impl TestCluster {
 
     /// The same, with extra `serve` flags for every node.
     pub fn start_with(n: u64, extra_args: &[&str]) -> Self {
+        Self::start_inner(n, extra_args, false)
+    }
+
+    /// A cluster serving HTTPS (API and Raft RPC) with a self-signed certificate for 127.0.0.1.
+    pub fn start_tls(n: u64) -> Self {
+        Self::start_inner(n, &[], true)
+    }
+
+    fn start_inner(n: u64, extra_args: &[&str], tls: bool) -> Self {
         let base = tempfile::tempdir().unwrap();
+        let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut ca_file = None;
+        if tls {
+            let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+            let cert_path = base.path().join("node.pem");
+            let key_path = base.path().join("node.key");
+            std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+            std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+            for a in ["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()] {
+                extra_args.push(a.into());
+            }
+            ca_file = Some(cert_path);
+        }
+        let scheme = if tls { "https" } else { "http" };
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            nodes.insert(id, Node { id, port: free_port(), dir: base.path().join(format!("n{id}")), child: None });
+            nodes.insert(
+                id,
+                Node { id, port: free_port(), dir: base.path().join(format!("n{id}")), scheme, child: None },
+            );
         }
         let peers = nodes.values().map(|n| format!("{}={}", n.id, n.addr())).collect::<Vec<_>>().join(",");
-        let extra_args = extra_args.iter().map(|s| s.to_string()).collect();
-        let mut cluster = TestCluster { nodes, base, peers, extra_args };
+        let mut cluster = TestCluster { nodes, base, peers, extra_args, ca_file };
         for id in 1..=n {
             cluster.spawn(id);
         }
@@ -73,7 +101,8 @@ impl TestCluster {
 
     /// Adds a node that is not a member yet (for add-learner).
     pub fn add_node(&mut self, id: u64) {
-        let node = Node { id, port: free_port(), dir: self.base.path().join(format!("n{id}")), child: None };
+        let scheme = if self.ca_file.is_some() { "https" } else { "http" };
+        let node = Node { id, port: free_port(), dir: self.base.path().join(format!("n{id}")), scheme, child: None };
         self.nodes.insert(id, node);
         self.spawn(id);
         self.wait_http(id);
@@ -89,6 +118,7 @@ impl TestCluster {
             .arg(&node.dir)
             .args(["--peers", &peers, "--token", TOKEN])
             .args(&self.extra_args)
+            .args(self.ca_file.iter().flat_map(|c| [std::ffi::OsString::from("--ca-file"), c.clone().into_os_string()]))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -135,6 +165,11 @@ impl TestCluster {
         self.nodes.values().map(|n| n.url()).collect::<Vec<_>>().join(",")
     }
 
+    /// The CA clients must trust (TLS clusters).
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        self.ca_file.as_ref().map(|p| std::fs::read(p).unwrap())
+    }
+
     pub fn client(&self) -> Client {
         self.client_as("test")
     }
@@ -145,6 +180,7 @@ impl TestCluster {
             client_id: name.into(),
             deadline: Duration::from_secs(20),
             attempt_timeout: Duration::from_secs(3),
+            ca_pem: self.ca_pem(),
         };
         Client::new(&self.all_endpoints(), options).unwrap()
     }
@@ -155,6 +191,7 @@ impl TestCluster {
             client_id: "probe".into(),
             deadline: Duration::from_millis(500),
             attempt_timeout: Duration::from_millis(500),
+            ca_pem: self.ca_pem(),
         };
         Client::new(&self.nodes[&id].url(), options).unwrap()
     }
@@ -163,6 +200,7 @@ impl TestCluster {
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(["--endpoints", &self.endpoints(), "--token", TOKEN, "--timeout-secs", "20"])
+            .args(self.ca_file.iter().flat_map(|c| [std::ffi::OsString::from("--ca-file"), c.clone().into_os_string()]))
             .args(args)
             .output()
             .unwrap()
@@ -171,7 +209,18 @@ impl TestCluster {
     /// Status of one node over HTTP (blocking).
     pub fn status(&self, id: u64) -> Option<StatusView> {
         let url = format!("{}/v1/admin/status", self.nodes[&id].url());
-        let resp = ureq_get(&url)?;
+        let resp = match &self.ca_file {
+            None => ureq_get(&url)?,
+            Some(ca) => {
+                let out = Command::new("curl")
+                    .args(["-sf", "--max-time", "2", "--cacert"])
+                    .arg(ca)
+                    .arg(&url)
+                    .output()
+                    .ok()?;
+                String::from_utf8(out.stdout).ok().filter(|s| !s.is_empty())?
+            }
+        };
         serde_json::from_str(&resp).ok()
     }
 

@@ -231,7 +231,7 @@ async fn forward(app: &Coordinator, addr: &str, req: Request) -> Response {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = app
         .http
-        .request(parts.method.clone(), format!("http://{addr}{path}"))
+        .request(parts.method.clone(), format!("{}://{addr}{path}", app.scheme))
         .timeout(Duration::from_secs(65))
         .header(FORWARDED_HEADER, app.id.to_string())
         .body(body);
