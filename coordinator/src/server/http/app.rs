@@ -64,6 +64,15 @@ pub struct CutQuery {
     pub wait_ms: Option<u64>,
 }
 
+/// One object of the state as JSON, or 404 with the message `missing` builds.
+fn found<T>(
+    app: &AppState,
+    view: impl FnOnce(&shared_model::State) -> Option<T>,
+    missing: impl FnOnce() -> String,
+) -> Result<Json<T>, Failure> {
+    app.sm.with_state(view).map(Json).ok_or_else(|| Failure::not_found(missing()))
+}
+
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Failure> {
     q.map(|Query(t)| t).map_err(|e| Failure::bad_request("bad_query", e.body_text()))
 }
@@ -335,10 +344,7 @@ pub async fn get_cluster(
 ) -> Result<Json<ClusterView>, Failure> {
     query(q)?;
     let name = ClusterName::parse(&cluster).map_err(|e| Failure::invalid(e.to_string()))?;
-    app.sm
-        .with_state(|s| views::cluster(s, &name))
-        .map(Json)
-        .ok_or_else(|| Failure::not_found(format!("cluster {name:?} is not registered")))
+    found(&app, |s| views::cluster(s, &name), || format!("cluster {name:?} is not registered"))
 }
 
 /// The federation's name and change-log settings.
@@ -375,10 +381,7 @@ pub async fn get_stream(
 ) -> Result<Json<StreamView>, Failure> {
     query(q)?;
     let id = StreamId(relation(&cluster, &name)?);
-    app.sm
-        .with_state(|s| views::stream(s, &id))
-        .map(Json)
-        .ok_or_else(|| Failure::not_found(format!("stream {id} is not published")))
+    found(&app, |s| views::stream(s, &id), || format!("stream {id} is not published"))
 }
 
 /// Federated tables with their newest cuts.
@@ -404,10 +407,7 @@ pub async fn get_federated_table(
 ) -> Result<Json<FederatedTableView>, Failure> {
     query(q)?;
     let id = FederatedTableId(relation(&cluster, &name)?);
-    app.sm
-        .with_state(|s| views::federated(s, &id))
-        .map(Json)
-        .ok_or_else(|| Failure::not_found(format!("federated table {id} does not exist")))
+    found(&app, |s| views::federated(s, &id), || format!("federated table {id} does not exist"))
 }
 
 /// Committed frontiers of every stream.
@@ -433,10 +433,7 @@ pub async fn get_frontier(
 ) -> Result<Json<FrontierView>, Failure> {
     query(q)?;
     let id = StreamId(relation(&cluster, &name)?);
-    app.sm
-        .with_state(|s| views::frontier(s, &id))
-        .map(Json)
-        .ok_or_else(|| Failure::not_found(format!("stream {id} is not published")))
+    found(&app, |s| views::frontier(s, &id), || format!("stream {id} is not published"))
 }
 
 /// The global DAG: topological order, edges, SCC and diamond groups.

@@ -207,7 +207,9 @@ async fn typed_errors(State(app): State<AppState>, req: Request, next: Next) -> 
 
 /// Where the leader is, if known: `Ok(None)` when this node leads.
 fn leader_addr(app: &Coordinator) -> Result<Option<String>, Failure> {
-    let metrics = app.raft.metrics().borrow().clone();
+    // Borrow, do not clone: this runs on every write and read.
+    let receiver = app.raft.metrics();
+    let metrics = receiver.borrow();
     match metrics.current_leader {
         Some(id) if id == app.id => Ok(None),
         Some(id) => match metrics.membership_config.membership().get_node(&id) {
