@@ -1,0 +1,122 @@
+-- pg_trickle catalog: the API and catalog in schema pgtrickle; change buffers in their own schema so
+-- that access to captured rows can be granted separately.
+CREATE SCHEMA pgtrickle;
+CREATE SCHEMA pgtrickle_changes;
+COMMENT ON SCHEMA pgtrickle_changes IS 'pg_trickle change buffers: captured source changes and stream-table deltas';
+
+CREATE TABLE pgtrickle.pgt_stream_tables (
+    pgt_id               bigserial PRIMARY KEY,
+    pgt_relid            oid NOT NULL UNIQUE,
+    pgt_schema           name NOT NULL,
+    pgt_name             name NOT NULL,
+    defining_query       text NOT NULL,
+    schedule             interval CHECK (schedule IS NULL OR schedule > interval '0'),
+    refresh_mode         text NOT NULL CHECK (refresh_mode IN ('auto', 'differential', 'full')),
+    effective_mode       text NOT NULL CHECK (effective_mode IN ('differential', 'full')),
+    full_reason          text,
+    plan_kind            text NOT NULL CHECK (plan_kind IN ('project', 'aggregate', 'other')),
+    status               text NOT NULL DEFAULT 'ACTIVE' CHECK (status IN ('ACTIVE', 'SUSPENDED', 'ERROR')),
+    last_batch_seq       bigint NOT NULL DEFAULT 0,
+    row_count            bigint NOT NULL DEFAULT 0,
+    last_refresh_at      timestamptz,
+    next_due_at          timestamptz,
+    last_error           text,
+    consecutive_failures integer NOT NULL DEFAULT 0,
+    needs_reinit         boolean NOT NULL DEFAULT false,
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (pgt_schema, pgt_name)
+);
+COMMENT ON TABLE pgtrickle.pgt_stream_tables IS 'one row per stream table: definition, schedule, state';
+
+CREATE TABLE pgtrickle.pgt_dependencies (
+    pgt_id             bigint NOT NULL REFERENCES pgtrickle.pgt_stream_tables ON DELETE CASCADE,
+    source_relid       oid NOT NULL,
+    source_kind        text NOT NULL CHECK (source_kind IN ('table', 'stream_table', 'view')),
+    -- Watermark: the source's change rows visible in this snapshot have been consumed ...
+    consumed_snapshot  pg_snapshot,
+    -- ... and so have this transaction's own rows up to this change id (a refresh that runs in the
+    -- transaction that wrote the changes consumes them although its snapshot does not list them).
+    consumed_xid       xid8,
+    consumed_change_id bigint,
+    PRIMARY KEY (pgt_id, source_relid)
+);
+CREATE INDEX ON pgtrickle.pgt_dependencies (source_relid);
+COMMENT ON TABLE pgtrickle.pgt_dependencies IS 'stream table -> source edges, with how far each source''s change buffer was consumed';
+
+CREATE TABLE pgtrickle.pgt_change_buffers (
+    source_relid oid PRIMARY KEY,
+    buffer_name  name NOT NULL,
+    source_kind  text NOT NULL CHECK (source_kind IN ('table', 'stream_table')),
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE pgtrickle.pgt_change_buffers IS 'change buffers in schema pgtrickle_changes and the relation each captures';
+
+CREATE TABLE pgtrickle.pgt_refresh_history (
+    refresh_id    bigserial PRIMARY KEY,
+    pgt_id        bigint NOT NULL,
+    started_at    timestamptz NOT NULL,
+    finished_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    action        text NOT NULL CHECK (action IN ('differential', 'full', 'reinitialize')),
+    status        text NOT NULL CHECK (status IN ('OK', 'NO_CHANGE', 'ERROR')),
+    triggered_by  text NOT NULL CHECK (triggered_by IN ('manual', 'scheduler', 'create', 'alter')),
+    batch_seq     bigint,
+    batch_kind    text CHECK (batch_kind IN ('delta', 'snapshot')),
+    rows_inserted bigint NOT NULL DEFAULT 0,
+    rows_deleted  bigint NOT NULL DEFAULT 0,
+    error         text
+);
+CREATE INDEX ON pgtrickle.pgt_refresh_history (pgt_id, refresh_id);
+COMMENT ON TABLE pgtrickle.pgt_refresh_history IS 'every refresh attempt: what ran, the batch it produced, or the error';
+
+CREATE VIEW pgtrickle.stream_tables AS
+SELECT st.pgt_id,
+       format('%I.%I', st.pgt_schema, st.pgt_name) AS name,
+       st.status,
+       st.refresh_mode,
+       st.effective_mode,
+       st.full_reason,
+       st.schedule,
+       st.last_refresh_at,
+       st.next_due_at,
+       CASE WHEN st.last_refresh_at IS NOT NULL THEN now() - st.last_refresh_at END AS staleness,
+       st.row_count AS rows,
+       st.last_batch_seq,
+       st.consecutive_failures,
+       st.last_error,
+       st.defining_query
+FROM pgtrickle.pgt_stream_tables st;
+COMMENT ON VIEW pgtrickle.stream_tables IS 'stream tables: status, last refresh, next due, staleness, rows, last error';
+
+-- Dropping a table that stream tables read, or a stream table's storage, with plain DROP TABLE would
+-- leave the catalog pointing at nothing: refuse, and say what to do instead.
+CREATE FUNCTION pgtrickle._guard_drop() RETURNS event_trigger LANGUAGE plpgsql AS $$
+DECLARE
+    dropped record;
+    users text;
+BEGIN
+    IF current_setting('pgtrickle.internal_ddl', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR dropped IN SELECT objid, object_identity FROM pg_event_trigger_dropped_objects()
+                   WHERE object_type = 'table' AND original LOOP
+        IF EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = dropped.objid) THEN
+            RAISE EXCEPTION 'cannot drop % with DROP TABLE: it is a stream table', dropped.object_identity
+                USING ERRCODE = '2BP01',
+                      HINT = format('Use SELECT pgtrickle.drop_stream_table(%L);', dropped.object_identity);
+        END IF;
+        SELECT string_agg(format('%I.%I', st.pgt_schema, st.pgt_name), ', ') INTO users
+        FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)
+        WHERE d.source_relid = dropped.objid;
+        IF users IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot drop % because stream tables depend on it: %', dropped.object_identity, users
+                USING ERRCODE = '2BP01',
+                      HINT = 'Drop the dependent stream tables first with pgtrickle.drop_stream_table(name, cascade => true).';
+        END IF;
+    END LOOP;
+END $$;
+CREATE EVENT TRIGGER pgtrickle_guard_drop ON sql_drop EXECUTE FUNCTION pgtrickle._guard_drop();
+
+SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_stream_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_dependencies', '');
+SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_change_buffers', '');
+SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_refresh_history', '');

@@ -1,0 +1,68 @@
+//! The extension's GUCs. All live under the reserved `pg_trickle.` prefix.
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// Master switch for the background scheduler (refreshes by hand still work when off).
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// How many per-database scheduler workers may run at once, server-wide.
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+/// How often (milliseconds) a scheduler wakes to look for due stream tables.
+pub static SCHEDULER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Batches kept in a stream table's change buffer when nothing consumes it.
+pub static UNCONSUMED_BATCH_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(100);
+/// Upper bound (seconds) of the retry backoff of a failing stream table.
+pub static MAX_BACKOFF_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
+
+/// Registers the GUCs; called from `_PG_init`.
+pub fn register() {
+    GucRegistry::define_bool_guc(
+        c"pg_trickle.enabled",
+        c"Whether the background scheduler refreshes stream tables.",
+        c"When off, schedulers stay idle; pgtrickle.refresh_stream_table() still works.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.max_workers",
+        c"Maximum number of per-database scheduler workers running at once.",
+        c"Each database with the extension gets one scheduler worker while this budget allows.",
+        &MAX_WORKERS,
+        1,
+        128,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.scheduler_interval",
+        c"How often a scheduler looks for due stream tables.",
+        c"Also bounds how late a refresh can start after it becomes due.",
+        &SCHEDULER_INTERVAL_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.unconsumed_batch_retention",
+        c"Batches kept in a stream table's change buffer when nothing consumes it.",
+        c"Buffers with consumers are pruned as soon as every consumer has read a batch.",
+        &UNCONSUMED_BATCH_RETENTION,
+        0,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.max_backoff",
+        c"Longest wait before retrying a stream table whose refresh failed.",
+        c"Retries back off exponentially from the schedule up to this bound.",
+        &MAX_BACKOFF_SECONDS,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    // SAFETY: called once from _PG_init with a static NUL-terminated prefix.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_trickle".as_ptr()) };
+}

@@ -1,0 +1,158 @@
+//! The extension's one error type, classified the way a DBA triages: the caller's mistake (user), a
+//! catalog or object that is not in the state the operation needs (schema), something broken inside
+//! (system), or a condition worth retrying (transient). Raised at the SQL boundary with SQLSTATE,
+//! DETAIL and HINT; everything below the boundary returns `Result<_, PgTrickleError>`.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+/// How an error should be read: who has to act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Bad argument or query: the caller fixes the call.
+    User,
+    /// Object missing, in use, or in the wrong state: the caller changes the catalog first.
+    Schema,
+    /// A bug or broken invariant inside the extension.
+    System,
+    /// Lock timeout, serialization failure, shutdown: retrying later may succeed.
+    Transient,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgTrickleError {
+    #[error("invalid value for {argument}: {message}")]
+    InvalidArgument { argument: &'static str, message: String, hint: String },
+
+    #[error("stream table \"{0}\" does not exist")]
+    UnknownStreamTable(String),
+
+    #[error("relation \"{0}\" already exists")]
+    AlreadyExists(String),
+
+    #[error("the defining query is not valid: {message}")]
+    InvalidQuery { message: String, hint: String },
+
+    #[error("the defining query cannot be maintained differentially: {reason}")]
+    NotDifferential { reason: String },
+
+    #[error("the defining query calls volatile function {function}()")]
+    VolatileFunction { function: String },
+
+    #[error("source \"{source_name}\" is a {kind}, which stream tables cannot read")]
+    UnsupportedSource { source_name: String, kind: String },
+
+    #[error("stream table \"{name}\" would depend on itself: {path}")]
+    Cycle { name: String, path: String },
+
+    #[error("cannot drop {object} because stream tables depend on it: {dependents}")]
+    InUse { object: String, dependents: String },
+
+    #[error("stream table \"{name}\" is being refreshed by another session")]
+    Busy { name: String },
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = PgTrickleError> = std::result::Result<T, E>;
+
+impl PgTrickleError {
+    pub fn class(&self) -> ErrorClass {
+        use PgTrickleError::*;
+        match self {
+            InvalidArgument { .. } | InvalidQuery { .. } | NotDifferential { .. } | VolatileFunction { .. } => {
+                ErrorClass::User
+            }
+            UnknownStreamTable(_) | AlreadyExists(_) | UnsupportedSource { .. } | Cycle { .. } | InUse { .. } => {
+                ErrorClass::Schema
+            }
+            Busy { .. } => ErrorClass::Transient,
+            Internal(_) => ErrorClass::System,
+        }
+    }
+
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        use PgTrickleError::*;
+        match self {
+            InvalidArgument { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            UnknownStreamTable(_) => ERRCODE_UNDEFINED_TABLE,
+            AlreadyExists(_) => ERRCODE_DUPLICATE_TABLE,
+            InvalidQuery { .. } => ERRCODE_INVALID_OBJECT_DEFINITION,
+            NotDifferential { .. } | UnsupportedSource { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            VolatileFunction { .. } => ERRCODE_INVALID_OBJECT_DEFINITION,
+            Cycle { .. } => ERRCODE_INVALID_RECURSION,
+            InUse { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            Busy { .. } => ERRCODE_LOCK_NOT_AVAILABLE,
+            Internal(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        use PgTrickleError::*;
+        Some(match self {
+            InvalidArgument { hint, .. } | InvalidQuery { hint, .. } => hint.clone(),
+            UnknownStreamTable(_) => "SELECT name FROM pgtrickle.stream_tables lists the stream tables.".into(),
+            AlreadyExists(_) => "Choose another name, or drop the existing relation first.".into(),
+            NotDifferential { .. } => {
+                "Use refresh_mode => 'full' (recompute and diff), or 'auto' to pick differential where it applies."
+                    .into()
+            }
+            VolatileFunction { .. } => {
+                "A differential stream table must give the same rows for the same sources; use refresh_mode => \
+                 'full', or a stable/immutable function."
+                    .into()
+            }
+            UnsupportedSource { .. } => {
+                "Stream tables read ordinary or partitioned tables and other stream tables; for a view, use \
+                 refresh_mode => 'full' or name its tables."
+                    .into()
+            }
+            Cycle { .. } => "Stream tables form a DAG: define the query over tables that do not read this one.".into(),
+            InUse { .. } => {
+                "Drop the dependent stream tables first, or call pgtrickle.drop_stream_table(name, cascade => true)."
+                    .into()
+            }
+            Busy { .. } => "Retry when the running refresh has finished.".into(),
+            Internal(_) => return None,
+        })
+    }
+
+    pub fn detail(&self) -> Option<String> {
+        Some(format!("error class: {:?}", self.class()).to_lowercase())
+    }
+
+    /// Raises the error as a PostgreSQL ERROR (aborting the transaction, so nothing is half-done).
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "pg_trickle");
+        if let Some(detail) = self.detail() {
+            report = report.set_detail(detail);
+        }
+        if let Some(hint) = self.hint() {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("an ERROR report does not return")
+    }
+}
+
+impl From<pgrx::spi::Error> for PgTrickleError {
+    fn from(error: pgrx::spi::Error) -> Self {
+        PgTrickleError::Internal(format!("SPI: {error}"))
+    }
+}
+
+/// Unwraps a result at the SQL boundary, raising the error with SQLSTATE, DETAIL and HINT.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(value) => value,
+            Err(error) => error.raise(),
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! SQL text for the two ways of computing a refresh: recompute (the whole result, with row identities)
+//! and delta (only the rows that change, from the sources' unconsumed change rows).
+//!
+//! Row identity (`__pgt_row_id`) is canonical, so both ways agree on it: for GROUP BY stream tables it
+//! is a hash of the group key; for every other query it is a hash of the row's content together with
+//! its ordinal among identical rows (1…n). A delta therefore only needs, per distinct content, the net
+//! change in multiplicity and how many copies the stream table holds now.
+//!
+//! Pure string building over the parsed plan; the refresh module supplies the change-buffer CTEs.
+
+use sqlparser::ast::{Ident, ObjectName, TableAlias, TableFactor};
+
+use super::{AggFunc, DifferentialPlan, PlanKind};
+
+/// Quotes an identifier the way PostgreSQL's `quote_ident` does (always quoting is also correct).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// `ROW(p."a", p."b")::text`: the canonical text of some columns of a relation alias.
+pub fn row_text(prefix: &str, columns: &[String]) -> String {
+    let list: Vec<String> = columns.iter().map(|c| format!("{prefix}.{}", quote_ident(c))).collect();
+    format!("ROW({})::text", list.join(", "))
+}
+
+/// Column names of a stream table's storage: identity, user columns, then bookkeeping columns.
+#[derive(Debug, Clone)]
+pub struct StorageShape {
+    /// The stream table, quoted and schema-qualified.
+    pub table: String,
+    pub user_columns: Vec<String>,
+    /// Bookkeeping columns (name, SQL type) that aggregates need; empty for other shapes.
+    pub aux_columns: Vec<(String, String)>,
+}
+
+impl StorageShape {
+    /// All stored columns in storage order, quoted, each prefixed with `prefix.` when given.
+    pub fn all_columns(&self, prefix: Option<&str>) -> String {
+        let mut names = vec!["__pgt_row_id".to_string()];
+        names.extend(self.user_columns.iter().cloned());
+        names.extend(self.aux_columns.iter().map(|(n, _)| n.clone()));
+        names
+            .iter()
+            .map(|n| match prefix {
+                Some(p) => format!("{p}.{}", quote_ident(n)),
+                None => quote_ident(n),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The bookkeeping columns an aggregate plan stores next to its visible columns.
+pub fn aux_columns(plan: &DifferentialPlan) -> Vec<(String, String)> {
+    let PlanKind::Aggregate { aggs, .. } = &plan.kind else {
+        return Vec::new();
+    };
+    let mut columns = vec![("__pgt_count".to_string(), "bigint".to_string())];
+    for agg in aggs {
+        match agg.func {
+            AggFunc::Sum => columns.push((format!("__pgt_nn{}", agg.position), "bigint".into())),
+            AggFunc::Avg => {
+                columns.push((format!("__pgt_nn{}", agg.position), "bigint".into()));
+                columns.push((format!("__pgt_sum{}", agg.position), "numeric".into()));
+            }
+            _ => {}
+        }
+    }
+    columns
+}
+
+/// Recompute for queries maintained by content identity: the user's query, wrapped to add row ids.
+pub fn recompute_by_content(user_query: &str, shape: &StorageShape) -> String {
+    let columns: Vec<String> = shape.user_columns.iter().map(|c| format!("__pgt_q.{}", quote_ident(c))).collect();
+    format!(
+        "SELECT hashtextextended(__pgt_q.__pgt_ctext, row_number() OVER (PARTITION BY __pgt_q.__pgt_ctext)) \
+         AS __pgt_row_id, {cols} FROM (SELECT {ctext} AS __pgt_ctext, __pgt_u.* FROM ({user_query}) __pgt_u) __pgt_q",
+        cols = columns.join(", "),
+        ctext = row_text("__pgt_u", &shape.user_columns),
+    )
+}
+
+/// Recompute for GROUP BY plans, with the bookkeeping columns, optionally restricted by an extra
+/// condition over the source rows (used to recompute only some groups).
+pub fn recompute_aggregate(plan: &DifferentialPlan, shape: &StorageShape, restrict: Option<&str>) -> String {
+    let PlanKind::Aggregate { keys, aggs } = &plan.kind else {
+        unreachable!("recompute_aggregate is only called for aggregate plans")
+    };
+    let items = plan.items();
+    let mut select_list: Vec<String> = items
+        .iter()
+        .zip(&shape.user_columns)
+        .map(|(expr, column)| format!("{expr} AS {}", quote_ident(column)))
+        .collect();
+    select_list.push("count(*) AS __pgt_count".into());
+    for agg in aggs {
+        let arg = agg.arg.as_ref().map(|a| a.to_string()).unwrap_or_default();
+        match agg.func {
+            AggFunc::Sum => select_list.push(format!("count({arg}) AS __pgt_nn{}", agg.position)),
+            AggFunc::Avg => {
+                select_list.push(format!("count({arg}) AS __pgt_nn{}", agg.position));
+                select_list.push(format!("sum({arg})::numeric AS __pgt_sum{}", agg.position));
+            }
+            _ => {}
+        }
+    }
+    let key_columns: Vec<String> = keys.iter().map(|k| shape.user_columns[*k].clone()).collect();
+    let mut where_parts: Vec<String> = plan.select.selection.iter().map(|e| format!("({e})")).collect();
+    if let Some(extra) = restrict {
+        where_parts.push(format!("({extra})"));
+    }
+    let where_sql = if where_parts.is_empty() { String::new() } else { format!(" WHERE {}", where_parts.join(" AND ")) };
+    let inner = format!(
+        "SELECT {} FROM {}{where_sql} {}",
+        select_list.join(", "),
+        from_list(plan, &[None, None]),
+        plan.select.group_by
+    );
+    let outer_columns: Vec<String> = std::iter::once(format!("hashtextextended({}, 0)", row_text("__pgt_q", &key_columns)))
+        .chain(shape.user_columns.iter().map(|c| format!("__pgt_q.{}", quote_ident(c))))
+        .chain(shape.aux_columns.iter().map(|(c, _)| format!("__pgt_q.{}", quote_ident(c))))
+        .collect();
+    format!("SELECT {} FROM ({inner}) __pgt_q", outer_columns.join(", "))
+}
+
+/// The condition "this source row belongs to one of the groups whose ids are in `ids_relation`".
+pub fn group_membership(plan: &DifferentialPlan, ids_relation: &str) -> String {
+    let PlanKind::Aggregate { keys, .. } = &plan.kind else { unreachable!() };
+    let items = plan.items();
+    let key_exprs: Vec<String> = keys.iter().map(|k| items[*k].to_string()).collect();
+    format!(
+        "hashtextextended(ROW({})::text, 0) IN (SELECT __pgt_row_id FROM {ids_relation})",
+        key_exprs.join(", ")
+    )
+}
+
+/// The FROM list with each source optionally replaced by a CTE of the same alias.
+fn from_list(plan: &DifferentialPlan, replacements: &[Option<&str>]) -> String {
+    let mut select = plan.select.clone();
+    let mut index = 0;
+    for table in select.from.iter_mut() {
+        let factors = std::iter::once(&mut table.relation).chain(table.joins.iter_mut().map(|j| &mut j.relation));
+        for factor in factors {
+            if let TableFactor::Table { name, alias, .. } = factor {
+                let source = &plan.sources[index];
+                if let Some(Some(cte)) = replacements.get(index) {
+                    *name = ObjectName::from(vec![Ident::new(*cte)]);
+                }
+                *alias = Some(TableAlias { name: source.alias.clone(), columns: vec![] });
+            }
+            index += 1;
+        }
+    }
+    select.from.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// One term of the delta: which sources read their change rows, and the sign of the term's rows.
+struct Term {
+    replacements: Vec<Option<String>>,
+    sign: String,
+}
+
+/// Terms of Δ(A ⋈ B) = ΔA ⋈ B_new + A_new ⋈ ΔB − ΔA ⋈ ΔB (signed multisets), or ΔA for one source.
+fn delta_terms(plan: &DifferentialPlan, delta_ctes: &[String]) -> Vec<Term> {
+    let sign = |i: usize| format!("{}.__pgt_sign", plan.sources[i].alias);
+    match plan.sources.len() {
+        1 => vec![Term { replacements: vec![Some(delta_ctes[0].clone())], sign: sign(0) }],
+        _ => vec![
+            Term { replacements: vec![Some(delta_ctes[0].clone()), None], sign: sign(0) },
+            Term { replacements: vec![None, Some(delta_ctes[1].clone())], sign: sign(1) },
+            Term {
+                replacements: vec![Some(delta_ctes[0].clone()), Some(delta_ctes[1].clone())],
+                sign: format!("-({} * {})", sign(0), sign(1)),
+            },
+        ],
+    }
+}
+
+/// `SELECT sign AS __pgt_sign, <items> FROM … WHERE …` for every term, joined by UNION ALL.
+fn signed_rows(plan: &DifferentialPlan, delta_ctes: &[String], items: &[String]) -> String {
+    delta_terms(plan, delta_ctes)
+        .iter()
+        .map(|term| {
+            let replacements: Vec<Option<&str>> = term.replacements.iter().map(|r| r.as_deref()).collect();
+            let where_sql = plan.select.selection.as_ref().map(|e| format!(" WHERE {e}")).unwrap_or_default();
+            format!(
+                "SELECT {} AS __pgt_sign, {} FROM {}{where_sql}",
+                term.sign,
+                items.join(", "),
+                from_list(plan, &replacements)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+/// The body (after the caller's own CTEs) of the statement that fills the delta table with
+/// `('D', old row…)` and `('I', new row…)` rows, columns in `shape.all_columns` order.
+/// `prefix_ctes` are the caller's CTEs (change buffers, watermark update), already joined by commas.
+/// `insert_into` (e.g. `INSERT INTO t (cols)`) goes between the CTEs and the final SELECT, so the
+/// caller's data-modifying CTEs stay at the top level of the statement.
+pub fn delta_statement(
+    plan: &DifferentialPlan,
+    shape: &StorageShape,
+    prefix_ctes: &str,
+    delta_ctes: &[String],
+    insert_into: &str,
+) -> String {
+    match &plan.kind {
+        PlanKind::Project => project_delta(plan, shape, prefix_ctes, delta_ctes, insert_into),
+        PlanKind::Aggregate { .. } => aggregate_delta(plan, shape, prefix_ctes, delta_ctes, insert_into),
+    }
+}
+
+fn project_delta(
+    plan: &DifferentialPlan,
+    shape: &StorageShape,
+    prefix_ctes: &str,
+    delta_ctes: &[String],
+    insert_into: &str,
+) -> String {
+    let items: Vec<String> = plan
+        .items()
+        .iter()
+        .zip(&shape.user_columns)
+        .map(|(expr, column)| format!("{expr} AS {}", quote_ident(column)))
+        .collect();
+    let rows = signed_rows(plan, delta_ctes, &items);
+    let ctext = row_text("r", &shape.user_columns);
+    let table = &shape.table;
+    let repr_columns: Vec<String> = shape.user_columns.iter().map(|c| format!("r.{}", quote_ident(c))).collect();
+    let insert_columns: Vec<String> = shape.user_columns.iter().map(|c| format!("x.{}", quote_ident(c))).collect();
+    format!(
+        "WITH {prefix_ctes}, \
+         __pgt_rows AS ({rows}), \
+         __pgt_net AS (SELECT {ctext} AS __pgt_ctext, sum(r.__pgt_sign) AS __pgt_dn FROM __pgt_rows r \
+                       GROUP BY 1 HAVING sum(r.__pgt_sign) <> 0), \
+         __pgt_mult AS (WITH RECURSIVE p(ctext, k) AS ( \
+                SELECT n.__pgt_ctext, 1 FROM __pgt_net n WHERE EXISTS \
+                  (SELECT 1 FROM {table} o WHERE o.__pgt_row_id = hashtextextended(n.__pgt_ctext, 1)) \
+                UNION ALL SELECT p.ctext, p.k + 1 FROM p WHERE EXISTS \
+                  (SELECT 1 FROM {table} o WHERE o.__pgt_row_id = hashtextextended(p.ctext, p.k + 1))) \
+              SELECT ctext, max(k) AS n_old FROM p GROUP BY ctext), \
+         __pgt_plan AS (SELECT n.__pgt_ctext, n.__pgt_dn, coalesce(m.n_old, 0)::bigint AS n_old \
+                        FROM __pgt_net n LEFT JOIN __pgt_mult m ON m.ctext = n.__pgt_ctext), \
+         __pgt_repr AS (SELECT DISTINCT ON ({ctext}) {ctext} AS __pgt_ctext, {repr} FROM __pgt_rows r \
+                        WHERE r.__pgt_sign > 0 ORDER BY {ctext}) \
+         {insert_into} SELECT 'D'::\"char\", {old} FROM __pgt_plan p \
+           CROSS JOIN LATERAL generate_series(p.n_old + p.__pgt_dn + 1, p.n_old) k \
+           JOIN {table} o ON o.__pgt_row_id = hashtextextended(p.__pgt_ctext, k) WHERE p.__pgt_dn < 0 \
+         UNION ALL \
+         SELECT 'I'::\"char\", hashtextextended(p.__pgt_ctext, k), {insert} FROM __pgt_plan p \
+           JOIN __pgt_repr x ON x.__pgt_ctext = p.__pgt_ctext \
+           CROSS JOIN LATERAL generate_series(p.n_old + 1, p.n_old + p.__pgt_dn) k WHERE p.__pgt_dn > 0",
+        repr = repr_columns.join(", "),
+        old = shape.all_columns(Some("o")),
+        insert = insert_columns.join(", "),
+    )
+}
+
+fn aggregate_delta(
+    plan: &DifferentialPlan,
+    shape: &StorageShape,
+    prefix_ctes: &str,
+    delta_ctes: &[String],
+    insert_into: &str,
+) -> String {
+    let PlanKind::Aggregate { keys, aggs } = &plan.kind else { unreachable!() };
+    let exprs = plan.items();
+    let key_columns: Vec<String> = keys.iter().map(|k| shape.user_columns[*k].clone()).collect();
+    let mut row_items: Vec<String> =
+        keys.iter().map(|k| format!("{} AS {}", exprs[*k], quote_ident(&shape.user_columns[*k]))).collect();
+    for agg in aggs {
+        if let Some(arg) = &agg.arg {
+            row_items.push(format!("{arg} AS __pgt_a{}", agg.position));
+        }
+    }
+    let rows = signed_rows(plan, delta_ctes, &row_items);
+    let group_keys: Vec<String> = key_columns.iter().map(|c| format!("r.{}", quote_ident(c))).collect();
+    let mut group_items = group_keys.clone();
+    group_items.push("sum(r.__pgt_sign) AS __pgt_dcount".into());
+    group_items.push("bool_or(r.__pgt_sign < 0) AS __pgt_has_del".into());
+    for agg in aggs {
+        let p = agg.position;
+        match agg.func {
+            AggFunc::CountStar => {}
+            AggFunc::Count | AggFunc::Sum | AggFunc::Avg => {
+                group_items
+                    .push(format!("sum(CASE WHEN r.__pgt_a{p} IS NOT NULL THEN r.__pgt_sign ELSE 0 END) AS __pgt_dnn{p}"));
+                if agg.func != AggFunc::Count {
+                    group_items.push(format!("sum(r.__pgt_sign::numeric * r.__pgt_a{p}) AS __pgt_dsum{p}"));
+                }
+            }
+            AggFunc::Min => group_items.push(format!("min(r.__pgt_a{p}) FILTER (WHERE r.__pgt_sign > 0) AS __pgt_ins{p}")),
+            AggFunc::Max => group_items.push(format!("max(r.__pgt_a{p}) FILTER (WHERE r.__pgt_sign > 0) AS __pgt_ins{p}")),
+        }
+    }
+    let recompute_flag = if plan.has_min_max() { "m.__pgt_has_del" } else { "false" };
+    let count_new = "(coalesce(o.__pgt_count, 0) + m.__pgt_dcount)";
+    let mut new_items = vec!["m.__pgt_row_id".to_string()];
+    for (position, column) in shape.user_columns.iter().enumerate() {
+        let quoted = quote_ident(column);
+        let value = if keys.contains(&position) {
+            format!("m.{quoted}")
+        } else {
+            let agg = aggs.iter().find(|a| a.position == position).expect("every item is a key or an aggregate");
+            let p = position;
+            let nn_new = format!("(coalesce(o.__pgt_nn{p}, 0) + m.__pgt_dnn{p})");
+            match agg.func {
+                AggFunc::CountStar => count_new.to_string(),
+                AggFunc::Count => format!("coalesce(o.{quoted}, 0) + m.__pgt_dnn{p}"),
+                AggFunc::Sum => {
+                    format!("CASE WHEN {nn_new} = 0 THEN NULL ELSE coalesce(o.{quoted}, 0) + coalesce(m.__pgt_dsum{p}, 0) END")
+                }
+                AggFunc::Avg => format!(
+                    "CASE WHEN {nn_new} = 0 THEN NULL ELSE (coalesce(o.__pgt_sum{p}, 0) + coalesce(m.__pgt_dsum{p}, 0)) / {nn_new} END"
+                ),
+                AggFunc::Min => format!("CASE WHEN {recompute_flag} THEN NULL ELSE LEAST(o.{quoted}, m.__pgt_ins{p}) END"),
+                AggFunc::Max => format!("CASE WHEN {recompute_flag} THEN NULL ELSE GREATEST(o.{quoted}, m.__pgt_ins{p}) END"),
+            }
+        };
+        new_items.push(format!("{value} AS {quoted}"));
+    }
+    new_items.push(format!("{count_new} AS __pgt_count"));
+    for agg in aggs {
+        let p = agg.position;
+        let nn_new = format!("(coalesce(o.__pgt_nn{p}, 0) + m.__pgt_dnn{p})");
+        match agg.func {
+            AggFunc::Sum => new_items.push(format!("{nn_new} AS __pgt_nn{p}")),
+            AggFunc::Avg => {
+                new_items.push(format!("{nn_new} AS __pgt_nn{p}"));
+                new_items.push(format!(
+                    "CASE WHEN {nn_new} = 0 THEN NULL ELSE coalesce(o.__pgt_sum{p}, 0) + coalesce(m.__pgt_dsum{p}, 0) END AS __pgt_sum{p}"
+                ));
+            }
+            _ => {}
+        }
+    }
+    new_items.push(format!("{recompute_flag} AS __pgt_recompute"));
+    let table = &shape.table;
+    let stored = shape.all_columns(Some("n"));
+    let mut statement = format!(
+        "WITH {prefix_ctes}, \
+         __pgt_rows AS ({rows}), \
+         __pgt_g AS (SELECT {group_items} FROM __pgt_rows r GROUP BY {group_by}), \
+         __pgt_m AS (SELECT hashtextextended({key_text}, 0) AS __pgt_row_id, g.* FROM __pgt_g g), \
+         __pgt_new AS (SELECT {new_items} FROM __pgt_m m LEFT JOIN {table} o ON o.__pgt_row_id = m.__pgt_row_id)",
+        group_items = group_items.join(", "),
+        group_by = group_keys.join(", "),
+        key_text = row_text("g", &key_columns),
+        new_items = new_items.join(", "),
+    );
+    if plan.has_min_max() {
+        let restricted = recompute_aggregate(
+            plan,
+            shape,
+            Some(&group_membership(plan, "__pgt_new WHERE __pgt_new.__pgt_recompute")),
+        );
+        statement.push_str(&format!(", __pgt_re AS ({restricted})"));
+    }
+    statement.push_str(&format!(
+        " {insert_into} SELECT 'D'::\"char\", {old} FROM {table} o JOIN __pgt_m m ON o.__pgt_row_id = m.__pgt_row_id \
+          UNION ALL SELECT 'I'::\"char\", {stored} FROM __pgt_new n WHERE n.__pgt_count > 0 AND NOT n.__pgt_recompute",
+        old = shape.all_columns(Some("o")),
+    ));
+    if plan.has_min_max() {
+        statement.push_str(" UNION ALL SELECT 'I'::\"char\", re.* FROM __pgt_re re");
+    }
+    statement
+}
+
+/// Expressions whose type decides whether an aggregate can be kept exactly (no float rounding drift).
+pub fn aggregate_positions_needing_exact_types(plan: &DifferentialPlan) -> Vec<(usize, AggFunc)> {
+    match &plan.kind {
+        PlanKind::Aggregate { aggs, .. } => aggs
+            .iter()
+            .filter(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg))
+            .map(|a| (a.position, a.func))
+            .collect(),
+        PlanKind::Project => Vec::new(),
+    }
+}
+

@@ -1,0 +1,330 @@
+//! Refreshing one stream table: compute what changes (differentially from the sources' change
+//! rows, or by recomputing and diffing), apply it to the storage table, and append the same rows as
+//! one batch (seq = previous + 1) to the stream table's own change buffer, all in the caller's
+//! transaction. A refresh that finds nothing to change produces no batch, so seqs stay gap-free.
+
+pub mod plan;
+
+use crate::catalog::{self, Dependency, StreamTable};
+use crate::cdc;
+use crate::error::Result;
+use crate::query::render::{self, quote_ident, StorageShape};
+
+/// Who asked for the refresh (recorded in the history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Manual,
+    Scheduler,
+    Create,
+    Alter,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Scheduler => "scheduler",
+            Trigger::Create => "create",
+            Trigger::Alter => "alter",
+        }
+    }
+}
+
+/// What was asked: bring up to date (cheapest correct way), or rebuild and emit a snapshot batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    UpToDate,
+    Reinitialize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Differential,
+    Full,
+    Snapshot,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Differential => "differential",
+            Method::Full => "full",
+            Method::Snapshot => "reinitialize",
+        }
+    }
+}
+
+/// The result of one refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub method: &'static str,
+    /// The batch written, if anything changed.
+    pub batch_seq: Option<i64>,
+    pub inserted: i64,
+    pub deleted: i64,
+}
+
+/// Refreshes `st`, whose catalog row the caller has locked.
+pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<Outcome> {
+    let started_at = catalog::scalar::<String>("SELECT clock_timestamp()::text", &[])?.unwrap_or_default();
+    let deps = catalog::dependencies(st.pgt_id)?;
+    lock_sources(&deps)?;
+
+    let method = choose_method(st, &deps, request)?;
+    let Some(method) = method else {
+        catalog::exec_with(
+            "UPDATE pgtrickle.pgt_stream_tables SET last_refresh_at = now(), next_due_at = now() + schedule, \
+             status = CASE WHEN status = 'ERROR' THEN 'ACTIVE' ELSE status END, last_error = NULL, \
+             consecutive_failures = 0 WHERE pgt_id = $1",
+            &[st.pgt_id.into()],
+        )?;
+        if trigger == Trigger::Manual {
+            record_history(st.pgt_id, &started_at, "differential", "NO_CHANGE", trigger, None, 0, 0)?;
+        }
+        return Ok(Outcome { method: "none", batch_seq: None, inserted: 0, deleted: 0 });
+    };
+
+    let mut analysis = plan::analyze(&st.defining_query)?;
+    let user_columns = cdc::user_columns(st.relid)?;
+    plan::check_exact_aggregates(&mut analysis, &user_columns);
+    let shape = StorageShape {
+        table: st.qualified(),
+        user_columns: user_columns.iter().map(|(n, _)| n.clone()).collect(),
+        aux_columns: if st.plan_kind == "aggregate" {
+            analysis.plan().map(render::aux_columns).unwrap_or_default()
+        } else {
+            Vec::new()
+        },
+    };
+    let delta = format!("pg_temp.{}", quote_ident(&format!("__pgt_delta_{}", st.pgt_id)));
+    let fresh = format!("pg_temp.{}", quote_ident(&format!("__pgt_new_{}", st.pgt_id)));
+    catalog::exec(&format!("DROP TABLE IF EXISTS {delta}, {fresh}"))?;
+    catalog::exec(&format!(
+        "CREATE TEMP TABLE {delta} AS SELECT NULL::\"char\" AS __pgt_action, {cols} FROM {table} WITH NO DATA",
+        cols = shape.all_columns(None),
+        table = shape.table
+    ))?;
+    let insert_delta = format!("INSERT INTO {delta} (__pgt_action, {})", shape.all_columns(None));
+    let marks = cdc::advance_watermarks_cte(st.pgt_id, &deps);
+
+    let differential_plan = analysis.plan().filter(|_| method == Method::Differential);
+    match (method, differential_plan) {
+        (Method::Differential, Some(plan)) => {
+            let source_relids = plan::plan_source_relids(&analysis);
+            let mut ctes = vec![format!("__pgt_marks AS ({marks})")];
+            let mut names = Vec::new();
+            for (index, source) in plan.sources.iter().enumerate() {
+                let relid = source_relids[&source.name.to_string()];
+                let dep = deps
+                    .iter()
+                    .find(|d| d.source_relid == relid)
+                    .ok_or_else(|| crate::error::PgTrickleError::Internal(format!("no dependency row for {}", source.name)))?;
+                let name = format!("__pgt_d{index}");
+                ctes.push(format!("{name} AS ({})", cdc::delta_cte_body(dep)?));
+                names.push(name);
+            }
+            catalog::exec(&render::delta_statement(plan, &shape, &ctes.join(", "), &names, &insert_delta))?;
+        }
+        _ => {
+            let recompute = match (analysis.plan(), st.plan_kind.as_str()) {
+                (Some(plan), "aggregate") => render::recompute_aggregate(plan, &shape, None),
+                _ => render::recompute_by_content(&st.defining_query, &shape),
+            };
+            catalog::exec(&format!("CREATE TEMP TABLE {fresh} AS SELECT * FROM {} WITH NO DATA", shape.table))?;
+            catalog::exec(&format!(
+                "WITH __pgt_marks AS ({marks}) INSERT INTO {fresh} ({cols}) {recompute}",
+                cols = shape.all_columns(None)
+            ))?;
+            let row = |p: &str| format!("ROW({})::text", shape.all_columns(Some(p)));
+            if method == Method::Snapshot {
+                catalog::exec(&format!(
+                    "{insert_delta} SELECT 'I', {cols} FROM {fresh} n",
+                    cols = shape.all_columns(Some("n"))
+                ))?;
+            } else {
+                catalog::exec(&format!(
+                    "{insert_delta} SELECT 'D', {old} FROM {table} o WHERE NOT EXISTS \
+                     (SELECT 1 FROM {fresh} n WHERE n.__pgt_row_id = o.__pgt_row_id AND {rn} = {ro}) \
+                     UNION ALL SELECT 'I', {new} FROM {fresh} n WHERE NOT EXISTS \
+                     (SELECT 1 FROM {table} o WHERE o.__pgt_row_id = n.__pgt_row_id AND {rn} = {ro})",
+                    old = shape.all_columns(Some("o")),
+                    new = shape.all_columns(Some("n")),
+                    table = shape.table,
+                    rn = row("n"),
+                    ro = row("o"),
+                ))?;
+            }
+        }
+    }
+
+    if method != Method::Snapshot {
+        // An update that leaves a row as it was is no change at all.
+        let stored = |p: &str| format!("ROW({})::text", shape.all_columns(Some(p)));
+        catalog::exec(&format!(
+            "DELETE FROM {delta} a USING {delta} b WHERE a.__pgt_row_id = b.__pgt_row_id \
+             AND a.__pgt_action <> b.__pgt_action AND {} = {}",
+            stored("a"),
+            stored("b")
+        ))?;
+    }
+    let deleted = count(&format!("SELECT count(*) FROM {delta} WHERE __pgt_action = 'D'"))?;
+    let inserted = count(&format!("SELECT count(*) FROM {delta} WHERE __pgt_action = 'I'"))?;
+    let produces_batch = method == Method::Snapshot || deleted > 0 || inserted > 0;
+    let batch_seq = if produces_batch { Some(st.last_batch_seq + 1) } else { None };
+
+    if let Some(seq) = batch_seq {
+        apply(st, &shape, &delta, method, seq)?;
+    }
+    let deleted = if method == Method::Snapshot { current_rows(st)? } else { deleted };
+    catalog::exec_with(
+        "UPDATE pgtrickle.pgt_stream_tables SET last_batch_seq = coalesce($2, last_batch_seq), \
+         row_count = CASE WHEN $3 THEN $4 ELSE row_count + $4 - $5 END, \
+         last_refresh_at = now(), next_due_at = now() + schedule, \
+         status = CASE WHEN status = 'ERROR' THEN 'ACTIVE' ELSE status END, last_error = NULL, \
+         consecutive_failures = 0, needs_reinit = false WHERE pgt_id = $1",
+        &[st.pgt_id.into(), batch_seq.into(), (method == Method::Snapshot).into(), inserted.into(), deleted.into()],
+    )?;
+    let status = if produces_batch { "OK" } else { "NO_CHANGE" };
+    if produces_batch || trigger != Trigger::Scheduler {
+        record_history(st.pgt_id, &started_at, method.as_str(), status, trigger, batch_seq, inserted, deleted)?;
+    }
+    catalog::exec(&format!("DROP TABLE IF EXISTS {delta}, {fresh}"))?;
+    for dep in deps.iter().filter(|d| d.source_kind == "table") {
+        cdc::prune(dep.source_relid, None)?;
+    }
+    cdc::prune(st.relid, batch_seq.or(Some(st.last_batch_seq)))?;
+    Ok(Outcome { method: method.as_str(), batch_seq, inserted, deleted })
+}
+
+fn count(sql: &str) -> Result<i64> {
+    Ok(catalog::scalar::<i64>(sql, &[])?.unwrap_or(0))
+}
+
+fn current_rows(st: &StreamTable) -> Result<i64> {
+    Ok(catalog::scalar::<i64>("SELECT row_count FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1", &[
+        st.pgt_id.into(),
+    ])?
+    .unwrap_or(0))
+}
+
+/// Holds off TRUNCATE (and DROP) of every source until the refresh commits, so that a TRUNCATE
+/// marker is either visible to this refresh's statements or written after it.
+fn lock_sources(deps: &[Dependency]) -> Result<()> {
+    let names: Vec<String> = deps.iter().map(|d| format!("{}", d.source_relid.to_u32())).collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let relations = catalog::column::<String>(
+        &format!("SELECT oid::regclass::text FROM pg_class WHERE oid IN ({}) ORDER BY oid", names.join(", ")),
+        &[],
+    )?;
+    if !relations.is_empty() {
+        catalog::exec(&format!("LOCK TABLE {} IN ACCESS SHARE MODE", relations.join(", ")))?;
+    }
+    Ok(())
+}
+
+/// `None` when nothing can have changed since the last refresh.
+fn choose_method(st: &StreamTable, deps: &[Dependency], request: Request) -> Result<Option<Method>> {
+    if request == Request::Reinitialize || st.needs_reinit {
+        return Ok(Some(Method::Snapshot));
+    }
+    let mut any_change = deps.iter().any(|d| !d.has_buffer());
+    let mut truncated = false;
+    for dep in deps.iter().filter(|d| d.has_buffer()) {
+        if cdc::has_unconsumed(dep, None)? {
+            any_change = true;
+            truncated |= cdc::has_unconsumed(dep, Some("'T'"))?;
+        }
+    }
+    if deps.is_empty() {
+        any_change = true; // a query over no relation (e.g. over functions) can only be recomputed
+    }
+    if !any_change {
+        return Ok(None);
+    }
+    Ok(Some(if st.effective_mode == "differential" && !truncated { Method::Differential } else { Method::Full }))
+}
+
+/// Applies the delta table to the storage table and appends it to the change buffer as batch `seq`.
+fn apply(st: &StreamTable, shape: &StorageShape, delta: &str, method: Method, seq: i64) -> Result<()> {
+    let buffer = st.buffer();
+    let user: Vec<String> = shape.user_columns.iter().map(|c| quote_ident(c)).collect();
+    let user = user.join(", ");
+    let user_from_delta: Vec<String> = shape.user_columns.iter().map(|c| format!("d.{}", quote_ident(c))).collect();
+    if method == Method::Snapshot {
+        catalog::exec(&format!("TRUNCATE {}", shape.table))?;
+        catalog::exec(&format!("INSERT INTO {buffer} (action, batch_seq) VALUES ('T', {seq})"))?;
+    } else {
+        catalog::exec(&format!(
+            "DELETE FROM {table} o USING {delta} d WHERE d.__pgt_action = 'D' AND o.__pgt_row_id = d.__pgt_row_id",
+            table = shape.table
+        ))?;
+        catalog::exec(&format!(
+            "INSERT INTO {buffer} (action, batch_seq, __pgt_row_id, {user}) \
+             SELECT 'D', {seq}, d.__pgt_row_id, {cols} FROM {delta} d WHERE d.__pgt_action = 'D'",
+            cols = user_from_delta.join(", ")
+        ))?;
+    }
+    catalog::exec(&format!(
+        "INSERT INTO {table} ({all}) SELECT {all_d} FROM {delta} d WHERE d.__pgt_action = 'I'",
+        table = shape.table,
+        all = shape.all_columns(None),
+        all_d = shape.all_columns(Some("d")),
+    ))?;
+    catalog::exec(&format!(
+        "INSERT INTO {buffer} (action, batch_seq, __pgt_row_id, {user}) \
+         SELECT 'I', {seq}, d.__pgt_row_id, {cols} FROM {delta} d WHERE d.__pgt_action = 'I'",
+        cols = user_from_delta.join(", ")
+    ))?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_history(
+    pgt_id: i64,
+    started_at: &str,
+    action: &str,
+    status: &str,
+    trigger: Trigger,
+    batch_seq: Option<i64>,
+    inserted: i64,
+    deleted: i64,
+) -> Result<()> {
+    let kind = batch_seq.map(|_| if action == "reinitialize" { "snapshot" } else { "delta" });
+    catalog::exec_with(
+        "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, started_at, action, status, triggered_by, batch_seq, \
+         batch_kind, rows_inserted, rows_deleted) VALUES ($1, $2::timestamptz, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            pgt_id.into(),
+            started_at.into(),
+            action.into(),
+            status.into(),
+            trigger.as_str().into(),
+            batch_seq.into(),
+            kind.into(),
+            inserted.into(),
+            deleted.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Records a failed refresh (in a transaction of its own, after the failed one rolled back).
+pub fn record_failure(pgt_id: i64, started_at: &str, message: &str, trigger: Trigger) -> Result<()> {
+    let max_backoff = f64::from(crate::config::MAX_BACKOFF_SECONDS.get());
+    catalog::exec_with(
+        "UPDATE pgtrickle.pgt_stream_tables SET status = 'ERROR', last_error = $2, \
+         consecutive_failures = consecutive_failures + 1, \
+         next_due_at = now() + least(coalesce(schedule, interval '1 second') * power(2, least(consecutive_failures, 20)), \
+                                     make_interval(secs => $3)) \
+         WHERE pgt_id = $1",
+        &[pgt_id.into(), message.into(), max_backoff.into()],
+    )?;
+    catalog::exec_with(
+        "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, started_at, action, status, triggered_by, error) \
+         VALUES ($1, $2::timestamptz, 'full', 'ERROR', $3, $4)",
+        &[pgt_id.into(), started_at.into(), trigger.as_str().into(), message.into()],
+    )?;
+    Ok(())
+}

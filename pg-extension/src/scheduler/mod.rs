@@ -1,0 +1,235 @@
+//! Background scheduling. A launcher (a static background worker, registered when the library is in
+//! `shared_preload_libraries`) starts one dynamic scheduler worker per database, up to
+//! `pg_trickle.max_workers`. A scheduler exits when its database lacks the extension; the launcher
+//! looks again later. Each scheduler refreshes its due stream tables in [`queue::order`], one
+//! transaction per refresh: a failure rolls back that refresh only, marks the stream table ERROR
+//! with the message, and schedules a retry with exponential backoff; the others go on.
+
+pub mod queue;
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+
+use crate::catalog::{self, RowLock};
+use crate::config;
+use crate::error::Result;
+use crate::refresh::{self, Request, Trigger};
+
+use queue::{Admission, AdmitAll, Candidate};
+
+/// Registers the launcher; called from `_PG_init` while shared_preload_libraries loads.
+pub fn register_launcher() {
+    BackgroundWorkerBuilder::new("pg_trickle launcher")
+        .set_type("pg_trickle launcher")
+        .set_library("pg_trickle")
+        .set_function("pg_trickle_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+fn interval() -> Duration {
+    Duration::from_millis(config::SCHEDULER_INTERVAL_MS.get().max(10) as u64)
+}
+
+fn reload_config_if_asked() {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: called from the worker's main loop, outside any transaction, as postgres' own
+        // background processes do on SIGHUP.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
+struct Slot {
+    handle: Option<DynamicBackgroundWorker>,
+    started: Instant,
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_trickle_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    let mut slots: HashMap<u32, Slot> = HashMap::new();
+    loop {
+        reload_config_if_asked();
+        // A database whose scheduler stopped (no extension there, or it failed) is looked at again
+        // after a few intervals.
+        let recheck = (interval() * 5).max(Duration::from_secs(1));
+        slots.retain(|_, slot| {
+            let running = slot.handle.as_ref().map(|h| h.pid().is_ok()).unwrap_or(false);
+            running || slot.started.elapsed() < recheck
+        });
+        let databases: Vec<(u32, String)> = BackgroundWorker::transaction(|| {
+            Spi::connect(|client| {
+                let rows = client.select(
+                    "SELECT oid::int8, datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY oid",
+                    None,
+                    &[],
+                )?;
+                let mut found = Vec::new();
+                for row in rows {
+                    found.push((row.get::<i64>(1)?.unwrap_or(0) as u32, row.get::<String>(2)?.unwrap_or_default()));
+                }
+                Ok::<_, pgrx::spi::Error>(found)
+            })
+            .unwrap_or_default()
+        });
+        let budget = config::MAX_WORKERS.get().max(1) as usize;
+        for (oid, name) in databases {
+            if slots.contains_key(&oid) {
+                continue;
+            }
+            let running = slots.values().filter(|s| s.handle.as_ref().map(|h| h.pid().is_ok()).unwrap_or(false)).count();
+            if running >= budget {
+                break;
+            }
+            let handle = BackgroundWorkerBuilder::new(&format!("pg_trickle scheduler {name}"))
+                .set_type("pg_trickle scheduler")
+                .set_library("pg_trickle")
+                .set_function("pg_trickle_scheduler_main")
+                .set_argument(Some(pg_sys::Datum::from(oid)))
+                .enable_spi_access()
+                .set_restart_time(None)
+                // SAFETY: MyProcPid is set for every backend before any user code runs.
+                .set_notify_pid(unsafe { pg_sys::MyProcPid })
+                .load_dynamic()
+                .ok();
+            if handle.is_none() {
+                pgrx::log!("pg_trickle: no background worker slot for database {name}; raise max_worker_processes");
+            }
+            slots.insert(oid, Slot { handle, started: Instant::now() });
+        }
+        if !BackgroundWorker::wait_latch(Some(interval())) {
+            break;
+        }
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
+    let database = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    let mut admission = AdmitAll;
+    loop {
+        reload_config_if_asked();
+        let installed = BackgroundWorker::transaction(|| {
+            catalog::scalar::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trickle')", &[])
+                .ok()
+                .flatten()
+                .unwrap_or(false)
+        });
+        if !installed {
+            return;
+        }
+        if config::ENABLED.get() {
+            let candidates = BackgroundWorker::transaction(|| due_candidates().unwrap_or_default());
+            for pgt_id in queue::order(&candidates) {
+                if BackgroundWorker::sigterm_received() {
+                    return;
+                }
+                let candidate = candidates.iter().find(|c| c.pgt_id == pgt_id).expect("ordered from candidates");
+                if admission.admit(candidate) {
+                    run_one(pgt_id);
+                }
+            }
+        }
+        if !BackgroundWorker::wait_latch(Some(interval())) {
+            return;
+        }
+    }
+}
+
+fn due_candidates() -> Result<Vec<Candidate>> {
+    Spi::connect(|client| {
+        let sql = "SELECT st.pgt_id, (extract(epoch FROM now() - st.next_due_at) * 1000)::int8, st.consecutive_failures, \
+                          ARRAY(SELECT up.pgt_id FROM pgtrickle.pgt_dependencies d \
+                                JOIN pgtrickle.pgt_stream_tables up ON up.pgt_relid = d.source_relid \
+                                WHERE d.pgt_id = st.pgt_id) \
+                   FROM pgtrickle.pgt_stream_tables st \
+                   WHERE st.status <> 'SUSPENDED' AND st.schedule IS NOT NULL \
+                     AND coalesce(st.next_due_at, '-infinity') <= now()";
+        let mut found = Vec::new();
+        for row in client.select(sql, None, &[])? {
+            found.push(Candidate {
+                pgt_id: row.get::<i64>(1)?.unwrap_or_default(),
+                overdue_ms: row.get::<i64>(2)?.unwrap_or(0),
+                consecutive_failures: row.get::<i32>(3)?.unwrap_or(0),
+                upstream: row.get::<Vec<i64>>(4)?.unwrap_or_default(),
+            });
+        }
+        Ok(found)
+    })
+}
+
+fn caught_message(caught: &CaughtError) -> String {
+    match caught {
+        CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report.message().to_string(),
+        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
+}
+
+/// Refreshes one stream table in a transaction of its own; records a failure in another.
+fn run_one(pgt_id: i64) {
+    let started_at =
+        BackgroundWorker::transaction(|| catalog::scalar::<String>("SELECT clock_timestamp()::text", &[]).ok().flatten())
+            .unwrap_or_default();
+    let result: std::result::Result<(), String> = PgTryBuilder::new(AssertUnwindSafe(|| {
+        // SAFETY: the standard transaction bracket of a background worker; on error the catch arm
+        // below aborts the transaction.
+        unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        let outcome = refresh_if_still_due(pgt_id);
+        // SAFETY: closes the bracket opened above.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            match &outcome {
+                Ok(()) => pg_sys::CommitTransactionCommand(),
+                Err(_) => pg_sys::AbortCurrentTransaction(),
+            }
+        }
+        outcome.map_err(|e| e.to_string())
+    }))
+    .catch_others(|caught| {
+        // SAFETY: the refresh raised an ERROR inside the transaction opened above; abort it so the
+        // worker can go on with a clean state.
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        Err(caught_message(&caught))
+    })
+    .execute();
+    if let Err(message) = result {
+        pgrx::log!("pg_trickle: refresh of stream table {pgt_id} failed: {message}");
+        BackgroundWorker::transaction(|| {
+            if let Err(error) = refresh::record_failure(pgt_id, &started_at, &message, Trigger::Scheduler) {
+                pgrx::warning!("pg_trickle: could not record the failure of stream table {pgt_id}: {error}");
+            }
+        });
+    }
+}
+
+fn refresh_if_still_due(pgt_id: i64) -> Result<()> {
+    let Some(st) = catalog::load(pgt_id, RowLock::SkipLocked)? else {
+        return Ok(()); // dropped, or being refreshed by another session right now
+    };
+    let still_due = catalog::scalar::<bool>(
+        "SELECT status <> 'SUSPENDED' AND schedule IS NOT NULL AND coalesce(next_due_at, '-infinity') <= now() \
+         FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1",
+        &[pgt_id.into()],
+    )?
+    .unwrap_or(false);
+    if still_due {
+        refresh::refresh(&st, Trigger::Scheduler, Request::UpToDate)?;
+    }
+    Ok(())
+}
