@@ -192,12 +192,19 @@ pub fn has_unconsumed(dep: &Dependency, actions: Option<&str>) -> Result<bool> {
     Ok(catalog::scalar::<bool>(&sql, &[])?.unwrap_or(false))
 }
 
-/// A CTE body reading `dep`'s unconsumed inserts and deletes as signed rows with the source's columns.
+/// A CTE body reading `dep`'s unconsumed inserts and deletes as weighted rows with the source's
+/// columns: identical rows are netted first (weight = inserts − deletes, zero dropped), so a value a
+/// row held only between two refreshes is never evaluated by the query.
 pub fn delta_cte_body(dep: &Dependency) -> Result<String> {
     let columns = user_columns(dep.source_relid)?;
+    let row_text = format!("ROW({})::text", column_list(&columns, Some("c")));
     Ok(format!(
-        "SELECT {cols}, CASE c.action WHEN 'I' THEN 1 ELSE -1 END AS __pgt_sign FROM {buffer} c \
-         WHERE c.action IN ('I', 'D') AND {cond}",
+        "SELECT {outer}, s.__pgt_sign FROM (SELECT {cols}, \
+           sum(CASE c.action WHEN 'I' THEN 1 ELSE -1 END) OVER (PARTITION BY {row_text}) AS __pgt_sign, \
+           row_number() OVER (PARTITION BY {row_text}) AS __pgt_rn \
+         FROM {buffer} c WHERE c.action IN ('I', 'D') AND {cond}) s \
+         WHERE s.__pgt_rn = 1 AND s.__pgt_sign <> 0",
+        outer = column_list(&columns, Some("s")),
         cols = column_list(&columns, Some("c")),
         buffer = buffer_name(dep.source_relid),
         cond = unconsumed_condition(dep),

@@ -238,7 +238,7 @@ fn project_delta(
     format!(
         "WITH {prefix_ctes}, \
          __pgt_rows AS ({rows}), \
-         __pgt_net AS (SELECT {ctext} AS __pgt_ctext, sum(r.__pgt_sign) AS __pgt_dn FROM __pgt_rows r \
+         __pgt_net AS (SELECT {ctext} AS __pgt_ctext, sum(r.__pgt_sign)::bigint AS __pgt_dn FROM __pgt_rows r \
                        GROUP BY 1 HAVING sum(r.__pgt_sign) <> 0), \
          __pgt_mult AS (WITH RECURSIVE p(ctext, k) AS ( \
                 SELECT n.__pgt_ctext, 1 FROM __pgt_net n WHERE EXISTS \
@@ -283,7 +283,7 @@ fn aggregate_delta(
     let rows = signed_rows(plan, delta_ctes, &row_items);
     let group_keys: Vec<String> = key_columns.iter().map(|c| format!("r.{}", quote_ident(c))).collect();
     let mut group_items = group_keys.clone();
-    group_items.push("sum(r.__pgt_sign) AS __pgt_dcount".into());
+    group_items.push("sum(r.__pgt_sign)::bigint AS __pgt_dcount".into());
     group_items.push("bool_or(r.__pgt_sign < 0) AS __pgt_has_del".into());
     for agg in aggs {
         let p = agg.position;
@@ -291,7 +291,7 @@ fn aggregate_delta(
             AggFunc::CountStar => {}
             AggFunc::Count | AggFunc::Sum | AggFunc::Avg => {
                 group_items
-                    .push(format!("sum(CASE WHEN r.__pgt_a{p} IS NOT NULL THEN r.__pgt_sign ELSE 0 END) AS __pgt_dnn{p}"));
+                    .push(format!("sum(CASE WHEN r.__pgt_a{p} IS NOT NULL THEN r.__pgt_sign ELSE 0 END)::bigint AS __pgt_dnn{p}"));
                 if agg.func != AggFunc::Count {
                     group_items.push(format!("sum(r.__pgt_sign::numeric * r.__pgt_a{p}) AS __pgt_dsum{p}"));
                 }

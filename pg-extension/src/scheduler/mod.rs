@@ -66,21 +66,7 @@ pub extern "C-unwind" fn pg_trickle_launcher_main(_arg: pg_sys::Datum) {
             let running = slot.handle.as_ref().map(|h| h.pid().is_ok()).unwrap_or(false);
             running || slot.started.elapsed() < recheck
         });
-        let databases: Vec<(u32, String)> = BackgroundWorker::transaction(|| {
-            Spi::connect(|client| {
-                let rows = client.select(
-                    "SELECT oid::int8, datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY oid",
-                    None,
-                    &[],
-                )?;
-                let mut found = Vec::new();
-                for row in rows {
-                    found.push((row.get::<i64>(1)?.unwrap_or(0) as u32, row.get::<String>(2)?.unwrap_or_default()));
-                }
-                Ok::<_, pgrx::spi::Error>(found)
-            })
-            .unwrap_or_default()
-        });
+        let databases = database_list();
         let budget = config::MAX_WORKERS.get().max(1) as usize;
         for (oid, name) in databases {
             if slots.contains_key(&oid) {
@@ -110,6 +96,35 @@ pub extern "C-unwind" fn pg_trickle_launcher_main(_arg: pg_sys::Datum) {
             break;
         }
     }
+}
+
+/// Databases that accept connections, read from pg_database directly: the launcher is connected to
+/// no database, so it cannot run SQL (the same way postgres' autovacuum launcher lists them).
+fn database_list() -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    // SAFETY: a catalog heap scan inside a transaction of its own, as autovacuum's
+    // get_database_list() does; tuples are copied out before the scan and transaction end.
+    unsafe {
+        pg_sys::StartTransactionCommand();
+        let _ = pg_sys::GetTransactionSnapshot();
+        let relation = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let scan = pg_sys::table_beginscan_catalog(relation, 0, std::ptr::null_mut());
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+            if (*form).datallowconn && !(*form).datistemplate {
+                let name = std::ffi::CStr::from_ptr((*form).datname.data.as_ptr()).to_string_lossy().into_owned();
+                found.push(((*form).oid.to_u32(), name));
+            }
+        }
+        pg_sys::table_endscan(scan);
+        pg_sys::table_close(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        pg_sys::CommitTransactionCommand();
+    }
+    found
 }
 
 #[pg_guard]

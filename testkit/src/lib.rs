@@ -1,0 +1,219 @@
+//! Starts independent PostgreSQL 15 clusters for tests: each initdb'd into its own directory, run as
+//! the `postgres` user on a free 127.0.0.1 port with its own socket directory, with `pg_trickle` in
+//! `shared_preload_libraries`. Dropping the [`Clusters`] stops every server and removes the files.
+//!
+//! The extension must be installed into PostgreSQL first (`cargo pgrx install`); [`Clusters::start`]
+//! says so when it is not.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Where PostgreSQL 15's programs live (Debian layout); override with `PG_BINDIR`.
+pub fn pg_bindir() -> PathBuf {
+    std::env::var_os("PG_BINDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{program} failed ({status}): {stderr}")]
+    Command { program: String, status: String, stderr: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Postgres(#[from] postgres::Error),
+    #[error("pg_trickle is not installed in PostgreSQL: run `cargo pgrx install` in pg-extension/ first")]
+    ExtensionMissing,
+}
+
+pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
+
+fn is_root() -> bool {
+    // The effective uid decides whether programs must be run as the postgres user.
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+/// Runs a PostgreSQL program as the `postgres` user (directly when not root).
+fn run_as_postgres(program: &Path, args: &[&str]) -> Result<Output> {
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let output = command.args(args).output()?;
+    if !output.status.success() {
+        return Err(HarnessError::Command {
+            program: program.display().to_string(),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(output)
+}
+
+fn chown_postgres(path: &Path) -> Result<()> {
+    if is_root() {
+        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status()?;
+        if !status.success() {
+            return Err(HarnessError::Command { program: "chown".into(), status: status.to_string(), stderr: String::new() });
+        }
+    }
+    Ok(())
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the server binds it right after).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One running PostgreSQL server.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    pub log_file: PathBuf,
+    settings: Vec<String>,
+    running: bool,
+}
+
+impl Cluster {
+    /// A libpq connection string for `database`.
+    pub fn conninfo(&self, database: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={database} connect_timeout=10", self.port)
+    }
+
+    pub fn connect(&self, database: &str) -> Result<postgres::Client> {
+        Ok(postgres::Client::connect(&self.conninfo(database), postgres::NoTls)?)
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let mut options = format!("-p {} -c listen_addresses=127.0.0.1 -k {}", self.port, self.socket_dir.display());
+        for setting in &self.settings {
+            options.push_str(&format!(" -c {setting}"));
+        }
+        let data = self.data_dir.display().to_string();
+        let log = self.log_file.display().to_string();
+        run_as_postgres(&pg_bindir().join("pg_ctl"), &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options, "start"])?;
+        self.running = true;
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown).
+    pub fn stop(&mut self) -> Result<()> {
+        if self.running {
+            let data = self.data_dir.display().to_string();
+            run_as_postgres(&pg_bindir().join("pg_ctl"), &["-D", &data, "-m", "fast", "-w", "stop"])?;
+            self.running = false;
+        }
+        Ok(())
+    }
+
+    /// Stops and starts the server again with the same settings and port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.start()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+}
+
+/// Independent clusters under one temporary directory.
+pub struct Clusters {
+    pub clusters: Vec<Cluster>,
+    base: tempfile::TempDir,
+}
+
+impl Clusters {
+    /// initdb's and starts `count` clusters named a, b, c… with pg_trickle preloaded plus `settings`
+    /// (each `name=value`).
+    pub fn start(count: usize, settings: &[&str]) -> Result<Clusters> {
+        let base = tempfile::Builder::new().prefix("pgtrickle-clusters-").tempdir()?;
+        chown_postgres(base.path())?;
+        let mut clusters = Clusters { clusters: Vec::new(), base };
+        for index in 0..count {
+            let name = ((b'a' + index as u8) as char).to_string();
+            let data_dir = clusters.base.path().join(format!("pg-{name}"));
+            let socket_dir = clusters.base.path().join(format!("sock-{name}"));
+            std::fs::create_dir_all(&socket_dir)?;
+            chown_postgres(&socket_dir)?;
+            let data = data_dir.display().to_string();
+            run_as_postgres(&pg_bindir().join("initdb"), &["-D", &data, "-A", "trust", "-U", "postgres", "--locale=C.UTF-8", "-E", "UTF8"])?;
+            let mut all_settings = vec!["shared_preload_libraries=pg_trickle".to_string()];
+            all_settings.extend(settings.iter().map(|s| s.to_string()));
+            let mut cluster = Cluster {
+                log_file: clusters.base.path().join(format!("pg-{name}.log")),
+                name,
+                port: free_port()?,
+                data_dir,
+                socket_dir,
+                settings: all_settings,
+                running: false,
+            };
+            cluster.start()?;
+            clusters.clusters.push(cluster);
+        }
+        if let Some(first) = clusters.clusters.first() {
+            let mut client = first.connect("postgres")?;
+            let available = client.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trickle'", &[])?;
+            if available.is_none() {
+                return Err(HarnessError::ExtensionMissing);
+            }
+        }
+        Ok(clusters)
+    }
+
+    pub fn base_dir(&self) -> &Path {
+        self.base.path()
+    }
+}
+
+impl std::ops::Index<usize> for Clusters {
+    type Output = Cluster;
+    fn index(&self, index: usize) -> &Cluster {
+        &self.clusters[index]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Clusters {
+    fn index_mut(&mut self, index: usize) -> &mut Cluster {
+        &mut self.clusters[index]
+    }
+}
+
+impl Drop for Clusters {
+    fn drop(&mut self) {
+        for cluster in &mut self.clusters {
+            if cluster.running {
+                let data = cluster.data_dir.display().to_string();
+                let _ = run_as_postgres(&pg_bindir().join("pg_ctl"), &["-D", &data, "-m", "immediate", "-w", "stop"]);
+                cluster.running = false;
+            }
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or gives up after `timeout`.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
