@@ -98,7 +98,7 @@ BEGIN
         RETURN;
     END IF;
     FOR dropped IN SELECT objid, object_identity FROM pg_event_trigger_dropped_objects()
-                   WHERE object_type = 'table' AND original LOOP
+                   WHERE object_type = 'table' LOOP
         IF EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = dropped.objid) THEN
             RAISE EXCEPTION 'cannot drop % with DROP TABLE: it is a stream table', dropped.object_identity
                 USING ERRCODE = '2BP01',

@@ -43,7 +43,8 @@ fn run_as_postgres(program: &Path, args: &[&str]) -> Result<Output> {
     } else {
         Command::new(program)
     };
-    let output = command.args(args).output()?;
+    // Servers inherit the environment: keep Rust backtraces out of their error DETAILs.
+    let output = command.env("RUST_BACKTRACE", "0").env("RUST_LIB_BACKTRACE", "0").args(args).output()?;
     if !output.status.success() {
         return Err(HarnessError::Command {
             program: program.display().to_string(),

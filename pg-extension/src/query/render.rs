@@ -251,12 +251,12 @@ fn project_delta(
          __pgt_repr AS (SELECT DISTINCT ON ({ctext}) {ctext} AS __pgt_ctext, {repr} FROM __pgt_rows r \
                         WHERE r.__pgt_sign > 0 ORDER BY {ctext}) \
          {insert_into} SELECT 'D'::\"char\", {old} FROM __pgt_plan p \
-           CROSS JOIN LATERAL generate_series(p.n_old + p.__pgt_dn + 1, p.n_old) k \
-           JOIN {table} o ON o.__pgt_row_id = hashtextextended(p.__pgt_ctext, k) WHERE p.__pgt_dn < 0 \
+           CROSS JOIN LATERAL generate_series(p.n_old + p.__pgt_dn + 1, p.n_old) AS __pgt_k(ordinal) \
+           JOIN {table} o ON o.__pgt_row_id = hashtextextended(p.__pgt_ctext, __pgt_k.ordinal) WHERE p.__pgt_dn < 0 \
          UNION ALL \
-         SELECT 'I'::\"char\", hashtextextended(p.__pgt_ctext, k), {insert} FROM __pgt_plan p \
+         SELECT 'I'::\"char\", hashtextextended(p.__pgt_ctext, __pgt_k.ordinal), {insert} FROM __pgt_plan p \
            JOIN __pgt_repr x ON x.__pgt_ctext = p.__pgt_ctext \
-           CROSS JOIN LATERAL generate_series(p.n_old + 1, p.n_old + p.__pgt_dn) k WHERE p.__pgt_dn > 0",
+           CROSS JOIN LATERAL generate_series(p.n_old + 1, p.n_old + p.__pgt_dn) AS __pgt_k(ordinal) WHERE p.__pgt_dn > 0",
         repr = repr_columns.join(", "),
         old = shape.all_columns(Some("o")),
         insert = insert_columns.join(", "),
