@@ -3,7 +3,8 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in build-essential pkg-config curl python3-venv etcd-server protobuf-compiler; do
+for pkg in build-essential pkg-config curl python3-venv etcd-server protobuf-compiler \
+  postgresql-15 postgresql-server-dev-15 libclang-dev clang libssl-dev sudo; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -24,4 +25,20 @@ if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "
   echo "== pip install schemathesis==4.32.5 into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.5"
+fi
+
+# PostgreSQL 15 is the only server Debian 12 offers; the packaged cluster is not needed (tests initdb
+# their own), so it is stopped when apt started it.
+if command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters -h 2>/dev/null | grep -q online; then
+  pg_ctlcluster 15 main stop 2>/dev/null || true
+fi
+
+# cargo-pgrx 0.18.1: the newest that builds with rustc 1.95 (0.19 needs 1.96). ~7 min cold.
+if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then
+  echo "== cargo install cargo-pgrx 0.18.1"
+  cargo install cargo-pgrx --version =0.18.1 --locked
+fi
+if [ ! -f "${PGRX_HOME:-$HOME/.pgrx}/config.toml" ] || ! grep -q "pg15" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+  echo "== cargo pgrx init (PostgreSQL 15)"
+  cargo pgrx init --pg15=/usr/lib/postgresql/15/bin/pg_config
 fi

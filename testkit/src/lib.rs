@@ -59,7 +59,11 @@ fn chown_postgres(path: &Path) -> Result<()> {
     if is_root() {
         let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status()?;
         if !status.success() {
-            return Err(HarnessError::Command { program: "chown".into(), status: status.to_string(), stderr: String::new() });
+            return Err(HarnessError::Command {
+                program: "chown".into(),
+                status: status.to_string(),
+                stderr: String::new(),
+            });
         }
     }
     Ok(())
@@ -104,7 +108,10 @@ impl Cluster {
         }
         let data = self.data_dir.display().to_string();
         let log = self.log_file.display().to_string();
-        run_as_postgres(&pg_bindir().join("pg_ctl"), &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options, "start"])?;
+        run_as_postgres(
+            &pg_bindir().join("pg_ctl"),
+            &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options, "start"],
+        )?;
         self.running = true;
         Ok(())
     }
@@ -150,7 +157,10 @@ impl Clusters {
             std::fs::create_dir_all(&socket_dir)?;
             chown_postgres(&socket_dir)?;
             let data = data_dir.display().to_string();
-            run_as_postgres(&pg_bindir().join("initdb"), &["-D", &data, "-A", "trust", "-U", "postgres", "--locale=C.UTF-8", "-E", "UTF8"])?;
+            run_as_postgres(
+                &pg_bindir().join("initdb"),
+                &["-D", &data, "-A", "trust", "-U", "postgres", "--locale=C.UTF-8", "-E", "UTF8"],
+            )?;
             let mut all_settings = vec!["shared_preload_libraries=pg_trickle".to_string()];
             all_settings.extend(settings.iter().map(|s| s.to_string()));
             let mut cluster = Cluster {

@@ -21,7 +21,12 @@ fn three_independent_clusters_with_the_extension_preloaded() {
     system_ids.dedup();
     assert_eq!(system_ids.len(), 3, "three distinct clusters");
     let mut b = clusters[1].connect("postgres").unwrap();
-    assert!(b.query_opt("SELECT to_regclass('only_on_a')::text", &[]).unwrap().unwrap().get::<_, Option<String>>(0).is_none());
+    assert!(b
+        .query_opt("SELECT to_regclass('only_on_a')::text", &[])
+        .unwrap()
+        .unwrap()
+        .get::<_, Option<String>>(0)
+        .is_none());
     drop(b);
     drop(clusters);
     assert!(!base.exists(), "teardown removes the clusters' files");

@@ -37,14 +37,24 @@ const STREAM_TABLES: &[(&str, &str, &str)] = &[
 ];
 
 /// Pairs that must hold identical rows, row identities included.
-const SAME_IDENTITY: &[(&str, &str)] = &[("proj_d", "proj_f"), ("dups_d", "dups_f"), ("agg_d", "agg_f"), ("join_d", "join_f")];
+const SAME_IDENTITY: &[(&str, &str)] =
+    &[("proj_d", "proj_f"), ("dups_d", "dups_f"), ("agg_d", "agg_f"), ("join_d", "join_f")];
 
 #[derive(Debug, Clone)]
 enum Op {
     InsertA(Vec<(i32, Option<i32>, Option<i32>)>),
-    UpdateA { k: i32, dv: i32 },
-    MoveA { from: i32, to: i32 },
-    DeleteA { modulo: i32, rest: i32 },
+    UpdateA {
+        k: i32,
+        dv: i32,
+    },
+    MoveA {
+        from: i32,
+        to: i32,
+    },
+    DeleteA {
+        modulo: i32,
+        rest: i32,
+    },
     TruncateA,
     InsertB(i32, String),
     DeleteB(i32),

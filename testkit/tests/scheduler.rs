@@ -81,7 +81,10 @@ fn workers_refresh_on_schedule_and_isolate_a_failing_stream_table() {
     client.batch_execute("UPDATE readings SET divisor = 1 WHERE id = 7").unwrap();
     let recovered = wait_for(Duration::from_secs(30), || {
         let row = client
-            .query_one("SELECT status, consecutive_failures FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'ratios'", &[])
+            .query_one(
+                "SELECT status, consecutive_failures FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'ratios'",
+                &[],
+            )
             .unwrap();
         let (status, failures): (String, i32) = (row.get(0), row.get(1));
         (status == "ACTIVE" && failures == 0).then_some(())

@@ -44,9 +44,11 @@ fn resolve_new_name(name: &str) -> Result<(String, String)> {
         [schema, table] => (schema.clone(), table.clone()),
         _ => return Err(invalid(format!("\"{name}\" has more than two parts"))),
     };
-    let schema_exists =
-        catalog::scalar::<bool>("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[schema.clone().into()])?
-            .unwrap_or(false);
+    let schema_exists = catalog::scalar::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+        &[schema.clone().into()],
+    )?
+    .unwrap_or(false);
     if !schema_exists {
         return Err(invalid(format!("schema \"{schema}\" does not exist")));
     }
@@ -163,7 +165,8 @@ pub fn alter(
     status: Option<&str>,
 ) -> Result<()> {
     let found = catalog::find_by_name(name)?;
-    let st = catalog::load(found.pgt_id, RowLock::Wait)?.ok_or_else(|| PgTrickleError::UnknownStreamTable(name.into()))?;
+    let st =
+        catalog::load(found.pgt_id, RowLock::Wait)?.ok_or_else(|| PgTrickleError::UnknownStreamTable(name.into()))?;
     let refresh_mode = refresh_mode.map(validate_mode).transpose()?;
     if let Some(schedule) = schedule {
         let seconds = parse_schedule(Some(schedule))?;
@@ -223,7 +226,11 @@ fn replace_query(st: &StreamTable, query: &str, refresh_mode: &str) -> Result<()
     }
     let old_sources = catalog::dependencies(st.pgt_id)?;
     catalog::allow_internal_ddl()?;
-    catalog::exec(&format!("ALTER TABLE {} RENAME TO {}", st.qualified(), quote_ident(&format!("__pgt_old_{}", st.pgt_id))))?;
+    catalog::exec(&format!(
+        "ALTER TABLE {} RENAME TO {}",
+        st.qualified(),
+        quote_ident(&format!("__pgt_old_{}", st.pgt_id))
+    ))?;
     let storage = build_storage(&st.qualified(), query, refresh_mode)?;
     catalog::exec(&format!(
         "DROP TABLE {}.{}",

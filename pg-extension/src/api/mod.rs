@@ -56,6 +56,7 @@ fn reinitialize_stream_table(name: &str) -> Option<i64> {
 
 fn refresh_by_name(name: &str, request: Request) -> Result<Option<i64>> {
     let found = catalog::find_by_name(name)?;
-    let st = catalog::load(found.pgt_id, RowLock::Wait)?.ok_or_else(|| PgTrickleError::UnknownStreamTable(name.into()))?;
+    let st =
+        catalog::load(found.pgt_id, RowLock::Wait)?.ok_or_else(|| PgTrickleError::UnknownStreamTable(name.into()))?;
     Ok(refresh::refresh(&st, Trigger::Manual, request)?.batch_seq)
 }

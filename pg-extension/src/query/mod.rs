@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    visit_expressions, visit_relations, Distinct, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
-    GroupByExpr, Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, Select, SelectItem,
+    visit_expressions, visit_relations, Distinct, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
+    Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, Select, SelectItem,
     SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
@@ -169,7 +169,7 @@ impl DifferentialPlan {
 /// How a query can be maintained.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Classification {
-    Differential(DifferentialPlan),
+    Differential(Box<DifferentialPlan>),
     /// Only recompute-and-diff applies, for this reason.
     FullOnly(String),
 }
@@ -177,7 +177,7 @@ pub enum Classification {
 /// Decides whether a query is one of the differential shapes.
 pub fn classify(query: &Query, facts: &CatalogFacts) -> Classification {
     match try_classify(query, facts) {
-        Ok(plan) => Classification::Differential(plan),
+        Ok(plan) => Classification::Differential(Box::new(plan)),
         Err(reason) => Classification::FullOnly(reason),
     }
 }

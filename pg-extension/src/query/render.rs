@@ -114,17 +114,19 @@ pub fn recompute_aggregate(plan: &DifferentialPlan, shape: &StorageShape, restri
     if let Some(extra) = restrict {
         where_parts.push(format!("({extra})"));
     }
-    let where_sql = if where_parts.is_empty() { String::new() } else { format!(" WHERE {}", where_parts.join(" AND ")) };
+    let where_sql =
+        if where_parts.is_empty() { String::new() } else { format!(" WHERE {}", where_parts.join(" AND ")) };
     let inner = format!(
         "SELECT {} FROM {}{where_sql} {}",
         select_list.join(", "),
         from_list(plan, &[None, None]),
         plan.select.group_by
     );
-    let outer_columns: Vec<String> = std::iter::once(format!("hashtextextended({}, 0)", row_text("__pgt_q", &key_columns)))
-        .chain(shape.user_columns.iter().map(|c| format!("__pgt_q.{}", quote_ident(c))))
-        .chain(shape.aux_columns.iter().map(|(c, _)| format!("__pgt_q.{}", quote_ident(c))))
-        .collect();
+    let outer_columns: Vec<String> =
+        std::iter::once(format!("hashtextextended({}, 0)", row_text("__pgt_q", &key_columns)))
+            .chain(shape.user_columns.iter().map(|c| format!("__pgt_q.{}", quote_ident(c))))
+            .chain(shape.aux_columns.iter().map(|(c, _)| format!("__pgt_q.{}", quote_ident(c))))
+            .collect();
     format!("SELECT {} FROM ({inner}) __pgt_q", outer_columns.join(", "))
 }
 
@@ -133,10 +135,7 @@ pub fn group_membership(plan: &DifferentialPlan, ids_relation: &str) -> String {
     let PlanKind::Aggregate { keys, .. } = &plan.kind else { unreachable!() };
     let items = plan.items();
     let key_exprs: Vec<String> = keys.iter().map(|k| items[*k].to_string()).collect();
-    format!(
-        "hashtextextended(ROW({})::text, 0) IN (SELECT __pgt_row_id FROM {ids_relation})",
-        key_exprs.join(", ")
-    )
+    format!("hashtextextended(ROW({})::text, 0) IN (SELECT __pgt_row_id FROM {ids_relation})", key_exprs.join(", "))
 }
 
 /// The FROM list with each source optionally replaced by a CTE of the same alias.
@@ -290,14 +289,19 @@ fn aggregate_delta(
         match agg.func {
             AggFunc::CountStar => {}
             AggFunc::Count | AggFunc::Sum | AggFunc::Avg => {
-                group_items
-                    .push(format!("sum(CASE WHEN r.__pgt_a{p} IS NOT NULL THEN r.__pgt_sign ELSE 0 END)::bigint AS __pgt_dnn{p}"));
+                group_items.push(format!(
+                    "sum(CASE WHEN r.__pgt_a{p} IS NOT NULL THEN r.__pgt_sign ELSE 0 END)::bigint AS __pgt_dnn{p}"
+                ));
                 if agg.func != AggFunc::Count {
                     group_items.push(format!("sum(r.__pgt_sign::numeric * r.__pgt_a{p}) AS __pgt_dsum{p}"));
                 }
             }
-            AggFunc::Min => group_items.push(format!("min(r.__pgt_a{p}) FILTER (WHERE r.__pgt_sign > 0) AS __pgt_ins{p}")),
-            AggFunc::Max => group_items.push(format!("max(r.__pgt_a{p}) FILTER (WHERE r.__pgt_sign > 0) AS __pgt_ins{p}")),
+            AggFunc::Min => {
+                group_items.push(format!("min(r.__pgt_a{p}) FILTER (WHERE r.__pgt_sign > 0) AS __pgt_ins{p}"))
+            }
+            AggFunc::Max => {
+                group_items.push(format!("max(r.__pgt_a{p}) FILTER (WHERE r.__pgt_sign > 0) AS __pgt_ins{p}"))
+            }
         }
     }
     let recompute_flag = if plan.has_min_max() { "m.__pgt_has_del" } else { "false" };
@@ -385,4 +389,3 @@ pub fn aggregate_positions_needing_exact_types(plan: &DifferentialPlan) -> Vec<(
         PlanKind::Project => Vec::new(),
     }
 }
-

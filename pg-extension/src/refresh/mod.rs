@@ -115,10 +115,9 @@ pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<O
             let mut names = Vec::new();
             for (index, source) in plan.sources.iter().enumerate() {
                 let relid = source_relids[&source.name.to_string()];
-                let dep = deps
-                    .iter()
-                    .find(|d| d.source_relid == relid)
-                    .ok_or_else(|| crate::error::PgTrickleError::Internal(format!("no dependency row for {}", source.name)))?;
+                let dep = deps.iter().find(|d| d.source_relid == relid).ok_or_else(|| {
+                    crate::error::PgTrickleError::Internal(format!("no dependency row for {}", source.name))
+                })?;
                 let name = format!("__pgt_d{index}");
                 ctes.push(format!("{name} AS ({})", cdc::delta_cte_body(dep)?));
                 names.push(name);
@@ -201,9 +200,10 @@ fn count(sql: &str) -> Result<i64> {
 }
 
 fn current_rows(st: &StreamTable) -> Result<i64> {
-    Ok(catalog::scalar::<i64>("SELECT row_count FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1", &[
-        st.pgt_id.into(),
-    ])?
+    Ok(catalog::scalar::<i64>(
+        "SELECT row_count FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1",
+        &[st.pgt_id.into()],
+    )?
     .unwrap_or(0))
 }
 

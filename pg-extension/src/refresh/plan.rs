@@ -77,7 +77,8 @@ pub fn analyze(defining_query: &str) -> Result<Analysis> {
     let mut facts = CatalogFacts::default();
     for name in query::referenced_relations(&parsed) {
         let written = name.to_string();
-        let Some(relid) = catalog::scalar::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[written.clone().into()])? else {
+        let Some(relid) = catalog::scalar::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[written.clone().into()])?
+        else {
             continue; // a CTE name or similar: PostgreSQL has already resolved the query
         };
         let kind = source_kind(relid)?;
@@ -90,7 +91,8 @@ pub fn analyze(defining_query: &str) -> Result<Analysis> {
     let mut volatile_functions = Vec::new();
     if !functions.is_empty() {
         Spi::connect(|client| -> Result<()> {
-            let sql = "SELECT proname::text, bool_or(prokind = 'a'), bool_or(prokind = 'w'), bool_or(provolatile = 'v') \
+            let sql =
+                "SELECT proname::text, bool_or(prokind = 'a'), bool_or(prokind = 'w'), bool_or(provolatile = 'v') \
                        FROM pg_proc WHERE proname::text = ANY($1) GROUP BY proname ORDER BY proname";
             for row in client.select(sql, None, &[functions.clone().into()])? {
                 let name: String = row.get(1)?.unwrap_or_default();

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags,
+};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
@@ -72,7 +74,8 @@ pub extern "C-unwind" fn pg_trickle_launcher_main(_arg: pg_sys::Datum) {
             if slots.contains_key(&oid) {
                 continue;
             }
-            let running = slots.values().filter(|s| s.handle.as_ref().map(|h| h.pid().is_ok()).unwrap_or(false)).count();
+            let running =
+                slots.values().filter(|s| s.handle.as_ref().map(|h| h.pid().is_ok()).unwrap_or(false)).count();
             if running >= budget {
                 break;
             }
@@ -165,7 +168,8 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
 
 fn due_candidates() -> Result<Vec<Candidate>> {
     Spi::connect(|client| {
-        let sql = "SELECT st.pgt_id, (extract(epoch FROM now() - st.next_due_at) * 1000)::int8, st.consecutive_failures, \
+        let sql =
+            "SELECT st.pgt_id, (extract(epoch FROM now() - st.next_due_at) * 1000)::int8, st.consecutive_failures, \
                           ARRAY(SELECT up.pgt_id FROM pgtrickle.pgt_dependencies d \
                                 JOIN pgtrickle.pgt_stream_tables up ON up.pgt_relid = d.source_relid \
                                 WHERE d.pgt_id = st.pgt_id) \
@@ -194,9 +198,10 @@ fn caught_message(caught: &CaughtError) -> String {
 
 /// Refreshes one stream table in a transaction of its own; records a failure in another.
 fn run_one(pgt_id: i64) {
-    let started_at =
-        BackgroundWorker::transaction(|| catalog::scalar::<String>("SELECT clock_timestamp()::text", &[]).ok().flatten())
-            .unwrap_or_default();
+    let started_at = BackgroundWorker::transaction(|| {
+        catalog::scalar::<String>("SELECT clock_timestamp()::text", &[]).ok().flatten()
+    })
+    .unwrap_or_default();
     let result: std::result::Result<(), String> = PgTryBuilder::new(AssertUnwindSafe(|| {
         // SAFETY: the standard transaction bracket of a background worker; on error the catch arm
         // below aborts the transaction.

@@ -96,7 +96,8 @@ mod tests {
 
     #[test]
     fn diamonds_run_each_node_once_after_all_its_inputs() {
-        let order = order(&[candidate(4, 0, &[2, 3]), candidate(3, 5, &[1]), candidate(2, 1, &[1]), candidate(1, 0, &[])]);
+        let order =
+            order(&[candidate(4, 0, &[2, 3]), candidate(3, 5, &[1]), candidate(2, 1, &[1]), candidate(1, 0, &[])]);
         assert_eq!(order, vec![1, 3, 2, 4]);
     }
 

@@ -139,7 +139,8 @@ mod tests {
         let query = "SELECT DISTINCT region FROM orders UNION ALL SELECT 'extra'";
         run(&format!("SELECT pgtrickle.create_stream_table('regions_seen', $${query}$$)"));
         assert_eq!(
-            one::<String>("SELECT effective_mode FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'regions_seen'").as_deref(),
+            one::<String>("SELECT effective_mode FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'regions_seen'")
+                .as_deref(),
             Some("full")
         );
         run("INSERT INTO orders VALUES (400, 'new', 1, 1)");
@@ -169,7 +170,10 @@ mod tests {
         assert_eq!(one::<i64>("SELECT pgtrickle.reinitialize_stream_table('all_orders')"), Some(2));
         let buffer = one::<String>("SELECT 'pgtrickle_changes.changes_' || 'all_orders'::regclass::oid").unwrap();
         assert_eq!(one::<i64>(&format!("SELECT count(*) FROM {buffer} WHERE batch_seq = 2 AND action = 'T'")), Some(1));
-        assert_eq!(one::<i64>(&format!("SELECT count(*) FROM {buffer} WHERE batch_seq = 2 AND action = 'I'")), Some(30));
+        assert_eq!(
+            one::<i64>(&format!("SELECT count(*) FROM {buffer} WHERE batch_seq = 2 AND action = 'I'")),
+            Some(30)
+        );
         assert_eq!(
             one::<String>("SELECT batch_kind FROM pgtrickle.pgt_refresh_history WHERE batch_seq = 2").as_deref(),
             Some("snapshot")
@@ -193,13 +197,19 @@ mod tests {
         run("SELECT pgtrickle.refresh_stream_table('top_st')");
         assert_same("top_st", query);
 
-        let message = expect_error("SELECT pgtrickle.drop_stream_table('base_st')", PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST);
+        let message = expect_error(
+            "SELECT pgtrickle.drop_stream_table('base_st')",
+            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        );
         assert!(message.contains("top_st"), "{message}");
         let message = expect_error(
             "SELECT pgtrickle.alter_stream_table('base_st', query => 'SELECT region AS id, region, n AS qty FROM top_st')",
             PgSqlErrorCode::ERRCODE_INVALID_RECURSION,
         );
-        assert!(message.contains("base_st -> top_st -> base_st") || message.contains("would depend on itself"), "{message}");
+        assert!(
+            message.contains("base_st -> top_st -> base_st") || message.contains("would depend on itself"),
+            "{message}"
+        );
         run("SELECT pgtrickle.drop_stream_table('base_st', cascade => true)");
         assert_eq!(one::<i64>("SELECT count(*) FROM pgtrickle.pgt_stream_tables"), Some(0));
         assert_eq!(one::<i64>("SELECT count(*) FROM pgtrickle.pgt_change_buffers"), Some(0), "captures released");
@@ -255,21 +265,40 @@ mod tests {
         .unwrap();
         assert_eq!(schedule.as_deref(), Some("00:02:00"));
         assert_eq!(mode.as_deref(), Some("full"));
-        assert_eq!(one::<String>("SELECT status FROM pgtrickle.stream_tables WHERE name = 'public.alt'").as_deref(), Some("SUSPENDED"));
+        assert_eq!(
+            one::<String>("SELECT status FROM pgtrickle.stream_tables WHERE name = 'public.alt'").as_deref(),
+            Some("SUSPENDED")
+        );
         run("SELECT pgtrickle.alter_stream_table('alt', query => 'SELECT id, qty FROM orders WHERE qty > 3', refresh_mode => 'auto')");
         assert_same("alt", "SELECT id, qty FROM orders WHERE qty > 3");
-        assert_eq!(one::<i64>("SELECT last_batch_seq FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'alt'"), Some(2));
-        expect_error("SELECT pgtrickle.alter_stream_table('alt', status => 'sleepy')", PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE);
-        expect_error("SELECT pgtrickle.alter_stream_table('alt', query => 'SELECT id FROM alt')", PgSqlErrorCode::ERRCODE_INVALID_RECURSION);
+        assert_eq!(
+            one::<i64>("SELECT last_batch_seq FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'alt'"),
+            Some(2)
+        );
+        expect_error(
+            "SELECT pgtrickle.alter_stream_table('alt', status => 'sleepy')",
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        );
+        expect_error(
+            "SELECT pgtrickle.alter_stream_table('alt', query => 'SELECT id FROM alt')",
+            PgSqlErrorCode::ERRCODE_INVALID_RECURSION,
+        );
     }
 
     #[pg_test]
     fn the_view_reports_status_and_freshness() {
         seed_orders();
         run("SELECT pgtrickle.create_stream_table('v1', 'SELECT id FROM orders', schedule => '10s')");
-        let (status, rows) = Spi::get_two::<String, i64>("SELECT status, rows FROM pgtrickle.stream_tables WHERE name = 'public.v1'").unwrap();
+        let (status, rows) =
+            Spi::get_two::<String, i64>("SELECT status, rows FROM pgtrickle.stream_tables WHERE name = 'public.v1'")
+                .unwrap();
         assert_eq!(status.as_deref(), Some("ACTIVE"));
         assert_eq!(rows, Some(30));
-        assert_eq!(one::<bool>("SELECT next_due_at > last_refresh_at AND staleness >= interval '0' FROM pgtrickle.stream_tables"), Some(true));
+        assert_eq!(
+            one::<bool>(
+                "SELECT next_due_at > last_refresh_at AND staleness >= interval '0' FROM pgtrickle.stream_tables"
+            ),
+            Some(true)
+        );
     }
 }
