@@ -61,6 +61,18 @@ fn buffer_exists(relid: pg_sys::Oid) -> Result<bool> {
     .unwrap_or(false))
 }
 
+/// A change buffer: change id, writing transaction, action, `extra` columns, then the captured columns.
+fn create_buffer_table(relid: pg_sys::Oid, extra: &str, columns: &[(String, String)]) -> Result<()> {
+    let buffer = buffer_name(relid);
+    catalog::exec(&format!(
+        "CREATE TABLE {buffer} (change_id bigserial PRIMARY KEY, xid xid8 NOT NULL DEFAULT pg_current_xact_id(), \
+         action \"char\" NOT NULL{extra}{defs})",
+        defs = column_definitions(columns)
+    ))?;
+    catalog::exec(&format!("CREATE INDEX ON {buffer} (xid)"))?;
+    Ok(())
+}
+
 /// Starts capturing changes of a base table (idempotent: shared by every stream table that reads it).
 pub fn ensure_table_capture(relid: pg_sys::Oid) -> Result<()> {
     if buffer_exists(relid)? {
@@ -71,12 +83,7 @@ pub fn ensure_table_capture(relid: pg_sys::Oid) -> Result<()> {
     let function = capture_function_name(relid);
     let source = catalog::scalar::<String>("SELECT $1::regclass::text", &[relid.into()])?.unwrap_or_default();
     let cols = column_list(&columns, None);
-    catalog::exec(&format!(
-        "CREATE TABLE {buffer} (change_id bigserial PRIMARY KEY, xid xid8 NOT NULL DEFAULT pg_current_xact_id(), \
-         action \"char\" NOT NULL{defs})",
-        defs = column_definitions(&columns)
-    ))?;
-    catalog::exec(&format!("CREATE INDEX ON {buffer} (xid)"))?;
+    create_buffer_table(relid, "", &columns)?;
     catalog::exec(&format!(
         "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $pgt$\n\
          BEGIN\n\
@@ -112,14 +119,8 @@ pub fn ensure_table_capture(relid: pg_sys::Oid) -> Result<()> {
 /// Creates the buffer that receives a stream table's batches.
 pub fn create_stream_table_buffer(relid: pg_sys::Oid) -> Result<()> {
     let columns = user_columns(relid)?;
-    let buffer = buffer_name(relid);
-    catalog::exec(&format!(
-        "CREATE TABLE {buffer} (change_id bigserial PRIMARY KEY, xid xid8 NOT NULL DEFAULT pg_current_xact_id(), \
-         action \"char\" NOT NULL, batch_seq bigint NOT NULL, __pgt_row_id bigint{defs})",
-        defs = column_definitions(&columns)
-    ))?;
-    catalog::exec(&format!("CREATE INDEX ON {buffer} (xid)"))?;
-    catalog::exec(&format!("CREATE INDEX ON {buffer} (batch_seq)"))?;
+    create_buffer_table(relid, ", batch_seq bigint NOT NULL, __pgt_row_id bigint", &columns)?;
+    catalog::exec(&format!("CREATE INDEX ON {} (batch_seq)", buffer_name(relid)))?;
     catalog::exec_with(
         "INSERT INTO pgtrickle.pgt_change_buffers (source_relid, buffer_name, source_kind) \
          VALUES ($1, $2, 'stream_table')",

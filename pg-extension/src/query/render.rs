@@ -198,31 +198,28 @@ fn signed_rows(plan: &DifferentialPlan, delta_ctes: &[String], items: &[String])
         .join(" UNION ALL ")
 }
 
-/// The body (after the caller's own CTEs) of the statement that fills the delta table with
-/// `('D', old row…)` and `('I', new row…)` rows, columns in `shape.all_columns` order.
-/// `prefix_ctes` are the caller's CTEs (change buffers, watermark update), already joined by commas.
-/// `insert_into` (e.g. `INSERT INTO t (cols)`) goes between the CTEs and the final SELECT, so the
-/// caller's data-modifying CTEs stay at the top level of the statement.
-pub fn delta_statement(
-    plan: &DifferentialPlan,
-    shape: &StorageShape,
-    prefix_ctes: &str,
-    delta_ctes: &[String],
-    insert_into: &str,
-) -> String {
+/// What the caller puts around the generated delta SQL.
+pub struct DeltaFrame<'a> {
+    /// The caller's CTEs (change rows, watermark update), already joined by commas.
+    pub prefix_ctes: &'a str,
+    /// Names of the CTEs holding each plan source's weighted change rows, in plan order.
+    pub delta_ctes: &'a [String],
+    /// E.g. `INSERT INTO t (cols)`: placed between the CTEs and the final SELECT, so the caller's
+    /// data-modifying CTEs stay at the top level of the statement.
+    pub insert_into: &'a str,
+}
+
+/// The statement that fills the delta table with `('D', old row…)` and `('I', new row…)` rows,
+/// columns in `shape.all_columns` order.
+pub fn delta_statement(plan: &DifferentialPlan, shape: &StorageShape, frame: &DeltaFrame) -> String {
     match &plan.kind {
-        PlanKind::Project => project_delta(plan, shape, prefix_ctes, delta_ctes, insert_into),
-        PlanKind::Aggregate { .. } => aggregate_delta(plan, shape, prefix_ctes, delta_ctes, insert_into),
+        PlanKind::Project => project_delta(plan, shape, frame),
+        PlanKind::Aggregate { .. } => aggregate_delta(plan, shape, frame),
     }
 }
 
-fn project_delta(
-    plan: &DifferentialPlan,
-    shape: &StorageShape,
-    prefix_ctes: &str,
-    delta_ctes: &[String],
-    insert_into: &str,
-) -> String {
+fn project_delta(plan: &DifferentialPlan, shape: &StorageShape, frame: &DeltaFrame) -> String {
+    let DeltaFrame { prefix_ctes, delta_ctes, insert_into } = frame;
     let items: Vec<String> = plan
         .items()
         .iter()
@@ -262,13 +259,8 @@ fn project_delta(
     )
 }
 
-fn aggregate_delta(
-    plan: &DifferentialPlan,
-    shape: &StorageShape,
-    prefix_ctes: &str,
-    delta_ctes: &[String],
-    insert_into: &str,
-) -> String {
+fn aggregate_delta(plan: &DifferentialPlan, shape: &StorageShape, frame: &DeltaFrame) -> String {
+    let DeltaFrame { prefix_ctes, delta_ctes, insert_into } = frame;
     let PlanKind::Aggregate { keys, aggs } = &plan.kind else { unreachable!() };
     let exprs = plan.items();
     let key_columns: Vec<String> = keys.iter().map(|k| shape.user_columns[*k].clone()).collect();

@@ -127,7 +127,9 @@ fn rendered_delta_reads_change_ctes_under_the_sources_aliases() {
         user_columns: vec!["id".into(), "label".into()],
         aux_columns: vec![],
     };
-    let sql = render::delta_statement(&plan, &shape, "m AS (SELECT 1)", &["d0".into(), "d1".into()], "INSERT INTO t");
+    let names = ["d0".to_string(), "d1".to_string()];
+    let frame = render::DeltaFrame { prefix_ctes: "m AS (SELECT 1)", delta_ctes: &names, insert_into: "INSERT INTO t" };
+    let sql = render::delta_statement(&plan, &shape, &frame);
     assert!(sql.contains("FROM d0 AS o JOIN public.regions AS r"), "{sql}");
     assert!(sql.contains("FROM orders AS o JOIN d1 AS r"), "{sql}");
     assert!(sql.contains("-(o.__pgt_sign * r.__pgt_sign)"), "{sql}");

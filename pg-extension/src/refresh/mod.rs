@@ -122,7 +122,9 @@ pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<O
                 ctes.push(format!("{name} AS ({})", cdc::delta_cte_body(dep)?));
                 names.push(name);
             }
-            catalog::exec(&render::delta_statement(plan, &shape, &ctes.join(", "), &names, &insert_delta))?;
+            let frame =
+                render::DeltaFrame { prefix_ctes: &ctes.join(", "), delta_ctes: &names, insert_into: &insert_delta };
+            catalog::exec(&render::delta_statement(plan, &shape, &frame))?;
         }
         _ => {
             let recompute = match (analysis.plan(), st.plan_kind.as_str()) {
@@ -252,6 +254,13 @@ fn apply(st: &StreamTable, shape: &StorageShape, delta: &str, method: Method, se
     let user: Vec<String> = shape.user_columns.iter().map(|c| quote_ident(c)).collect();
     let user = user.join(", ");
     let user_from_delta: Vec<String> = shape.user_columns.iter().map(|c| format!("d.{}", quote_ident(c))).collect();
+    let append_to_buffer = |action: &str| {
+        catalog::exec(&format!(
+            "INSERT INTO {buffer} (action, batch_seq, __pgt_row_id, {user}) \
+             SELECT '{action}', {seq}, d.__pgt_row_id, {cols} FROM {delta} d WHERE d.__pgt_action = '{action}'",
+            cols = user_from_delta.join(", ")
+        ))
+    };
     if method == Method::Snapshot {
         catalog::exec(&format!("TRUNCATE {}", shape.table))?;
         catalog::exec(&format!("INSERT INTO {buffer} (action, batch_seq) VALUES ('T', {seq})"))?;
@@ -260,11 +269,7 @@ fn apply(st: &StreamTable, shape: &StorageShape, delta: &str, method: Method, se
             "DELETE FROM {table} o USING {delta} d WHERE d.__pgt_action = 'D' AND o.__pgt_row_id = d.__pgt_row_id",
             table = shape.table
         ))?;
-        catalog::exec(&format!(
-            "INSERT INTO {buffer} (action, batch_seq, __pgt_row_id, {user}) \
-             SELECT 'D', {seq}, d.__pgt_row_id, {cols} FROM {delta} d WHERE d.__pgt_action = 'D'",
-            cols = user_from_delta.join(", ")
-        ))?;
+        append_to_buffer("D")?;
     }
     catalog::exec(&format!(
         "INSERT INTO {table} ({all}) SELECT {all_d} FROM {delta} d WHERE d.__pgt_action = 'I'",
@@ -272,11 +277,7 @@ fn apply(st: &StreamTable, shape: &StorageShape, delta: &str, method: Method, se
         all = shape.all_columns(None),
         all_d = shape.all_columns(Some("d")),
     ))?;
-    catalog::exec(&format!(
-        "INSERT INTO {buffer} (action, batch_seq, __pgt_row_id, {user}) \
-         SELECT 'I', {seq}, d.__pgt_row_id, {cols} FROM {delta} d WHERE d.__pgt_action = 'I'",
-        cols = user_from_delta.join(", ")
-    ))?;
+    append_to_buffer("I")?;
     Ok(())
 }
 
