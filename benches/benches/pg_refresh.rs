@@ -77,7 +77,7 @@ fn main() {
     let cluster = &clusters[0];
     let mut client = cluster.connect("postgres").unwrap();
     let version: String = client
-        .query_one("SELECT extversion FROM pg_available_extension_versions WHERE name = 'pg_trickle'", &[])
+        .query_one("SELECT version FROM pg_available_extension_versions WHERE name = 'pg_trickle'", &[])
         .unwrap()
         .get(0);
     println!("pg_trickle {version}; {rows} rows, {changed} changed rows per round, {rounds} rounds");
@@ -86,10 +86,10 @@ fn main() {
         .batch_execute(&format!(
             "CREATE EXTENSION pg_trickle;
              CREATE TABLE src (id bigint PRIMARY KEY, grp int NOT NULL, amount numeric NOT NULL, qty int NOT NULL);
-             INSERT INTO src SELECT g, g % 1000, (g % 977) * 1.25, g % 13 FROM generate_series(1, {rows}) g;
-             VACUUM ANALYZE src;"
+             INSERT INTO src SELECT g, g % 1000, (g % 977) * 1.25, g % 13 FROM generate_series(1, {rows}) g;"
         ))
         .unwrap();
+    client.batch_execute("VACUUM ANALYZE src").unwrap();
     let aggregate = "SELECT grp, count(*) AS n, sum(amount) AS total, avg(qty) AS mean_qty FROM src GROUP BY grp";
     for (name, mode) in [("agg_differential", "differential"), ("agg_recompute", "full")] {
         client
@@ -162,10 +162,12 @@ fn main() {
              CREATE TABLE captured (id int PRIMARY KEY, v int NOT NULL, pad text NOT NULL);
              INSERT INTO plain SELECT g, 0, repeat('x', 40) FROM generate_series(1, 100000) g;
              INSERT INTO captured SELECT * FROM plain;
-             VACUUM ANALYZE plain; VACUUM ANALYZE captured;
              SELECT pgtrickle.create_stream_table('captured_sum', 'SELECT id % 10 AS bucket, sum(v) AS s FROM captured GROUP BY 1', schedule => 'manual');",
         )
         .unwrap();
+    for table in ["plain", "captured"] {
+        client.batch_execute(&format!("VACUUM ANALYZE {table}")).unwrap();
+    }
     let logs = tempfile::tempdir().unwrap();
     let script = |table: &str| format!("\\set id random(1, 100000)\nUPDATE {table} SET v = v + 1 WHERE id = :id;\n");
     // Alternate, so that neither side always runs on a warmer server.

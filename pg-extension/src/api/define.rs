@@ -107,6 +107,9 @@ fn build_storage(qualified: &str, query: &str, refresh_mode: &str) -> Result<Sto
     }
     catalog::exec(&format!("ALTER TABLE {qualified} {}", alter.join(", ")))?;
     catalog::exec(&format!("CREATE UNIQUE INDEX ON {qualified} (__pgt_row_id)"))?;
+    if analysis.plan_kind() == "project" {
+        catalog::exec(&format!("CREATE INDEX ON {qualified} (__pgt_content)"))?;
+    }
     Ok(Storage { relid, analysis, effective_mode })
 }
 

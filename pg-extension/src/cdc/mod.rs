@@ -193,22 +193,53 @@ pub fn has_unconsumed(dep: &Dependency, actions: Option<&str>) -> Result<bool> {
     Ok(catalog::scalar::<bool>(&sql, &[])?.unwrap_or(false))
 }
 
+/// Types whose equality is also text equality, so rows can be netted with a hashed GROUP BY.
+fn groupable(sql_type: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "smallint",
+        "integer",
+        "bigint",
+        "numeric",
+        "text",
+        "character varying",
+        "character",
+        "boolean",
+        "date",
+        "timestamp",
+        "time ",
+        "interval",
+        "uuid",
+        "bytea",
+        "oid",
+        "name",
+    ];
+    !sql_type.ends_with(']') && (sql_type == "time" || PREFIXES.iter().any(|p| sql_type.starts_with(p)))
+}
+
 /// A CTE body reading `dep`'s unconsumed inserts and deletes as weighted rows with the source's
 /// columns: identical rows are netted first (weight = inserts − deletes, zero dropped), so a value a
 /// row held only between two refreshes is never evaluated by the query.
 pub fn delta_cte_body(dep: &Dependency) -> Result<String> {
     let columns = user_columns(dep.source_relid)?;
-    let row_text = format!("ROW({})::text", column_list(&columns, Some("c")));
+    let weight = "CASE c.action WHEN 'I' THEN 1 ELSE -1 END";
+    let buffer = buffer_name(dep.source_relid);
+    let cond = unconsumed_condition(dep);
+    let cols = column_list(&columns, Some("c"));
+    if columns.iter().all(|(_, ty)| groupable(ty)) {
+        return Ok(format!(
+            "SELECT {cols}, sum({weight}) AS __pgt_sign FROM {buffer} c \
+             WHERE c.action IN ('I', 'D') AND {cond} GROUP BY {cols} HAVING sum({weight}) <> 0"
+        ));
+    }
+    // Types without a hashable equality (json, geometric…): net by the rows' text.
+    let row_text = format!("ROW({cols})::text");
     Ok(format!(
         "SELECT {outer}, s.__pgt_sign FROM (SELECT {cols}, \
-           sum(CASE c.action WHEN 'I' THEN 1 ELSE -1 END) OVER (PARTITION BY {row_text}) AS __pgt_sign, \
+           sum({weight}) OVER (PARTITION BY {row_text}) AS __pgt_sign, \
            row_number() OVER (PARTITION BY {row_text}) AS __pgt_rn \
          FROM {buffer} c WHERE c.action IN ('I', 'D') AND {cond}) s \
          WHERE s.__pgt_rn = 1 AND s.__pgt_sign <> 0",
         outer = column_list(&columns, Some("s")),
-        cols = column_list(&columns, Some("c")),
-        buffer = buffer_name(dep.source_relid),
-        cond = unconsumed_condition(dep),
     ))
 }
 

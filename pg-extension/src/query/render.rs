@@ -58,7 +58,8 @@ impl StorageShape {
 /// The bookkeeping columns an aggregate plan stores next to its visible columns.
 pub fn aux_columns(plan: &DifferentialPlan) -> Vec<(String, String)> {
     let PlanKind::Aggregate { aggs, .. } = &plan.kind else {
-        return Vec::new();
+        // Filter/project: a hash of the row's content finds its current copies in one index probe.
+        return vec![("__pgt_content".to_string(), "bigint".to_string())];
     };
     let mut columns = vec![("__pgt_count".to_string(), "bigint".to_string())];
     for agg in aggs {
@@ -74,9 +75,13 @@ pub fn aux_columns(plan: &DifferentialPlan) -> Vec<(String, String)> {
     columns
 }
 
-/// Recompute for queries maintained by content identity: the user's query, wrapped to add row ids.
+/// Recompute for queries maintained by content identity: the user's query, wrapped to add row ids
+/// (and the content hash, when the storage keeps one).
 pub fn recompute_by_content(user_query: &str, shape: &StorageShape) -> String {
-    let columns: Vec<String> = shape.user_columns.iter().map(|c| format!("__pgt_q.{}", quote_ident(c))).collect();
+    let mut columns: Vec<String> = shape.user_columns.iter().map(|c| format!("__pgt_q.{}", quote_ident(c))).collect();
+    if shape.aux_columns.iter().any(|(name, _)| name == "__pgt_content") {
+        columns.push("hashtextextended(__pgt_q.__pgt_ctext, 0) AS __pgt_content".into());
+    }
     format!(
         "SELECT hashtextextended(__pgt_q.__pgt_ctext, row_number() OVER (PARTITION BY __pgt_q.__pgt_ctext)) \
          AS __pgt_row_id, {cols} FROM (SELECT {ctext} AS __pgt_ctext, __pgt_u.* FROM ({user_query}) __pgt_u) __pgt_q",
@@ -198,80 +203,108 @@ fn signed_rows(plan: &DifferentialPlan, delta_ctes: &[String], items: &[String])
         .join(" UNION ALL ")
 }
 
-/// What the caller puts around the generated delta SQL.
-pub struct DeltaFrame<'a> {
-    /// The caller's CTEs (change rows, watermark update), already joined by commas.
-    pub prefix_ctes: &'a str,
-    /// Names of the CTEs holding each plan source's weighted change rows, in plan order.
-    pub delta_ctes: &'a [String],
-    /// E.g. `INSERT INTO t (cols)`: placed between the CTEs and the final SELECT, so the caller's
-    /// data-modifying CTEs stay at the top level of the statement.
-    pub insert_into: &'a str,
+/// The weighted rows of a differential refresh: `__pgt_sign` (weight) and, for filter/project plans,
+/// the output columns; for GROUP BY plans, the key columns and each aggregate's argument `__pgt_a<i>`.
+pub fn weighted_rows(plan: &DifferentialPlan, shape: &StorageShape, delta_ctes: &[String]) -> String {
+    let exprs = plan.items();
+    let items: Vec<String> = match &plan.kind {
+        PlanKind::Project => exprs
+            .iter()
+            .zip(&shape.user_columns)
+            .map(|(expr, column)| format!("{expr} AS {}", quote_ident(column)))
+            .collect(),
+        PlanKind::Aggregate { keys, aggs } => keys
+            .iter()
+            .map(|k| format!("{} AS {}", exprs[*k], quote_ident(&shape.user_columns[*k])))
+            .chain(aggs.iter().filter_map(|a| a.arg.as_ref().map(|arg| format!("{arg} AS __pgt_a{}", a.position))))
+            .collect(),
+    };
+    signed_rows(plan, delta_ctes, &items)
 }
 
-/// The statement that fills the delta table with `('D', old row…)` and `('I', new row…)` rows,
-/// columns in `shape.all_columns` order.
-pub fn delta_statement(plan: &DifferentialPlan, shape: &StorageShape, frame: &DeltaFrame) -> String {
+/// Tables a differential refresh works through (all temporary, per stream table).
+pub struct DeltaTables<'a> {
+    /// Weighted rows ([`weighted_rows`]), filled by [`capture_statement`].
+    pub rows: &'a str,
+    /// Groups recomputed from the sources (MIN/MAX groups that lost rows), storage-shaped.
+    pub regrouped: &'a str,
+    /// `INSERT INTO <delta table> (__pgt_action, <storage columns>)`.
+    pub insert_delta: &'a str,
+}
+
+/// The one statement that reads the sources: it runs the caller's CTEs (change rows, watermark
+/// update), stores the weighted rows, and recomputes the MIN/MAX groups that lost rows — all under
+/// the statement's single snapshot.
+pub fn capture_statement(
+    plan: &DifferentialPlan,
+    shape: &StorageShape,
+    prefix_ctes: &str,
+    delta_ctes: &[String],
+    tables: &DeltaTables,
+) -> String {
+    let mut statement = format!("WITH {prefix_ctes}, __pgt_rows AS ({})", weighted_rows(plan, shape, delta_ctes));
+    if let PlanKind::Aggregate { keys, .. } = &plan.kind {
+        if plan.has_min_max() {
+            let key_columns: Vec<String> = keys.iter().map(|k| shape.user_columns[*k].clone()).collect();
+            let losing_groups = format!(
+                "(SELECT hashtextextended({}, 0) AS __pgt_row_id FROM __pgt_rows r WHERE r.__pgt_sign < 0) __pgt_ids",
+                row_text("r", &key_columns)
+            );
+            statement.push_str(&format!(
+                ", __pgt_re AS (INSERT INTO {} ({}) {} RETURNING 1)",
+                tables.regrouped,
+                shape.all_columns(None),
+                recompute_aggregate(plan, shape, Some(&group_membership(plan, &losing_groups)))
+            ));
+        }
+    }
+    statement.push_str(&format!(" INSERT INTO {} SELECT * FROM __pgt_rows", tables.rows));
+    statement
+}
+
+/// The statement that turns the weighted rows into `('D', old row…)` / `('I', new row…)` rows of
+/// the delta table (storage-column order). It reads only the temporary tables and the stream table.
+pub fn delta_statement(plan: &DifferentialPlan, shape: &StorageShape, tables: &DeltaTables) -> String {
     match &plan.kind {
-        PlanKind::Project => project_delta(plan, shape, frame),
-        PlanKind::Aggregate { .. } => aggregate_delta(plan, shape, frame),
+        PlanKind::Project => project_delta(shape, tables),
+        PlanKind::Aggregate { .. } => aggregate_delta(plan, shape, tables),
     }
 }
 
-fn project_delta(plan: &DifferentialPlan, shape: &StorageShape, frame: &DeltaFrame) -> String {
-    let DeltaFrame { prefix_ctes, delta_ctes, insert_into } = frame;
-    let items: Vec<String> = plan
-        .items()
-        .iter()
-        .zip(&shape.user_columns)
-        .map(|(expr, column)| format!("{expr} AS {}", quote_ident(column)))
-        .collect();
-    let rows = signed_rows(plan, delta_ctes, &items);
+fn project_delta(shape: &StorageShape, tables: &DeltaTables) -> String {
     let ctext = row_text("r", &shape.user_columns);
     let table = &shape.table;
-    let repr_columns: Vec<String> = shape.user_columns.iter().map(|c| format!("r.{}", quote_ident(c))).collect();
-    let insert_columns: Vec<String> = shape.user_columns.iter().map(|c| format!("x.{}", quote_ident(c))).collect();
+    let prefixed = |p: &str| -> String {
+        shape.user_columns.iter().map(|c| format!("{p}.{}", quote_ident(c))).collect::<Vec<_>>().join(", ")
+    };
     format!(
-        "WITH {prefix_ctes}, \
-         __pgt_rows AS ({rows}), \
-         __pgt_net AS (SELECT {ctext} AS __pgt_ctext, sum(r.__pgt_sign)::bigint AS __pgt_dn FROM __pgt_rows r \
-                       GROUP BY 1 HAVING sum(r.__pgt_sign) <> 0), \
-         __pgt_mult AS (WITH RECURSIVE p(ctext, k) AS ( \
-                SELECT n.__pgt_ctext, 1 FROM __pgt_net n WHERE EXISTS \
-                  (SELECT 1 FROM {table} o WHERE o.__pgt_row_id = hashtextextended(n.__pgt_ctext, 1)) \
-                UNION ALL SELECT p.ctext, p.k + 1 FROM p WHERE EXISTS \
-                  (SELECT 1 FROM {table} o WHERE o.__pgt_row_id = hashtextextended(p.ctext, p.k + 1))) \
-              SELECT ctext, max(k) AS n_old FROM p GROUP BY ctext), \
-         __pgt_plan AS (SELECT n.__pgt_ctext, n.__pgt_dn, coalesce(m.n_old, 0)::bigint AS n_old \
-                        FROM __pgt_net n LEFT JOIN __pgt_mult m ON m.ctext = n.__pgt_ctext), \
-         __pgt_repr AS (SELECT DISTINCT ON ({ctext}) {ctext} AS __pgt_ctext, {repr} FROM __pgt_rows r \
-                        WHERE r.__pgt_sign > 0 ORDER BY {ctext}) \
-         {insert_into} SELECT 'D'::\"char\", {old} FROM __pgt_plan p \
+        "WITH __pgt_net AS (SELECT x.* FROM (SELECT {ctext} AS __pgt_ctext, {r_cols}, \
+                (sum(r.__pgt_sign) OVER __pgt_w)::bigint AS __pgt_dn, \
+                row_number() OVER (__pgt_w ORDER BY r.__pgt_sign DESC) AS __pgt_rn \
+              FROM {rows} r WINDOW __pgt_w AS (PARTITION BY {ctext})) x \
+            WHERE x.__pgt_rn = 1 AND x.__pgt_dn <> 0), \
+         __pgt_plan AS (SELECT n.*, (SELECT count(*) FROM {table} o \
+              WHERE o.__pgt_content = hashtextextended(n.__pgt_ctext, 0) AND {o_text} = n.__pgt_ctext) AS n_old \
+            FROM __pgt_net n) \
+         {insert} SELECT 'D'::\"char\", {old} FROM __pgt_plan p \
            CROSS JOIN LATERAL generate_series(p.n_old + p.__pgt_dn + 1, p.n_old) AS __pgt_k(ordinal) \
            JOIN {table} o ON o.__pgt_row_id = hashtextextended(p.__pgt_ctext, __pgt_k.ordinal) WHERE p.__pgt_dn < 0 \
          UNION ALL \
-         SELECT 'I'::\"char\", hashtextextended(p.__pgt_ctext, __pgt_k.ordinal), {insert} FROM __pgt_plan p \
-           JOIN __pgt_repr x ON x.__pgt_ctext = p.__pgt_ctext \
-           CROSS JOIN LATERAL generate_series(p.n_old + 1, p.n_old + p.__pgt_dn) AS __pgt_k(ordinal) WHERE p.__pgt_dn > 0",
-        repr = repr_columns.join(", "),
+         SELECT 'I'::\"char\", hashtextextended(p.__pgt_ctext, __pgt_k.ordinal), {p_cols}, hashtextextended(p.__pgt_ctext, 0) \
+           FROM __pgt_plan p CROSS JOIN LATERAL generate_series(p.n_old + 1, p.n_old + p.__pgt_dn) AS __pgt_k(ordinal) \
+           WHERE p.__pgt_dn > 0",
+        rows = tables.rows,
+        r_cols = prefixed("r"),
+        p_cols = prefixed("p"),
+        o_text = row_text("o", &shape.user_columns),
+        insert = tables.insert_delta,
         old = shape.all_columns(Some("o")),
-        insert = insert_columns.join(", "),
     )
 }
 
-fn aggregate_delta(plan: &DifferentialPlan, shape: &StorageShape, frame: &DeltaFrame) -> String {
-    let DeltaFrame { prefix_ctes, delta_ctes, insert_into } = frame;
+fn aggregate_delta(plan: &DifferentialPlan, shape: &StorageShape, tables: &DeltaTables) -> String {
     let PlanKind::Aggregate { keys, aggs } = &plan.kind else { unreachable!() };
-    let exprs = plan.items();
     let key_columns: Vec<String> = keys.iter().map(|k| shape.user_columns[*k].clone()).collect();
-    let mut row_items: Vec<String> =
-        keys.iter().map(|k| format!("{} AS {}", exprs[*k], quote_ident(&shape.user_columns[*k]))).collect();
-    for agg in aggs {
-        if let Some(arg) = &agg.arg {
-            row_items.push(format!("{arg} AS __pgt_a{}", agg.position));
-        }
-    }
-    let rows = signed_rows(plan, delta_ctes, &row_items);
     let group_keys: Vec<String> = key_columns.iter().map(|c| format!("r.{}", quote_ident(c))).collect();
     let mut group_items = group_keys.clone();
     group_items.push("sum(r.__pgt_sign)::bigint AS __pgt_dcount".into());
@@ -298,26 +331,32 @@ fn aggregate_delta(plan: &DifferentialPlan, shape: &StorageShape, frame: &DeltaF
     }
     let recompute_flag = if plan.has_min_max() { "m.__pgt_has_del" } else { "false" };
     let count_new = "(coalesce(o.__pgt_count, 0) + m.__pgt_dcount)";
+    let nn_new = |p: usize| format!("(coalesce(o.__pgt_nn{p}, 0) + m.__pgt_dnn{p})");
+    let sum_new = |p: usize| format!("(coalesce(o.__pgt_sum{p}, 0) + coalesce(m.__pgt_dsum{p}, 0))");
     let mut new_items = vec!["m.__pgt_row_id".to_string()];
     for (position, column) in shape.user_columns.iter().enumerate() {
         let quoted = quote_ident(column);
-        let value = if keys.contains(&position) {
-            format!("m.{quoted}")
-        } else {
-            let agg = aggs.iter().find(|a| a.position == position).expect("every item is a key or an aggregate");
-            let p = position;
-            let nn_new = format!("(coalesce(o.__pgt_nn{p}, 0) + m.__pgt_dnn{p})");
-            match agg.func {
-                AggFunc::CountStar => count_new.to_string(),
-                AggFunc::Count => format!("coalesce(o.{quoted}, 0) + m.__pgt_dnn{p}"),
-                AggFunc::Sum => {
-                    format!("CASE WHEN {nn_new} = 0 THEN NULL ELSE coalesce(o.{quoted}, 0) + coalesce(m.__pgt_dsum{p}, 0) END")
+        let value = match aggs.iter().find(|a| a.position == position) {
+            None => format!("m.{quoted}"),
+            Some(agg) => {
+                let p = position;
+                match agg.func {
+                    AggFunc::CountStar => count_new.to_string(),
+                    AggFunc::Count => format!("coalesce(o.{quoted}, 0) + m.__pgt_dnn{p}"),
+                    AggFunc::Sum => format!(
+                        "CASE WHEN {} = 0 THEN NULL ELSE coalesce(o.{quoted}, 0) + coalesce(m.__pgt_dsum{p}, 0) END",
+                        nn_new(p)
+                    ),
+                    AggFunc::Avg => {
+                        format!("CASE WHEN {nn} = 0 THEN NULL ELSE {sum} / {nn} END", nn = nn_new(p), sum = sum_new(p))
+                    }
+                    AggFunc::Min => {
+                        format!("CASE WHEN {recompute_flag} THEN NULL ELSE LEAST(o.{quoted}, m.__pgt_ins{p}) END")
+                    }
+                    AggFunc::Max => {
+                        format!("CASE WHEN {recompute_flag} THEN NULL ELSE GREATEST(o.{quoted}, m.__pgt_ins{p}) END")
+                    }
                 }
-                AggFunc::Avg => format!(
-                    "CASE WHEN {nn_new} = 0 THEN NULL ELSE (coalesce(o.__pgt_sum{p}, 0) + coalesce(m.__pgt_dsum{p}, 0)) / {nn_new} END"
-                ),
-                AggFunc::Min => format!("CASE WHEN {recompute_flag} THEN NULL ELSE LEAST(o.{quoted}, m.__pgt_ins{p}) END"),
-                AggFunc::Max => format!("CASE WHEN {recompute_flag} THEN NULL ELSE GREATEST(o.{quoted}, m.__pgt_ins{p}) END"),
             }
         };
         new_items.push(format!("{value} AS {quoted}"));
@@ -325,47 +364,36 @@ fn aggregate_delta(plan: &DifferentialPlan, shape: &StorageShape, frame: &DeltaF
     new_items.push(format!("{count_new} AS __pgt_count"));
     for agg in aggs {
         let p = agg.position;
-        let nn_new = format!("(coalesce(o.__pgt_nn{p}, 0) + m.__pgt_dnn{p})");
-        match agg.func {
-            AggFunc::Sum => new_items.push(format!("{nn_new} AS __pgt_nn{p}")),
-            AggFunc::Avg => {
-                new_items.push(format!("{nn_new} AS __pgt_nn{p}"));
-                new_items.push(format!(
-                    "CASE WHEN {nn_new} = 0 THEN NULL ELSE coalesce(o.__pgt_sum{p}, 0) + coalesce(m.__pgt_dsum{p}, 0) END AS __pgt_sum{p}"
-                ));
-            }
-            _ => {}
+        if matches!(agg.func, AggFunc::Sum | AggFunc::Avg) {
+            new_items.push(format!("{} AS __pgt_nn{p}", nn_new(p)));
+        }
+        if agg.func == AggFunc::Avg {
+            new_items.push(format!("CASE WHEN {} = 0 THEN NULL ELSE {} END AS __pgt_sum{p}", nn_new(p), sum_new(p)));
         }
     }
     new_items.push(format!("{recompute_flag} AS __pgt_recompute"));
     let table = &shape.table;
-    let stored = shape.all_columns(Some("n"));
     let mut statement = format!(
-        "WITH {prefix_ctes}, \
-         __pgt_rows AS ({rows}), \
-         __pgt_g AS (SELECT {group_items} FROM __pgt_rows r GROUP BY {group_by}), \
+        "WITH __pgt_g AS (SELECT {group_items} FROM {rows} r GROUP BY {group_by}), \
          __pgt_m AS (SELECT hashtextextended({key_text}, 0) AS __pgt_row_id, g.* FROM __pgt_g g), \
-         __pgt_new AS (SELECT {new_items} FROM __pgt_m m LEFT JOIN {table} o ON o.__pgt_row_id = m.__pgt_row_id)",
+         __pgt_new AS (SELECT {new_items} FROM __pgt_m m LEFT JOIN {table} o ON o.__pgt_row_id = m.__pgt_row_id) \
+         {insert} SELECT 'D'::\"char\", {old} FROM {table} o JOIN __pgt_m m ON o.__pgt_row_id = m.__pgt_row_id \
+         UNION ALL SELECT 'I'::\"char\", {stored} FROM __pgt_new n WHERE n.__pgt_count > 0 AND NOT n.__pgt_recompute",
+        rows = tables.rows,
         group_items = group_items.join(", "),
         group_by = group_keys.join(", "),
         key_text = row_text("g", &key_columns),
         new_items = new_items.join(", "),
+        insert = tables.insert_delta,
+        old = shape.all_columns(Some("o")),
+        stored = shape.all_columns(Some("n")),
     );
     if plan.has_min_max() {
-        let restricted = recompute_aggregate(
-            plan,
-            shape,
-            Some(&group_membership(plan, "__pgt_new WHERE __pgt_new.__pgt_recompute")),
-        );
-        statement.push_str(&format!(", __pgt_re AS ({restricted})"));
-    }
-    statement.push_str(&format!(
-        " {insert_into} SELECT 'D'::\"char\", {old} FROM {table} o JOIN __pgt_m m ON o.__pgt_row_id = m.__pgt_row_id \
-          UNION ALL SELECT 'I'::\"char\", {stored} FROM __pgt_new n WHERE n.__pgt_count > 0 AND NOT n.__pgt_recompute",
-        old = shape.all_columns(Some("o")),
-    ));
-    if plan.has_min_max() {
-        statement.push_str(" UNION ALL SELECT 'I'::\"char\", re.* FROM __pgt_re re");
+        statement.push_str(&format!(
+            " UNION ALL SELECT 'I'::\"char\", {} FROM {} re",
+            shape.all_columns(Some("re")),
+            tables.regrouped
+        ));
     }
     statement
 }

@@ -128,12 +128,13 @@ fn rendered_delta_reads_change_ctes_under_the_sources_aliases() {
         aux_columns: vec![],
     };
     let names = ["d0".to_string(), "d1".to_string()];
-    let frame = render::DeltaFrame { prefix_ctes: "m AS (SELECT 1)", delta_ctes: &names, insert_into: "INSERT INTO t" };
-    let sql = render::delta_statement(&plan, &shape, &frame);
+    let tables = render::DeltaTables { rows: "rows_t", regrouped: "re_t", insert_delta: "INSERT INTO t" };
+    let sql = render::capture_statement(&plan, &shape, "m AS (SELECT 1)", &names, &tables);
     assert!(sql.contains("FROM d0 AS o JOIN public.regions AS r"), "{sql}");
     assert!(sql.contains("FROM orders AS o JOIN d1 AS r"), "{sql}");
     assert!(sql.contains("-(o.__pgt_sign * r.__pgt_sign)"), "{sql}");
     assert!(sql.starts_with("WITH m AS (SELECT 1), __pgt_rows AS ("), "{sql}");
+    assert!(sql.ends_with("INSERT INTO rows_t SELECT * FROM __pgt_rows"), "{sql}");
 }
 
 #[test]

@@ -90,15 +90,17 @@ pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<O
     let shape = StorageShape {
         table: st.qualified(),
         user_columns: user_columns.iter().map(|(n, _)| n.clone()).collect(),
-        aux_columns: if st.plan_kind == "aggregate" {
-            analysis.plan().map(render::aux_columns).unwrap_or_default()
-        } else {
+        aux_columns: if st.plan_kind == "other" {
             Vec::new()
+        } else {
+            analysis.plan().map(render::aux_columns).unwrap_or_default()
         },
     };
     let delta = format!("pg_temp.{}", quote_ident(&format!("__pgt_delta_{}", st.pgt_id)));
     let fresh = format!("pg_temp.{}", quote_ident(&format!("__pgt_new_{}", st.pgt_id)));
-    catalog::exec(&format!("DROP TABLE IF EXISTS {delta}, {fresh}"))?;
+    let rows = format!("pg_temp.{}", quote_ident(&format!("__pgt_rows_{}", st.pgt_id)));
+    catalog::exec(&format!("DROP TABLE IF EXISTS {delta}, {fresh}, {rows}"))?;
+    catalog::exec(&format!("CREATE TEMP TABLE {fresh} AS SELECT * FROM {} WITH NO DATA", shape.table))?;
     catalog::exec(&format!(
         "CREATE TEMP TABLE {delta} AS SELECT NULL::\"char\" AS __pgt_action, {cols} FROM {table} WITH NO DATA",
         cols = shape.all_columns(None),
@@ -111,7 +113,7 @@ pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<O
     match (method, differential_plan) {
         (Method::Differential, Some(plan)) => {
             let source_relids = plan::plan_source_relids(&analysis);
-            let mut ctes = vec![format!("__pgt_marks AS ({marks})")];
+            let mut change_ctes = Vec::new();
             let mut names = Vec::new();
             for (index, source) in plan.sources.iter().enumerate() {
                 let relid = source_relids[&source.name.to_string()];
@@ -119,19 +121,27 @@ pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<O
                     crate::error::PgTrickleError::Internal(format!("no dependency row for {}", source.name))
                 })?;
                 let name = format!("__pgt_d{index}");
-                ctes.push(format!("{name} AS ({})", cdc::delta_cte_body(dep)?));
+                change_ctes.push(format!("{name} AS ({})", cdc::delta_cte_body(dep)?));
                 names.push(name);
             }
-            let frame =
-                render::DeltaFrame { prefix_ctes: &ctes.join(", "), delta_ctes: &names, insert_into: &insert_delta };
-            catalog::exec(&render::delta_statement(plan, &shape, &frame))?;
+            // Planned only (WITH NO DATA): gives the weighted-rows table its column types.
+            catalog::exec(&format!(
+                "CREATE TEMP TABLE {rows} AS WITH {} {} WITH NO DATA",
+                change_ctes.join(", "),
+                render::weighted_rows(plan, &shape, &names)
+            ))?;
+            let tables = render::DeltaTables { rows: &rows, regrouped: &fresh, insert_delta: &insert_delta };
+            let prefix = format!("__pgt_marks AS ({marks}), {}", change_ctes.join(", "));
+            catalog::exec(&render::capture_statement(plan, &shape, &prefix, &names, &tables))?;
+            // Fresh statistics keep the planner off nested loops over what it would guess is one row.
+            catalog::exec(&format!("ANALYZE {rows}"))?;
+            catalog::exec(&render::delta_statement(plan, &shape, &tables))?;
         }
         _ => {
             let recompute = match (analysis.plan(), st.plan_kind.as_str()) {
                 (Some(plan), "aggregate") => render::recompute_aggregate(plan, &shape, None),
                 _ => render::recompute_by_content(&st.defining_query, &shape),
             };
-            catalog::exec(&format!("CREATE TEMP TABLE {fresh} AS SELECT * FROM {} WITH NO DATA", shape.table))?;
             catalog::exec(&format!(
                 "WITH __pgt_marks AS ({marks}) INSERT INTO {fresh} ({cols}) {recompute}",
                 cols = shape.all_columns(None)
@@ -189,7 +199,7 @@ pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<O
     if produces_batch || trigger != Trigger::Scheduler {
         record_history(st.pgt_id, &started_at, method.as_str(), status, trigger, batch_seq, inserted, deleted)?;
     }
-    catalog::exec(&format!("DROP TABLE IF EXISTS {delta}, {fresh}"))?;
+    catalog::exec(&format!("DROP TABLE IF EXISTS {delta}, {fresh}, {rows}"))?;
     for dep in deps.iter().filter(|d| d.source_kind == "table") {
         cdc::prune(dep.source_relid, None)?;
     }
