@@ -288,7 +288,9 @@ fn project_delta(shape: &StorageShape, tables: &DeltaTables) -> String {
             FROM __pgt_net n) \
          {insert} SELECT 'D'::\"char\", {old} FROM __pgt_plan p \
            CROSS JOIN LATERAL generate_series(p.n_old + p.__pgt_dn + 1, p.n_old) AS __pgt_k(ordinal) \
-           JOIN {table} o ON o.__pgt_row_id = hashtextextended(p.__pgt_ctext, __pgt_k.ordinal) WHERE p.__pgt_dn < 0 \
+           CROSS JOIN LATERAL (SELECT * FROM {table} s \
+             WHERE s.__pgt_row_id = hashtextextended(p.__pgt_ctext, __pgt_k.ordinal) OFFSET 0) o \
+           WHERE p.__pgt_dn < 0 \
          UNION ALL \
          SELECT 'I'::\"char\", hashtextextended(p.__pgt_ctext, __pgt_k.ordinal), {p_cols}, hashtextextended(p.__pgt_ctext, 0) \
            FROM __pgt_plan p CROSS JOIN LATERAL generate_series(p.n_old + 1, p.n_old + p.__pgt_dn) AS __pgt_k(ordinal) \

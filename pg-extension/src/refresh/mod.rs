@@ -67,6 +67,15 @@ pub struct Outcome {
 /// Refreshes `st`, whose catalog row the caller has locked.
 pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<Outcome> {
     let started_at = catalog::scalar::<String>("SELECT clock_timestamp()::text", &[])?.unwrap_or_default();
+    // JIT compilation costs more than these statements run; the caller's setting is restored after.
+    let jit = catalog::scalar::<String>("SELECT current_setting('jit')", &[])?.unwrap_or_else(|| "on".into());
+    catalog::exec("SELECT set_config('jit', 'off', true)")?;
+    let outcome = refresh_inner(st, trigger, request, &started_at);
+    catalog::exec_with("SELECT set_config('jit', $1, true)", &[jit.into()])?;
+    outcome
+}
+
+fn refresh_inner(st: &StreamTable, trigger: Trigger, request: Request, started_at: &str) -> Result<Outcome> {
     let deps = catalog::dependencies(st.pgt_id)?;
     lock_sources(&deps)?;
 
@@ -79,7 +88,7 @@ pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<O
             &[st.pgt_id.into()],
         )?;
         if trigger == Trigger::Manual {
-            record_history(st.pgt_id, &started_at, "differential", "NO_CHANGE", trigger, None, 0, 0)?;
+            record_history(st.pgt_id, started_at, "differential", "NO_CHANGE", trigger, None, 0, 0)?;
         }
         return Ok(Outcome { method: "none", batch_seq: None, inserted: 0, deleted: 0 });
     };
@@ -99,7 +108,7 @@ pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<O
     let delta = format!("pg_temp.{}", quote_ident(&format!("__pgt_delta_{}", st.pgt_id)));
     let fresh = format!("pg_temp.{}", quote_ident(&format!("__pgt_new_{}", st.pgt_id)));
     let rows = format!("pg_temp.{}", quote_ident(&format!("__pgt_rows_{}", st.pgt_id)));
-    catalog::exec(&format!("DROP TABLE IF EXISTS {delta}, {fresh}, {rows}"))?;
+    drop_temp_tables(&[&delta, &fresh, &rows])?;
     catalog::exec(&format!("CREATE TEMP TABLE {fresh} AS SELECT * FROM {} WITH NO DATA", shape.table))?;
     catalog::exec(&format!(
         "CREATE TEMP TABLE {delta} AS SELECT NULL::\"char\" AS __pgt_action, {cols} FROM {table} WITH NO DATA",
@@ -133,8 +142,10 @@ pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<O
             let tables = render::DeltaTables { rows: &rows, regrouped: &fresh, insert_delta: &insert_delta };
             let prefix = format!("__pgt_marks AS ({marks}), {}", change_ctes.join(", "));
             catalog::exec(&render::capture_statement(plan, &shape, &prefix, &names, &tables))?;
-            // Fresh statistics keep the planner off nested loops over what it would guess is one row.
-            catalog::exec(&format!("ANALYZE {rows}"))?;
+            if st.plan_kind == "project" {
+                // Fresh statistics keep the planner off nested loops over what it guesses is one row.
+                catalog::exec(&format!("ANALYZE {rows}"))?;
+            }
             catalog::exec(&render::delta_statement(plan, &shape, &tables))?;
         }
         _ => {
@@ -197,14 +208,27 @@ pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<O
     )?;
     let status = if produces_batch { "OK" } else { "NO_CHANGE" };
     if produces_batch || trigger != Trigger::Scheduler {
-        record_history(st.pgt_id, &started_at, method.as_str(), status, trigger, batch_seq, inserted, deleted)?;
+        record_history(st.pgt_id, started_at, method.as_str(), status, trigger, batch_seq, inserted, deleted)?;
     }
-    catalog::exec(&format!("DROP TABLE IF EXISTS {delta}, {fresh}, {rows}"))?;
+    drop_temp_tables(&[&delta, &fresh, &rows])?;
     for dep in deps.iter().filter(|d| d.source_kind == "table") {
         cdc::prune(dep.source_relid, None)?;
     }
     cdc::prune(st.relid, batch_seq.or(Some(st.last_batch_seq)))?;
     Ok(Outcome { method: method.as_str(), batch_seq, inserted, deleted })
+}
+
+/// Drops the refresh's temporary tables that exist (quietly: no NOTICE reaches the caller).
+fn drop_temp_tables(names: &[&str]) -> Result<()> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let existing = catalog::column::<String>(
+        "SELECT n FROM unnest($1::text[]) n WHERE to_regclass(n) IS NOT NULL",
+        &[names.into()],
+    )?;
+    if !existing.is_empty() {
+        catalog::exec(&format!("DROP TABLE {}", existing.join(", ")))?;
+    }
+    Ok(())
 }
 
 fn count(sql: &str) -> Result<i64> {
