@@ -69,7 +69,8 @@ fn create_buffer_table(relid: pg_sys::Oid, extra: &str, columns: &[(String, Stri
          action \"char\" NOT NULL{extra}{defs})",
         defs = column_definitions(columns)
     ))?;
-    catalog::exec(&format!("CREATE INDEX ON {buffer} (xid)"))?;
+    // (xid, change_id): finds unconsumed rows by transaction, and a transaction's newest row.
+    catalog::exec(&format!("CREATE INDEX ON {buffer} (xid, change_id)"))?;
     Ok(())
 }
 
@@ -217,14 +218,20 @@ fn groupable(sql_type: &str) -> bool {
 }
 
 /// A CTE body reading `dep`'s unconsumed inserts and deletes as weighted rows with the source's
-/// columns: identical rows are netted first (weight = inserts − deletes, zero dropped), so a value a
-/// row held only between two refreshes is never evaluated by the query.
-pub fn delta_cte_body(dep: &Dependency) -> Result<String> {
+/// columns. With `net`, identical rows are netted first (weight = inserts − deletes, zero dropped),
+/// so a value a row held only between two refreshes is never evaluated by the query; a query whose
+/// expressions cannot fail skips that work (the algebra is linear in the weights either way).
+pub fn delta_cte_body(dep: &Dependency, net: bool) -> Result<String> {
     let columns = user_columns(dep.source_relid)?;
     let weight = "CASE c.action WHEN 'I' THEN 1 ELSE -1 END";
     let buffer = buffer_name(dep.source_relid);
     let cond = unconsumed_condition(dep);
     let cols = column_list(&columns, Some("c"));
+    if !net {
+        return Ok(format!(
+            "SELECT {cols}, {weight} AS __pgt_sign FROM {buffer} c WHERE c.action IN ('I', 'D') AND {cond}"
+        ));
+    }
     if columns.iter().all(|(_, ty)| groupable(ty)) {
         return Ok(format!(
             "SELECT {cols}, sum({weight}) AS __pgt_sign FROM {buffer} c \

@@ -160,6 +160,34 @@ impl DifferentialPlan {
             .collect()
     }
 
+    /// True when no expression of the plan can raise an error whatever the row: only column
+    /// references, literals, comparisons, boolean logic, NULL tests and the maintained aggregates.
+    /// Such plans need not net change rows before evaluating them.
+    pub fn cannot_fail(&self) -> bool {
+        use sqlparser::ast::BinaryOperator as Op;
+        let outcome = visit_expressions(&self.select, |expr| {
+            let safe = match expr {
+                Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Value(_) | Expr::Nested(_) => true,
+                Expr::IsNull(_) | Expr::IsNotNull(_) | Expr::IsTrue(_) | Expr::IsFalse(_) => true,
+                Expr::IsDistinctFrom(..) | Expr::IsNotDistinctFrom(..) => true,
+                Expr::UnaryOp { op: sqlparser::ast::UnaryOperator::Not, .. } => true,
+                Expr::BinaryOp { op, .. } => {
+                    matches!(op, Op::Eq | Op::NotEq | Op::Lt | Op::LtEq | Op::Gt | Op::GtEq | Op::And | Op::Or)
+                }
+                Expr::Function(f) => {
+                    matches!(last_part(&f.name).as_str(), "count" | "sum" | "avg" | "min" | "max")
+                }
+                _ => false,
+            };
+            if safe {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        });
+        outcome.is_continue()
+    }
+
     pub fn has_min_max(&self) -> bool {
         matches!(&self.kind, PlanKind::Aggregate { aggs, .. }
             if aggs.iter().any(|a| matches!(a.func, AggFunc::Min | AggFunc::Max)))

@@ -143,3 +143,12 @@ fn aggregate_plans_keep_bookkeeping_columns() {
     let aux: Vec<String> = render::aux_columns(&plan).into_iter().map(|(n, _)| n).collect();
     assert_eq!(aux, vec!["__pgt_count", "__pgt_nn1", "__pgt_nn2", "__pgt_sum2"]);
 }
+
+#[test]
+fn plans_whose_expressions_cannot_fail_skip_netting() {
+    assert!(plan("SELECT id, region FROM orders WHERE amount > 10 AND region IS NOT NULL").cannot_fail());
+    assert!(plan("SELECT region, sum(amount), count(*) FROM orders GROUP BY region").cannot_fail());
+    assert!(!plan("SELECT id, amount / 2 AS half FROM orders").cannot_fail());
+    assert!(!plan("SELECT id FROM orders WHERE amount::int > 1").cannot_fail());
+    assert!(!plan("SELECT region, sum(amount * 2) FROM orders GROUP BY region").cannot_fail());
+}

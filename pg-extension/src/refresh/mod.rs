@@ -130,7 +130,7 @@ fn refresh_inner(st: &StreamTable, trigger: Trigger, request: Request, started_a
                     crate::error::PgTrickleError::Internal(format!("no dependency row for {}", source.name))
                 })?;
                 let name = format!("__pgt_d{index}");
-                change_ctes.push(format!("{name} AS ({})", cdc::delta_cte_body(dep)?));
+                change_ctes.push(format!("{name} AS ({})", cdc::delta_cte_body(dep, !plan.cannot_fail())?));
                 names.push(name);
             }
             // Planned only (WITH NO DATA): gives the weighted-rows table its column types.
