@@ -262,6 +262,24 @@ pub fn capture_statement(
     statement
 }
 
+/// For GROUP BY plans without MIN/MAX (nothing to recompute from the sources), capture and delta in
+/// one statement: the weighted rows stream into the grouping instead of through a temporary table.
+pub fn single_statement(
+    plan: &DifferentialPlan,
+    shape: &StorageShape,
+    prefix_ctes: &str,
+    delta_ctes: &[String],
+    insert_delta: &str,
+) -> Option<String> {
+    if !matches!(plan.kind, PlanKind::Aggregate { .. }) || plan.has_min_max() {
+        return None;
+    }
+    let tables = DeltaTables { rows: "__pgt_rows", regrouped: "", insert_delta };
+    let body = aggregate_delta(plan, shape, &tables);
+    let body = body.strip_prefix("WITH ").expect("aggregate_delta starts with its CTEs");
+    Some(format!("WITH {prefix_ctes}, __pgt_rows AS ({}), {body}", weighted_rows(plan, shape, delta_ctes)))
+}
+
 /// The statement that turns the weighted rows into `('D', old row…)` / `('I', new row…)` rows of
 /// the delta table (storage-column order). It reads only the temporary tables and the stream table.
 pub fn delta_statement(plan: &DifferentialPlan, shape: &StorageShape, tables: &DeltaTables) -> String {

@@ -133,20 +133,13 @@ fn refresh_inner(st: &StreamTable, trigger: Trigger, request: Request, started_a
                 change_ctes.push(format!("{name} AS ({})", cdc::delta_cte_body(dep, !plan.cannot_fail())?));
                 names.push(name);
             }
-            // Planned only (WITH NO DATA): gives the weighted-rows table its column types.
-            catalog::exec(&format!(
-                "CREATE TEMP TABLE {rows} AS WITH {} {} WITH NO DATA",
-                change_ctes.join(", "),
-                render::weighted_rows(plan, &shape, &names)
-            ))?;
-            let tables = render::DeltaTables { rows: &rows, regrouped: &fresh, insert_delta: &insert_delta };
             let prefix = format!("__pgt_marks AS ({marks}), {}", change_ctes.join(", "));
-            catalog::exec(&render::capture_statement(plan, &shape, &prefix, &names, &tables))?;
-            if st.plan_kind == "project" {
-                // Fresh statistics keep the planner off nested loops over what it guesses is one row.
-                catalog::exec(&format!("ANALYZE {rows}"))?;
+            if let Some(statement) = render::single_statement(plan, &shape, &prefix, &names, &insert_delta) {
+                catalog::exec(&statement)?;
+            } else {
+                let tables = render::DeltaTables { rows: &rows, regrouped: &fresh, insert_delta: &insert_delta };
+                two_statement_delta(plan, &shape, &change_ctes, &prefix, &names, &tables)?;
             }
-            catalog::exec(&render::delta_statement(plan, &shape, &tables))?;
         }
         _ => {
             let recompute = match (analysis.plan(), st.plan_kind.as_str()) {
@@ -216,6 +209,32 @@ fn refresh_inner(st: &StreamTable, trigger: Trigger, request: Request, started_a
     }
     cdc::prune(st.relid, batch_seq.or(Some(st.last_batch_seq)))?;
     Ok(Outcome { method: method.as_str(), batch_seq, inserted, deleted })
+}
+
+/// Differential refresh through a temporary table of weighted rows: one statement captures them (and
+/// recomputes MIN/MAX groups that lost rows) under one snapshot; a second turns them into the delta.
+fn two_statement_delta(
+    plan: &crate::query::DifferentialPlan,
+    shape: &StorageShape,
+    change_ctes: &[String],
+    prefix: &str,
+    names: &[String],
+    tables: &render::DeltaTables,
+) -> Result<()> {
+    // Planned only (WITH NO DATA): gives the weighted-rows table its column types.
+    catalog::exec(&format!(
+        "CREATE TEMP TABLE {} AS WITH {} {} WITH NO DATA",
+        tables.rows,
+        change_ctes.join(", "),
+        render::weighted_rows(plan, shape, names)
+    ))?;
+    catalog::exec(&render::capture_statement(plan, shape, prefix, names, tables))?;
+    if matches!(plan.kind, crate::query::PlanKind::Project) {
+        // Fresh statistics keep the planner off nested loops over what it guesses is one row.
+        catalog::exec(&format!("ANALYZE {}", tables.rows))?;
+    }
+    catalog::exec(&render::delta_statement(plan, shape, tables))?;
+    Ok(())
 }
 
 /// Drops the refresh's temporary tables that exist (quietly: no NOTICE reaches the caller).
