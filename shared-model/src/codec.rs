@@ -39,10 +39,21 @@ pub enum CodecError {
 
 /// Encodes a value with the header.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    encode_framed(MAGIC, value)
+}
+
+/// Checks the header and checksum, then decodes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_framed(MAGIC, bytes)
+}
+
+/// Encodes with another magic: other record families (broker envelopes) share the layout but must never be
+/// mistaken for each other.
+pub fn encode_framed<T: Serialize>(magic: [u8; 4], value: &T) -> Vec<u8> {
     let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
         .expect("model types contain no unserializable values");
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&magic);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
@@ -50,13 +61,13 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-/// Checks the header and checksum, then decodes.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+/// Decodes bytes written by [`encode_framed`] with the same magic.
+pub fn decode_framed<T: DeserializeOwned>(expected_magic: [u8; 4], bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() < HEADER_LEN {
         return Err(CodecError::TooShort { len: bytes.len() });
     }
     let magic: [u8; 4] = bytes[0..4].try_into().expect("4 bytes");
-    if magic != MAGIC {
+    if magic != expected_magic {
         return Err(CodecError::BadMagic { found: magic });
     }
     let version = u16::from_le_bytes(bytes[4..6].try_into().expect("2 bytes"));

@@ -3,12 +3,13 @@
 //! No I/O and no async runtime: everything here is a deterministic function of its inputs, so the coordinator
 //! (through `raft-store`), the extension and the simulations share one tested model. The pieces:
 //! [`ids`] (validated names), [`command`] → [`decide`] → [`event`] → [`state`] (the fold), [`dag`] (the global
-//! DAG), [`frontier`] (frontiers and consistent cuts), [`idempotency`] and [`codec`] (the versioned binary form).
+//! DAG), [`frontier`] (frontiers and consistent cuts), [`idempotency`], [`codec`] (the versioned binary form) and [`envelope`] (batches on the broker).
 
 pub mod codec;
 pub mod command;
 pub mod dag;
 pub mod decide;
+pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod frontier;
