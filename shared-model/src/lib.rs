@@ -3,8 +3,10 @@
 //! No I/O and no async runtime: everything here is a deterministic function of its inputs, so the coordinator
 //! (through `raft-store`), the extension and the simulations share one tested model. The pieces:
 //! [`ids`] (validated names), [`command`] → [`decide`] → [`event`] → [`state`] (the fold), [`dag`] (the global
-//! DAG), [`frontier`] (frontiers and consistent cuts), [`idempotency`], [`codec`] (the versioned binary form) and [`envelope`] (batches on the broker).
+//! DAG), [`frontier`] (frontiers and consistent cuts), [`idempotency`], [`codec`] (the versioned binary form) [`envelope`] (batches on the broker) and [`apply`] (which
+//! committed batches a consumer may apply).
 
+pub mod apply;
 pub mod codec;
 pub mod command;
 pub mod dag;

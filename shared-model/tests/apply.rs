@@ -1,0 +1,193 @@
+//! The consumer's apply decisions against random logs: only committed batches, each once and in order (or a jump
+//! to a committed snapshot), every causal step lands on a cut of the log, nothing waits forever when everything
+//! has arrived, and a batch the broker lost is reported instead of waited for.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use shared_model::apply::{is_consistent, plan_causal, plan_source, Loss, SourceProgress, SourceStep, Waiting};
+use shared_model::frontier::{Frontier, FrontierPoint};
+use shared_model::{BatchKind, BrokerPosition, StreamId};
+
+fn streams(n: usize) -> Vec<StreamId> {
+    (0..n).map(|i| StreamId::parse(&format!("cluster_{i}/public.st")).unwrap()).collect()
+}
+
+/// A log: (stream index, snapshot?) per committed advance; the first batch of each stream is a snapshot.
+fn log_strategy() -> impl Strategy<Value = (usize, Vec<(usize, bool)>)> {
+    (2usize..4).prop_flat_map(|n| (Just(n), prop::collection::vec((0..n, prop::bool::weighted(0.1)), 1..40)))
+}
+
+fn build(n: usize, events: &[(usize, bool)]) -> BTreeMap<StreamId, Frontier> {
+    let ids = streams(n);
+    let mut frontiers: BTreeMap<StreamId, Frontier> = ids.iter().map(|s| (s.clone(), Frontier::new(0, 0))).collect();
+    for (index, (stream, snapshot)) in events.iter().enumerate() {
+        let frontier = frontiers.get_mut(&ids[*stream]).unwrap();
+        let seq = frontier.seq() + 1;
+        frontier.push(FrontierPoint {
+            seq,
+            at: index as u64 + 1,
+            kind: if seq == 1 || *snapshot { BatchKind::Snapshot } else { BatchKind::Delta },
+            position: BrokerPosition { partition: 0, offset: seq as i64 * 3 },
+            proposed_at_unix_ms: 0,
+        });
+    }
+    frontiers
+}
+
+fn kind_of(frontier: &Frontier, seq: u64) -> BatchKind {
+    frontier.point(seq).unwrap().map(|p| p.kind).unwrap_or(BatchKind::Delta)
+}
+
+/// Batches held by the consumer: each committed one with some probability, plus uncommitted ones past the frontier.
+fn received(frontier: &Frontier, mask: &[bool], extra: u64) -> BTreeMap<u64, BatchKind> {
+    let mut held = BTreeMap::new();
+    for seq in 1..=frontier.seq() {
+        if mask[(seq as usize) % mask.len()] {
+            held.insert(seq, kind_of(frontier, seq));
+        }
+    }
+    for seq in frontier.seq() + 1..=frontier.seq() + extra {
+        held.insert(seq, BatchKind::Delta);
+    }
+    held
+}
+
+fn apply_path(progress: &mut SourceProgress, frontier: &Frontier, path: &[u64]) -> Result<(), TestCaseError> {
+    prop_assert!(!path.is_empty());
+    for (i, &seq) in path.iter().enumerate() {
+        prop_assert!(seq <= frontier.seq(), "seq {} beyond the committed frontier {}", seq, frontier.seq());
+        prop_assert!(progress.received.contains_key(&seq), "seq {} applied without being received", seq);
+        let contiguous = seq == progress.applied + 1;
+        let jump = i == 0 && seq > progress.applied && kind_of(frontier, seq) == BatchKind::Snapshot;
+        prop_assert!(contiguous || jump, "seq {} after {} is neither next nor a snapshot", seq, progress.applied);
+        progress.applied = seq;
+    }
+    let applied = progress.applied;
+    progress.received.retain(|s, _| *s > applied);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn eventual_applies_committed_batches_once_in_order(
+        (n, events) in log_strategy(),
+        mask in prop::collection::vec(prop::bool::weighted(0.75), 1..7),
+        extra in 0u64..3,
+    ) {
+        let frontiers = build(n, &events);
+        for frontier in frontiers.values() {
+            let mut progress = SourceProgress { received: received(frontier, &mask, extra), ..Default::default() };
+            let everything = (1..=frontier.seq()).all(|s| progress.received.contains_key(&s));
+            let mut rounds = 0;
+            loop {
+                rounds += 1;
+                prop_assert!(rounds < 100);
+                match plan_source(&progress, frontier) {
+                    SourceStep::Apply(path) => apply_path(&mut progress, frontier, &path)?,
+                    SourceStep::Wait(Waiting::UpToDate) => {
+                        prop_assert_eq!(progress.applied, frontier.seq());
+                        break;
+                    }
+                    SourceStep::Wait(Waiting::ForBroker { seq }) => {
+                        prop_assert!(!everything, "waited for {} although everything arrived", seq);
+                        prop_assert!(seq > progress.applied && seq <= frontier.seq());
+                        prop_assert!(!progress.received.contains_key(&seq));
+                        break;
+                    }
+                    SourceStep::Reinitialize(loss) => prop_assert!(false, "no loss was simulated: {:?}", loss),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn causal_steps_land_on_cuts_and_reach_the_newest_one(
+        (n, events) in log_strategy(),
+        mask in prop::collection::vec(prop::bool::weighted(0.8), 1..7),
+    ) {
+        let frontiers = build(n, &events);
+        let mut sources: BTreeMap<StreamId, (SourceProgress, Frontier)> = frontiers
+            .iter()
+            .map(|(s, f)| (s.clone(), (SourceProgress { received: received(f, &mask, 1), ..Default::default() }, f.clone())))
+            .collect();
+        let everything = sources.values().all(|(p, f)| (1..=f.seq()).all(|s| p.received.contains_key(&s)));
+        let mut last_t = 0;
+        while let Some((t, plan)) = plan_causal(&sources) {
+            prop_assert!(t > last_t, "cut time went from {} to {}", last_t, t);
+            last_t = t;
+            for (stream, path) in &plan {
+                let (progress, frontier) = sources.get_mut(stream).unwrap();
+                if !path.is_empty() {
+                    apply_path(progress, frontier, path)?;
+                }
+                prop_assert_eq!(frontier.seq_at(t).unwrap(), progress.applied);
+            }
+            let applied: BTreeMap<StreamId, u64> = sources.iter().map(|(s, (p, _))| (s.clone(), p.applied)).collect();
+            prop_assert!(is_consistent(&applied, &frontiers), "applied {:?} is not a cut", applied);
+        }
+        if everything {
+            for (progress, frontier) in sources.values() {
+                prop_assert_eq!(progress.applied, frontier.seq(), "the newest cut was not reached");
+            }
+        }
+    }
+}
+
+fn one_stream(kinds: &[BatchKind]) -> Frontier {
+    let mut frontier = Frontier::new(0, 0);
+    for (i, kind) in kinds.iter().enumerate() {
+        let seq = i as u64 + 1;
+        frontier.push(FrontierPoint {
+            seq,
+            at: seq * 10,
+            kind: *kind,
+            position: BrokerPosition { partition: 0, offset: seq as i64 * 3 },
+            proposed_at_unix_ms: 0,
+        });
+    }
+    frontier
+}
+
+#[test]
+fn a_batch_the_broker_no_longer_has_asks_for_a_snapshot() {
+    use BatchKind::*;
+    let frontier = one_stream(&[Snapshot, Delta, Delta, Delta]);
+    let received: BTreeMap<u64, BatchKind> = [(4, Delta)].into_iter().collect();
+    // Offset of seq 2 is 6; the broker now starts at 9.
+    let evicted = SourceProgress { applied: 1, received: received.clone(), read_offset: None, low_watermark: Some(9) };
+    assert_eq!(
+        plan_source(&evicted, &frontier),
+        SourceStep::Reinitialize(Loss::Evicted { seq: 2, offset: 6, low_watermark: 9 })
+    );
+    // The consumer already read offset 12 (seq 4) but never saw seq 2: the broker lost it.
+    let skipped =
+        SourceProgress { applied: 1, received: received.clone(), read_offset: Some(12), low_watermark: Some(0) };
+    assert_eq!(
+        plan_source(&skipped, &frontier),
+        SourceStep::Reinitialize(Loss::Skipped { seq: 2, offset: 6, read_offset: 12 })
+    );
+    // Still on its way: wait.
+    let pending = SourceProgress { applied: 1, received, read_offset: Some(3), low_watermark: Some(0) };
+    assert_eq!(plan_source(&pending, &frontier), SourceStep::Wait(Waiting::ForBroker { seq: 2 }));
+}
+
+#[test]
+fn a_committed_snapshot_ends_the_wait_for_lost_deltas() {
+    use BatchKind::*;
+    let frontier = one_stream(&[Snapshot, Delta, Delta, Snapshot, Delta]);
+    let received: BTreeMap<u64, BatchKind> = [(4, Snapshot), (5, Delta)].into_iter().collect();
+    let progress = SourceProgress { applied: 1, received, read_offset: Some(15), low_watermark: Some(9) };
+    assert_eq!(plan_source(&progress, &frontier), SourceStep::Apply(vec![4, 5]));
+}
+
+#[test]
+fn uncommitted_and_already_applied_batches_are_never_applied() {
+    use BatchKind::*;
+    let frontier = one_stream(&[Snapshot, Delta]);
+    let received: BTreeMap<u64, BatchKind> = [(1, Snapshot), (2, Delta), (3, Delta), (4, Delta)].into_iter().collect();
+    let progress = SourceProgress { applied: 1, received, ..Default::default() };
+    assert_eq!(plan_source(&progress, &frontier), SourceStep::Apply(vec![2]));
+}
