@@ -120,3 +120,20 @@ SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_stream_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_dependencies', '');
 SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_change_buffers', '');
 SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_refresh_history', '');
+
+-- This cluster's membership of a federation (at most one row).
+CREATE TABLE pgtrickle.pgt_federation (
+    singleton           boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    coordinator_url     text NOT NULL,
+    cluster_name        text NOT NULL,
+    federation_name     text NOT NULL,
+    backend             text NOT NULL,
+    bootstrap_servers   text NOT NULL,
+    topic_prefix        text NOT NULL,
+    registered_at_index bigint NOT NULL,
+    registered_at       timestamptz NOT NULL DEFAULT now(),
+    last_contact        timestamptz,
+    last_error          text
+);
+COMMENT ON TABLE pgtrickle.pgt_federation IS 'the federation this cluster is registered with, and the broker settings it handed out';
+SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_federation', '');

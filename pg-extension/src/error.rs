@@ -51,6 +51,18 @@ pub enum PgTrickleError {
     #[error("stream table \"{name}\" is being refreshed by another session")]
     Busy { name: String },
 
+    #[error("the coordinator refused: {message}")]
+    Coordinator { message: String, hint: String, rejected: bool },
+
+    #[error("no coordinator could be reached: {0}")]
+    CoordinatorUnavailable(String),
+
+    #[error("this cluster is already registered as \"{cluster}\" in federation \"{federation}\"")]
+    AlreadyRegistered { cluster: String, federation: String },
+
+    #[error("this cluster is not registered with a federation")]
+    NotRegistered,
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -67,7 +79,9 @@ impl PgTrickleError {
             UnknownStreamTable(_) | AlreadyExists(_) | UnsupportedSource { .. } | Cycle { .. } | InUse { .. } => {
                 ErrorClass::Schema
             }
-            Busy { .. } => ErrorClass::Transient,
+            Coordinator { rejected: true, .. } => ErrorClass::User,
+            AlreadyRegistered { .. } | NotRegistered => ErrorClass::Schema,
+            Busy { .. } | CoordinatorUnavailable(_) | Coordinator { .. } => ErrorClass::Transient,
             Internal(_) => ErrorClass::System,
         }
     }
@@ -85,6 +99,10 @@ impl PgTrickleError {
             Cycle { .. } => ERRCODE_INVALID_RECURSION,
             InUse { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             Busy { .. } => ERRCODE_LOCK_NOT_AVAILABLE,
+            Coordinator { rejected: true, .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            Coordinator { .. } | CoordinatorUnavailable(_) => ERRCODE_CONNECTION_FAILURE,
+            AlreadyRegistered { .. } => ERRCODE_DUPLICATE_OBJECT,
+            NotRegistered => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -115,6 +133,16 @@ impl PgTrickleError {
                     .into()
             }
             Busy { .. } => "Retry when the running refresh has finished.".into(),
+            Coordinator { hint, .. } => hint.clone(),
+            CoordinatorUnavailable(_) => {
+                "Check that the coordinators run and that the URL and pg_trickle.coordinator_token are right; \
+                 SELECT * FROM pgtrickle.federation_status() shows the last contact."
+                    .into()
+            }
+            AlreadyRegistered { .. } => "Call pgtrickle.deregister_federation() first to move to another one.".into(),
+            NotRegistered => {
+                "Call pgtrickle.register_federation('http://c1:7070,c2:7070,c3:7070', 'name') first.".into()
+            }
             Internal(_) => return None,
         })
     }

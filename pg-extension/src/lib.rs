@@ -5,13 +5,15 @@
 //!
 //! Layout: `api/` (SQL functions), `catalog/` (catalog tables, SPI helpers), `cdc/` (change capture
 //! and buffers), `query/` (query analysis and SQL generation, pure), `refresh/` (refresh), `scheduler/`
-//! (background workers and the refresh queue), `config/` (GUCs), `error` (the error type).
+//! (background workers and the refresh queue), `federation/` (membership of a federation), `config/` (GUCs), `error`
+//! (the error type).
 
 pub mod api;
 pub mod catalog;
 pub mod cdc;
 pub mod config;
 pub mod error;
+pub mod federation;
 pub mod query;
 pub mod refresh;
 pub mod scheduler;

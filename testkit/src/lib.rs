@@ -2,8 +2,12 @@
 //! the `postgres` user on a free 127.0.0.1 port with its own socket directory, with `pg_trickle` in
 //! `shared_preload_libraries`. Dropping the [`Clusters`] stops every server and removes the files.
 //!
+//! [`coordinators::Coordinators`] starts a `pgtrickle-coordinator` cluster next to them.
+//!
 //! The extension must be installed into PostgreSQL first (`cargo pgrx install`); [`Clusters::start`]
 //! says so when it is not.
+
+pub mod coordinators;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

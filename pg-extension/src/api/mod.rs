@@ -2,6 +2,7 @@
 //! and HINT. The work is in [`define`] (create/alter/drop) and [`crate::refresh`].
 
 pub mod define;
+pub mod federation;
 pub mod schedule;
 
 use pgrx::prelude::*;

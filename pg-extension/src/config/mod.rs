@@ -10,6 +10,9 @@ pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
 pub static SCHEDULER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// Batches kept in a stream table's change buffer when nothing consumes it.
 pub static UNCONSUMED_BATCH_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(100);
+/// Bearer token for the coordinators' write API (readable by superusers only).
+pub static COORDINATOR_TOKEN: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
 /// Upper bound (seconds) of the retry backoff of a failing stream table.
 pub static MAX_BACKOFF_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
 
@@ -63,6 +66,19 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_string_guc(
+        c"pg_trickle.coordinator_token",
+        c"Bearer token sent to the federation's coordinators.",
+        c"Only superusers can read it. Empty: no token (coordinators started with --insecure-no-token).",
+        &COORDINATOR_TOKEN,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
     // SAFETY: called once from _PG_init with a static NUL-terminated prefix.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_trickle".as_ptr()) };
+}
+
+/// The coordinator token, if set.
+pub fn coordinator_token() -> Option<String> {
+    COORDINATOR_TOKEN.get().and_then(|t| t.into_string().ok()).filter(|t| !t.is_empty())
 }

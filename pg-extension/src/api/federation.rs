@@ -1,0 +1,51 @@
+//! SQL functions of federation membership.
+
+use pgrx::prelude::*;
+
+use crate::error::OrRaise;
+use crate::federation;
+
+/// Registers this cluster with the federation's coordinators (`http://c1:7070,c2:7070,c3:7070`; the client
+/// follows the leader). Returns the federation and the broker settings every cluster of it uses.
+#[pg_extern(schema = "pgtrickle")]
+fn register_federation(
+    coordinator_url: &str,
+    cluster_name: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(federation, String),
+        name!(cluster, String),
+        name!(backend, String),
+        name!(bootstrap_servers, String),
+        name!(topic_prefix, String),
+        name!(log_index, i64),
+    ),
+> {
+    let r = federation::register(coordinator_url, cluster_name).or_raise();
+    TableIterator::once((r.federation, r.cluster, r.backend, r.bootstrap_servers, r.topic_prefix, r.log_index))
+}
+
+/// Leaves the federation (with `cascade`, the coordinators also drop what this cluster published and the
+/// federated tables that read it).
+#[pg_extern(schema = "pgtrickle")]
+fn deregister_federation(cascade: default!(bool, false)) {
+    federation::deregister(cascade).or_raise()
+}
+
+/// How the coordinators are doing, as seen from here now (never fails because they are down: `reachable` says).
+#[pg_extern(schema = "pgtrickle")]
+fn federation_status() -> TableIterator<
+    'static,
+    (
+        name!(coordinator_url, String),
+        name!(cluster, String),
+        name!(federation, String),
+        name!(reachable, bool),
+        name!(leader, Option<String>),
+        name!(detail, String),
+    ),
+> {
+    let s = federation::status().or_raise();
+    TableIterator::once((s.coordinator_url, s.cluster, s.federation, s.reachable, s.leader, s.detail))
+}

@@ -1,0 +1,208 @@
+//! Federation membership: registering this PostgreSQL cluster with the coordinators, leaving, and asking how
+//! the coordinators are doing. The coordinators hold the truth (the replicated log); the extension keeps only what
+//! it was told at registration (federation name and broker settings) in `pgtrickle.pgt_federation`.
+//!
+//! Calls go through the coordinator client library on a current-thread tokio runtime built for the call, on the
+//! backend's own thread; any helper thread the runtime starts has every signal blocked, so PostgreSQL's signal
+//! handlers keep running on the backend thread only.
+
+use std::time::Duration;
+
+use coordinator::api::RegisterCluster;
+use coordinator::client::{Client, ClientError, ClientOptions};
+use shared_model::ClusterName;
+
+use crate::catalog;
+use crate::config;
+use crate::error::{PgTrickleError, Result};
+
+/// Runs a future to completion on a runtime confined to this call.
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_start(|| {
+            // SAFETY: blocking every signal in a helper thread the runtime just started; it never calls into
+            // PostgreSQL.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+            }
+        })
+        .build()
+        .map_err(|e| PgTrickleError::Internal(format!("cannot start an I/O runtime: {e}")))?;
+    Ok(runtime.block_on(future))
+}
+
+fn client(url: &str, deadline: Duration) -> Result<Client> {
+    let options = ClientOptions {
+        token: config::coordinator_token(),
+        client_id: format!(
+            "pg-{}",
+            catalog::scalar::<String>("SELECT system_identifier::text FROM pg_control_system()", &[])?
+                .unwrap_or_default()
+        ),
+        deadline,
+        attempt_timeout: deadline.min(Duration::from_secs(5)),
+        ca_pem: None,
+    };
+    Client::new(url, options).map_err(coordinator_error)
+}
+
+/// Maps a client error to ours: the coordinator's own code, message and hint when it answered.
+pub fn coordinator_error(error: ClientError) -> PgTrickleError {
+    match error {
+        ClientError::Api { status, error } => PgTrickleError::Coordinator {
+            message: format!("{} ({}, HTTP {status})", error.message, error.code),
+            hint: error.hint.unwrap_or_else(|| "See the coordinator's log.".into()),
+            rejected: status < 500,
+        },
+        ClientError::BadUrl(url) => PgTrickleError::InvalidArgument {
+            argument: "coordinator_url",
+            message: format!("{url:?} is not a coordinator URL"),
+            hint: "Write http://host:port, or several nodes as http://c1:7070,c2:7070,c3:7070.".into(),
+        },
+        other => PgTrickleError::CoordinatorUnavailable(other.to_string()),
+    }
+}
+
+/// The registration row, if this cluster is registered.
+pub struct Membership {
+    pub coordinator_url: String,
+    pub cluster_name: String,
+    pub federation_name: String,
+}
+
+pub fn membership() -> Result<Option<Membership>> {
+    let row = catalog::scalar::<pgrx::JsonB>(
+        "SELECT jsonb_build_object('url', coordinator_url, 'cluster', cluster_name, 'federation', federation_name) \
+         FROM pgtrickle.pgt_federation",
+        &[],
+    )?;
+    Ok(row.map(|json| Membership {
+        coordinator_url: json.0["url"].as_str().unwrap_or_default().to_string(),
+        cluster_name: json.0["cluster"].as_str().unwrap_or_default().to_string(),
+        federation_name: json.0["federation"].as_str().unwrap_or_default().to_string(),
+    }))
+}
+
+/// What registration returns to the caller.
+pub struct Registration {
+    pub federation: String,
+    pub cluster: String,
+    pub backend: String,
+    pub bootstrap_servers: String,
+    pub topic_prefix: String,
+    pub log_index: i64,
+}
+
+pub fn register(coordinator_url: &str, cluster_name: Option<&str>) -> Result<Registration> {
+    let name = match cluster_name.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(name) => name.to_string(),
+        None => catalog::scalar::<String>("SELECT current_setting('cluster_name')", &[])?
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| PgTrickleError::InvalidArgument {
+                argument: "cluster_name",
+                message: "no cluster name given and the server's cluster_name setting is empty".into(),
+                hint: "Pass one: SELECT pgtrickle.register_federation('http://c1:7070', 'cluster_a');".into(),
+            })?,
+    };
+    let cluster = ClusterName::parse(&name).map_err(|e| PgTrickleError::InvalidArgument {
+        argument: "cluster_name",
+        message: e.to_string(),
+        hint: "Cluster names are lower-case identifiers (letters, digits, _), at most 63 bytes.".into(),
+    })?;
+    if let Some(existing) = membership()? {
+        if existing.cluster_name != cluster.to_string() || existing.coordinator_url != coordinator_url {
+            return Err(PgTrickleError::AlreadyRegistered {
+                cluster: existing.cluster_name,
+                federation: existing.federation_name,
+            });
+        }
+    }
+    let endpoint = catalog::scalar::<String>(
+        "SELECT coalesce(inet_server_addr()::text, 'local') || ':' || current_setting('port')",
+        &[],
+    )?
+    .unwrap_or_default();
+    let client = client(coordinator_url, Duration::from_secs(15))?;
+    let body = RegisterCluster { name: cluster.clone(), endpoint, capabilities: Default::default() };
+    let registered = block_on(client.register_cluster(&body))?.map_err(coordinator_error)?;
+    let settings = &registered.federation.changelog;
+    let registration = Registration {
+        federation: registered.federation.name.to_string(),
+        cluster: cluster.to_string(),
+        backend: settings.backend.to_string(),
+        bootstrap_servers: settings.bootstrap_servers.clone(),
+        topic_prefix: settings.topic_prefix.clone(),
+        log_index: registered.applied.index as i64,
+    };
+    catalog::exec_with(
+        "INSERT INTO pgtrickle.pgt_federation (coordinator_url, cluster_name, federation_name, backend, \
+         bootstrap_servers, topic_prefix, registered_at_index, last_contact) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+         ON CONFLICT (singleton) DO UPDATE SET federation_name = EXCLUDED.federation_name, backend = EXCLUDED.backend, \
+         bootstrap_servers = EXCLUDED.bootstrap_servers, topic_prefix = EXCLUDED.topic_prefix, \
+         last_contact = now(), last_error = NULL",
+        &[
+            coordinator_url.into(),
+            registration.cluster.clone().into(),
+            registration.federation.clone().into(),
+            registration.backend.clone().into(),
+            registration.bootstrap_servers.clone().into(),
+            registration.topic_prefix.clone().into(),
+            registration.log_index.into(),
+        ],
+    )?;
+    Ok(registration)
+}
+
+pub fn deregister(cascade: bool) -> Result<()> {
+    let Some(member) = membership()? else {
+        return Err(PgTrickleError::NotRegistered);
+    };
+    let cluster = ClusterName::parse(&member.cluster_name)
+        .map_err(|e| PgTrickleError::Internal(format!("stored cluster name: {e}")))?;
+    let client = client(&member.coordinator_url, Duration::from_secs(15))?;
+    block_on(client.deregister_cluster(&cluster, cascade))?.map_err(coordinator_error)?;
+    catalog::exec("DELETE FROM pgtrickle.pgt_federation")?;
+    Ok(())
+}
+
+/// One line of `federation_status()`.
+pub struct Status {
+    pub coordinator_url: String,
+    pub cluster: String,
+    pub federation: String,
+    pub reachable: bool,
+    pub leader: Option<String>,
+    pub detail: String,
+}
+
+pub fn status() -> Result<Status> {
+    let Some(member) = membership()? else {
+        return Err(PgTrickleError::NotRegistered);
+    };
+    let client = client(&member.coordinator_url, Duration::from_secs(3))?;
+    let answer = block_on(client.status())?;
+    let (reachable, leader, detail) = match &answer {
+        Ok(view) => {
+            let leader = view.leader.and_then(|id| view.members.iter().find(|m| m.id == id)).map(|m| m.addr.clone());
+            (true, leader, format!("node {} is {} (term {})", view.node_id, view.state, view.term))
+        }
+        Err(error) => (false, None, error.to_string()),
+    };
+    // The contact (or its failure) is recorded; a status call must not fail because the coordinators are down.
+    catalog::exec_with(
+        "UPDATE pgtrickle.pgt_federation SET last_contact = CASE WHEN $1 THEN now() ELSE last_contact END, \
+         last_error = CASE WHEN $1 THEN NULL ELSE $2 END",
+        &[reachable.into(), detail.clone().into()],
+    )?;
+    Ok(Status {
+        coordinator_url: member.coordinator_url,
+        cluster: member.cluster_name,
+        federation: member.federation_name,
+        reachable,
+        leader,
+        detail,
+    })
+}

@@ -1,0 +1,109 @@
+//! Federation membership against real coordinators: register (idempotent), status, refusals with SQLSTATE and
+//! nothing stored, coordinators down, deregister.
+
+use postgres::error::SqlState;
+use testkit::coordinators::{Coordinators, TOKEN};
+use testkit::Clusters;
+
+fn refused(client: &mut postgres::Client, sql: &str, state: SqlState) -> String {
+    let error = client.batch_execute(sql).expect_err(sql);
+    let db = error.as_db_error().unwrap_or_else(|| panic!("{sql}: {error}"));
+    assert_eq!(db.code(), &state, "{sql}: {}", db.message());
+    assert!(db.hint().is_some(), "{sql}: no HINT");
+    db.message().to_string()
+}
+
+fn registrations(client: &mut postgres::Client) -> i64 {
+    client.query_one("SELECT count(*) FROM pgtrickle.pgt_federation", &[]).unwrap().get(0)
+}
+
+#[test]
+fn register_status_refusals_and_deregister() {
+    let mut coordinators = Coordinators::start(3).expect("start coordinators");
+    let clusters = Clusters::start(1, &["pg_trickle.enabled=off"]).expect("start cluster");
+    let mut client = clusters[0].connect("postgres").unwrap();
+    client
+        .batch_execute(&format!("CREATE EXTENSION pg_trickle; SET pg_trickle.coordinator_token = '{TOKEN}'"))
+        .unwrap();
+    let urls = coordinators.endpoints();
+
+    // Bad input: refused with SQLSTATE and HINT, nothing stored here or at the coordinators.
+    refused(
+        &mut client,
+        "SELECT * FROM pgtrickle.register_federation('ftp://x', 'cluster_a')",
+        SqlState::INVALID_PARAMETER_VALUE,
+    );
+    refused(
+        &mut client,
+        &format!("SELECT * FROM pgtrickle.register_federation('{urls}', 'Not A Name')"),
+        SqlState::INVALID_PARAMETER_VALUE,
+    );
+    let dead = format!("http://127.0.0.1:{}", testkit::free_port().unwrap());
+    let message = refused(
+        &mut client,
+        &format!("SELECT * FROM pgtrickle.register_federation('{dead}', 'cluster_a')"),
+        SqlState::CONNECTION_FAILURE,
+    );
+    assert!(message.contains("no coordinator"), "{message}");
+    refused(&mut client, "SELECT * FROM pgtrickle.federation_status()", SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
+    assert_eq!(registrations(&mut client), 0);
+    assert!(!coordinators.cli(&["clusters"]).unwrap().contains("cluster_a"));
+    // A wrong token is the coordinators' refusal, passed on.
+    client.batch_execute("SET pg_trickle.coordinator_token = 'wrong'").unwrap();
+    refused(
+        &mut client,
+        &format!("SELECT * FROM pgtrickle.register_federation('{urls}', 'cluster_a')"),
+        SqlState::INVALID_PARAMETER_VALUE,
+    );
+    client.batch_execute(&format!("SET pg_trickle.coordinator_token = '{TOKEN}'")).unwrap();
+
+    // Registration returns the federation's broker settings and is idempotent.
+    let row =
+        client.query_one(&format!("SELECT * FROM pgtrickle.register_federation('{urls}', 'cluster_a')"), &[]).unwrap();
+    let (federation, cluster, backend): (String, String, String) =
+        (row.get("federation"), row.get("cluster"), row.get("backend"));
+    assert!(!federation.is_empty());
+    assert_eq!(cluster, "cluster_a");
+    assert!(["kafka", "nats"].contains(&backend.as_str()), "{backend}");
+    client.query_one(&format!("SELECT * FROM pgtrickle.register_federation('{urls}', 'cluster_a')"), &[]).unwrap();
+    assert_eq!(registrations(&mut client), 1);
+    assert!(coordinators.cli(&["clusters"]).unwrap().contains("cluster_a"));
+    refused(
+        &mut client,
+        &format!("SELECT * FROM pgtrickle.register_federation('{urls}', 'cluster_b')"),
+        SqlState::DUPLICATE_OBJECT,
+    );
+
+    // Status: reachable with a leader; with every coordinator down it says so instead of failing.
+    let row = client.query_one("SELECT reachable, leader FROM pgtrickle.federation_status()", &[]).unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert!(row.get::<_, Option<String>>(1).is_some());
+    coordinators.kill_all();
+    let row = client.query_one("SELECT reachable, detail FROM pgtrickle.federation_status()", &[]).unwrap();
+    assert!(!row.get::<_, bool>(0));
+    let last_error: Option<String> =
+        client.query_one("SELECT last_error FROM pgtrickle.pgt_federation", &[]).unwrap().get(0);
+    assert!(last_error.is_some(), "the failed contact is recorded");
+    refused(&mut client, "SELECT pgtrickle.deregister_federation()", SqlState::CONNECTION_FAILURE);
+    assert_eq!(registrations(&mut client), 1, "a failed deregistration keeps the membership");
+}
+
+#[test]
+fn deregister_removes_the_cluster_everywhere() {
+    let coordinators = Coordinators::start(3).expect("start coordinators");
+    let clusters = Clusters::start(1, &["pg_trickle.enabled=off"]).expect("start cluster");
+    let mut client = clusters[0].connect("postgres").unwrap();
+    client
+        .batch_execute(&format!("CREATE EXTENSION pg_trickle; SET pg_trickle.coordinator_token = '{TOKEN}'"))
+        .unwrap();
+    client
+        .query_one(
+            &format!("SELECT * FROM pgtrickle.register_federation('{}', 'cluster_c')", coordinators.endpoints()),
+            &[],
+        )
+        .unwrap();
+    client.batch_execute("SELECT pgtrickle.deregister_federation()").unwrap();
+    assert_eq!(registrations(&mut client), 0);
+    assert!(!coordinators.cli(&["clusters"]).unwrap().contains("cluster_c"));
+    refused(&mut client, "SELECT pgtrickle.deregister_federation()", SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
+}
