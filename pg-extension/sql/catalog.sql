@@ -137,3 +137,15 @@ CREATE TABLE pgtrickle.pgt_federation (
 );
 COMMENT ON TABLE pgtrickle.pgt_federation IS 'the federation this cluster is registered with, and the broker settings it handed out';
 SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_federation', '');
+
+-- Stream tables offered to the federation (the coordinator's log holds the truth; this is what this cluster
+-- asked for, so the publisher knows what to forward).
+CREATE TABLE pgtrickle.pgt_publications (
+    pgt_id          bigint PRIMARY KEY REFERENCES pgtrickle.pgt_stream_tables ON DELETE CASCADE,
+    stream_id       text NOT NULL UNIQUE,
+    base_seq        bigint NOT NULL,
+    published_index bigint NOT NULL,
+    published_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE pgtrickle.pgt_publications IS 'stream tables this cluster publishes: stream id, seq at publication, log index';
+SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_publications', '');

@@ -63,6 +63,9 @@ pub enum PgTrickleError {
     #[error("this cluster is not registered with a federation")]
     NotRegistered,
 
+    #[error("stream table {name} is published to the federation as {stream}")]
+    Published { name: String, stream: String },
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -80,7 +83,7 @@ impl PgTrickleError {
                 ErrorClass::Schema
             }
             Coordinator { rejected: true, .. } => ErrorClass::User,
-            AlreadyRegistered { .. } | NotRegistered => ErrorClass::Schema,
+            AlreadyRegistered { .. } | NotRegistered | Published { .. } => ErrorClass::Schema,
             Busy { .. } | CoordinatorUnavailable(_) | Coordinator { .. } => ErrorClass::Transient,
             Internal(_) => ErrorClass::System,
         }
@@ -103,6 +106,7 @@ impl PgTrickleError {
             Coordinator { .. } | CoordinatorUnavailable(_) => ERRCODE_CONNECTION_FAILURE,
             AlreadyRegistered { .. } => ERRCODE_DUPLICATE_OBJECT,
             NotRegistered => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Published { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -143,6 +147,7 @@ impl PgTrickleError {
             NotRegistered => {
                 "Call pgtrickle.register_federation('http://c1:7070,c2:7070,c3:7070', 'name') first.".into()
             }
+            Published { name, .. } => format!("Withdraw it first: SELECT pgtrickle.unpublish_stream_table('{name}');"),
             Internal(_) => return None,
         })
     }

@@ -107,3 +107,56 @@ fn deregister_removes_the_cluster_everywhere() {
     assert!(!coordinators.cli(&["clusters"]).unwrap().contains("cluster_c"));
     refused(&mut client, "SELECT pgtrickle.deregister_federation()", SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
 }
+
+#[test]
+fn publishing_stream_tables() {
+    let coordinators = Coordinators::start(3).expect("start coordinators");
+    let clusters = Clusters::start(1, &["pg_trickle.enabled=off"]).expect("start cluster");
+    let mut client = clusters[0].connect("postgres").unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION pg_trickle; SET pg_trickle.coordinator_token = '{TOKEN}';
+             CREATE TABLE orders (id int, region text, amount numeric);
+             SELECT pgtrickle.create_stream_table('order_agg', 'SELECT region, sum(amount) AS total FROM orders GROUP BY region');
+             SELECT pgtrickle.create_stream_table('big_regions', 'SELECT region FROM order_agg WHERE total > 100');
+             SELECT pgtrickle.create_stream_table('\"Shouty\"', 'SELECT 1 AS one');"
+        ))
+        .unwrap();
+    refused(
+        &mut client,
+        "SELECT pgtrickle.publish_stream_table('order_agg')",
+        SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+    );
+    client
+        .query_one(
+            &format!("SELECT * FROM pgtrickle.register_federation('{}', 'cluster_a')", coordinators.endpoints()),
+            &[],
+        )
+        .unwrap();
+
+    let id: String = client.query_one("SELECT pgtrickle.publish_stream_table('order_agg')", &[]).unwrap().get(0);
+    assert_eq!(id, "cluster_a/public.order_agg");
+    let again: String = client.query_one("SELECT pgtrickle.publish_stream_table('order_agg')", &[]).unwrap().get(0);
+    assert_eq!(again, id, "publishing is idempotent");
+    client.query_one("SELECT pgtrickle.publish_stream_table('big_regions')", &[]).unwrap();
+    let streams = coordinators.cli(&["streams"]).unwrap();
+    assert!(streams.contains("order_agg") && streams.contains("big_regions"), "{streams}");
+    // The upstream edge reached the global DAG.
+    let dag = coordinators.cli(&["dag", "--dot"]).unwrap();
+    assert!(dag.contains("order_agg") && dag.contains("->"), "{dag}");
+
+    refused(&mut client, "SELECT pgtrickle.publish_stream_table('\"Shouty\"')", SqlState::INVALID_PARAMETER_VALUE);
+    refused(&mut client, "SELECT pgtrickle.publish_stream_table('missing')", SqlState::UNDEFINED_TABLE);
+    let message = refused(
+        &mut client,
+        "SELECT pgtrickle.drop_stream_table('big_regions')",
+        SqlState::DEPENDENT_OBJECTS_STILL_EXIST,
+    );
+    assert!(message.contains("cluster_a/public.big_regions"), "{message}");
+
+    client.batch_execute("SELECT pgtrickle.unpublish_stream_table('big_regions')").unwrap();
+    assert!(!coordinators.cli(&["streams"]).unwrap().contains("big_regions"));
+    client.batch_execute("SELECT pgtrickle.drop_stream_table('big_regions')").unwrap();
+    let published: i64 = client.query_one("SELECT count(*) FROM pgtrickle.pgt_publications", &[]).unwrap().get(0);
+    assert_eq!(published, 1);
+}

@@ -275,6 +275,13 @@ pub fn drop(name: &str, cascade: bool) -> Result<()> {
 
 fn drop_by_id(pgt_id: i64, cascade: bool, name: &str) -> Result<()> {
     let st = catalog::load(pgt_id, RowLock::Wait)?.ok_or_else(|| PgTrickleError::UnknownStreamTable(name.into()))?;
+    let published = catalog::scalar::<String>(
+        "SELECT stream_id FROM pgtrickle.pgt_publications WHERE pgt_id = $1",
+        &[st.pgt_id.into()],
+    )?;
+    if let Some(stream) = published {
+        return Err(PgTrickleError::Published { name: st.qualified(), stream });
+    }
     let dependents = catalog::dependents(st.relid)?;
     if !dependents.is_empty() {
         if !cascade {

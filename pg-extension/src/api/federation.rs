@@ -49,3 +49,15 @@ fn federation_status() -> TableIterator<
     let s = federation::status().or_raise();
     TableIterator::once((s.coordinator_url, s.cluster, s.federation, s.reachable, s.leader, s.detail))
 }
+
+/// Offers a stream table to the federation (as `cluster/schema.table`); returns that stream id. Idempotent.
+#[pg_extern(schema = "pgtrickle")]
+fn publish_stream_table(name: &str) -> String {
+    federation::publish(name).or_raise()
+}
+
+/// Withdraws a published stream table (with `cascade`, also the federated tables that read it).
+#[pg_extern(schema = "pgtrickle")]
+fn unpublish_stream_table(name: &str, cascade: default!(bool, false)) {
+    federation::unpublish(name, cascade).or_raise()
+}

@@ -8,9 +8,11 @@
 
 use std::time::Duration;
 
-use coordinator::api::RegisterCluster;
+use std::collections::BTreeSet;
+
+use coordinator::api::{PublishStream, RegisterCluster};
 use coordinator::client::{Client, ClientError, ClientOptions};
-use shared_model::ClusterName;
+use shared_model::{ClusterName, ColumnDef, NodeKey, StreamId};
 
 use crate::catalog;
 use crate::config;
@@ -205,4 +207,57 @@ pub fn status() -> Result<Status> {
         leader,
         detail,
     })
+}
+
+/// `cluster/schema.table` of a stream table of this cluster; names must be plain lower-case identifiers.
+fn stream_id(member: &Membership, st: &catalog::StreamTable) -> Result<StreamId> {
+    StreamId::parse(&format!("{}/{}.{}", member.cluster_name, st.schema, st.name)).map_err(|e| {
+        PgTrickleError::InvalidArgument {
+            argument: "name",
+            message: format!("{} cannot be published: {e}", st.qualified()),
+            hint: "Published stream tables need lower-case identifier names (schema and table).".into(),
+        }
+    })
+}
+
+/// Offers a stream table to the federation: its columns, its upstream edges (the published stream tables of this
+/// cluster it reads, so the coordinator sees cross-cluster cycles) and its current batch seq. Idempotent.
+pub fn publish(name: &str) -> Result<String> {
+    let member = membership()?.ok_or(PgTrickleError::NotRegistered)?;
+    let st = catalog::find_by_name(name)?;
+    let stream = stream_id(&member, &st)?;
+    let columns: Vec<ColumnDef> =
+        crate::cdc::user_columns(st.relid)?.iter().map(|(n, t)| ColumnDef::new(n, t)).collect();
+    let upstream_ids = catalog::column::<String>(
+        "SELECT p.stream_id FROM pgtrickle.pgt_dependencies d \
+         JOIN pgtrickle.pgt_stream_tables up ON up.pgt_relid = d.source_relid \
+         JOIN pgtrickle.pgt_publications p ON p.pgt_id = up.pgt_id WHERE d.pgt_id = $1",
+        &[st.pgt_id.into()],
+    )?;
+    let mut upstream = BTreeSet::new();
+    for id in upstream_ids {
+        let parsed =
+            StreamId::parse(&id).map_err(|e| PgTrickleError::Internal(format!("stored stream id {id}: {e}")))?;
+        upstream.insert(NodeKey::Stream(parsed));
+    }
+    let body = PublishStream { stream: stream.clone(), columns, upstream, base_seq: st.last_batch_seq as u64 };
+    let client = client(&member.coordinator_url, Duration::from_secs(15))?;
+    let applied = block_on(client.publish_stream(&body))?.map_err(coordinator_error)?;
+    catalog::exec_with(
+        "INSERT INTO pgtrickle.pgt_publications (pgt_id, stream_id, base_seq, published_index) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (pgt_id) DO NOTHING",
+        &[st.pgt_id.into(), stream.to_string().into(), st.last_batch_seq.into(), (applied.index as i64).into()],
+    )?;
+    Ok(stream.to_string())
+}
+
+/// Withdraws a stream table from the federation (with `cascade`, the coordinator also drops what reads it).
+pub fn unpublish(name: &str, cascade: bool) -> Result<()> {
+    let member = membership()?.ok_or(PgTrickleError::NotRegistered)?;
+    let st = catalog::find_by_name(name)?;
+    let stream = stream_id(&member, &st)?;
+    let client = client(&member.coordinator_url, Duration::from_secs(15))?;
+    block_on(client.unpublish_stream(&stream, cascade))?.map_err(coordinator_error)?;
+    catalog::exec_with("DELETE FROM pgtrickle.pgt_publications WHERE pgt_id = $1", &[st.pgt_id.into()])?;
+    Ok(())
 }
