@@ -189,6 +189,15 @@ impl Clusters {
         Ok(clusters)
     }
 
+    /// One cluster with the scheduler off and the extension created in `postgres`, plus a connection to it:
+    /// the set-up most tests of SQL behaviour need.
+    pub fn one_with_extension() -> Result<(Clusters, postgres::Client)> {
+        let clusters = Clusters::start(1, &["pg_trickle.enabled=off"])?;
+        let mut client = clusters[0].connect("postgres")?;
+        client.batch_execute("CREATE EXTENSION pg_trickle")?;
+        Ok((clusters, client))
+    }
+
     pub fn base_dir(&self) -> &Path {
         self.base.path()
     }

@@ -11,12 +11,10 @@ fn count(client: &mut postgres::Client, sql: &str) -> i64 {
 
 #[test]
 fn buffers_are_pruned_once_every_consumer_has_the_rows() {
-    let clusters = Clusters::start(1, &["pg_trickle.enabled=off"]).expect("start cluster");
-    let mut client = clusters[0].connect("postgres").unwrap();
+    let (_clusters, mut client) = Clusters::one_with_extension().expect("start cluster");
     client
         .batch_execute(
-            "CREATE EXTENSION pg_trickle;
-             CREATE TABLE events (id int, kind text);
+            "CREATE TABLE events (id int, kind text);
              SELECT pgtrickle.create_stream_table('by_kind', 'SELECT kind, count(*) AS n FROM events GROUP BY kind', schedule => 'manual');
              SELECT pgtrickle.create_stream_table('recent', 'SELECT id, kind FROM events WHERE id > 10', schedule => 'manual');",
         )
@@ -41,12 +39,10 @@ fn buffers_are_pruned_once_every_consumer_has_the_rows() {
 
 #[test]
 fn concurrent_writers_during_refreshes_lose_and_duplicate_nothing() {
-    let clusters = Clusters::start(1, &["pg_trickle.enabled=off"]).expect("start cluster");
-    let mut client = clusters[0].connect("postgres").unwrap();
+    let (clusters, mut client) = Clusters::one_with_extension().expect("start cluster");
     client
         .batch_execute(
-            "CREATE EXTENSION pg_trickle;
-             CREATE TABLE ticks (writer int, n int);
+            "CREATE TABLE ticks (writer int, n int);
              SELECT pgtrickle.create_stream_table('per_writer', 'SELECT writer, count(*) AS c, sum(n) AS s FROM ticks GROUP BY writer', schedule => 'manual');",
         )
         .unwrap();

@@ -20,11 +20,8 @@ fn registrations(client: &mut postgres::Client) -> i64 {
 #[test]
 fn register_status_refusals_and_deregister() {
     let mut coordinators = Coordinators::start(3).expect("start coordinators");
-    let clusters = Clusters::start(1, &["pg_trickle.enabled=off"]).expect("start cluster");
-    let mut client = clusters[0].connect("postgres").unwrap();
-    client
-        .batch_execute(&format!("CREATE EXTENSION pg_trickle; SET pg_trickle.coordinator_token = '{TOKEN}'"))
-        .unwrap();
+    let (_clusters, mut client) = Clusters::one_with_extension().expect("start cluster");
+    client.batch_execute(&format!("SET pg_trickle.coordinator_token = '{TOKEN}'")).unwrap();
     let urls = coordinators.endpoints();
 
     // Bad input: refused with SQLSTATE and HINT, nothing stored here or at the coordinators.
@@ -91,11 +88,8 @@ fn register_status_refusals_and_deregister() {
 #[test]
 fn deregister_removes_the_cluster_everywhere() {
     let coordinators = Coordinators::start(3).expect("start coordinators");
-    let clusters = Clusters::start(1, &["pg_trickle.enabled=off"]).expect("start cluster");
-    let mut client = clusters[0].connect("postgres").unwrap();
-    client
-        .batch_execute(&format!("CREATE EXTENSION pg_trickle; SET pg_trickle.coordinator_token = '{TOKEN}'"))
-        .unwrap();
+    let (_clusters, mut client) = Clusters::one_with_extension().expect("start cluster");
+    client.batch_execute(&format!("SET pg_trickle.coordinator_token = '{TOKEN}'")).unwrap();
     client
         .query_one(
             &format!("SELECT * FROM pgtrickle.register_federation('{}', 'cluster_c')", coordinators.endpoints()),
@@ -111,11 +105,10 @@ fn deregister_removes_the_cluster_everywhere() {
 #[test]
 fn publishing_stream_tables() {
     let coordinators = Coordinators::start(3).expect("start coordinators");
-    let clusters = Clusters::start(1, &["pg_trickle.enabled=off"]).expect("start cluster");
-    let mut client = clusters[0].connect("postgres").unwrap();
+    let (_clusters, mut client) = Clusters::one_with_extension().expect("start cluster");
     client
         .batch_execute(&format!(
-            "CREATE EXTENSION pg_trickle; SET pg_trickle.coordinator_token = '{TOKEN}';
+            "SET pg_trickle.coordinator_token = '{TOKEN}';
              CREATE TABLE orders (id int, region text, amount numeric);
              SELECT pgtrickle.create_stream_table('order_agg', 'SELECT region, sum(amount) AS total FROM orders GROUP BY region');
              SELECT pgtrickle.create_stream_table('big_regions', 'SELECT region FROM order_agg WHERE total > 100');

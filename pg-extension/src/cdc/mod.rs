@@ -183,15 +183,15 @@ pub fn unconsumed_condition(dep: &Dependency) -> String {
     }
 }
 
-/// Whether `dep`'s buffer holds unconsumed rows (of the given actions, or any).
-pub fn has_unconsumed(dep: &Dependency, actions: Option<&str>) -> Result<bool> {
-    let action_filter = actions.map(|a| format!(" AND c.action IN ({a})")).unwrap_or_default();
+/// Whether `dep`'s buffer holds unconsumed rows, and whether a TRUNCATE marker is among them (one query).
+pub fn pending_changes(dep: &Dependency) -> Result<(bool, bool)> {
+    let (buffer, cond) = (buffer_name(dep.source_relid), unconsumed_condition(dep));
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {} c WHERE {}{action_filter})",
-        buffer_name(dep.source_relid),
-        unconsumed_condition(dep)
+        "SELECT EXISTS (SELECT 1 FROM {buffer} c WHERE {cond}), \
+                EXISTS (SELECT 1 FROM {buffer} c WHERE {cond} AND c.action = 'T')"
     );
-    Ok(catalog::scalar::<bool>(&sql, &[])?.unwrap_or(false))
+    let (changed, truncated) = Spi::get_two::<bool, bool>(&sql)?;
+    Ok((changed.unwrap_or(false), truncated.unwrap_or(false)))
 }
 
 /// Types whose equality is also text equality, so rows can be netted with a hashed GROUP BY.

@@ -66,16 +66,16 @@ pub struct Outcome {
 
 /// Refreshes `st`, whose catalog row the caller has locked.
 pub fn refresh(st: &StreamTable, trigger: Trigger, request: Request) -> Result<Outcome> {
-    let started_at = catalog::scalar::<String>("SELECT clock_timestamp()::text", &[])?.unwrap_or_default();
+    let started_at = unix_now();
     // JIT compilation costs more than these statements run; the caller's setting is restored after.
     let jit = catalog::scalar::<String>("SELECT current_setting('jit')", &[])?.unwrap_or_else(|| "on".into());
     catalog::exec("SELECT set_config('jit', 'off', true)")?;
-    let outcome = refresh_inner(st, trigger, request, &started_at);
+    let outcome = refresh_inner(st, trigger, request, started_at);
     catalog::exec_with("SELECT set_config('jit', $1, true)", &[jit.into()])?;
     outcome
 }
 
-fn refresh_inner(st: &StreamTable, trigger: Trigger, request: Request, started_at: &str) -> Result<Outcome> {
+fn refresh_inner(st: &StreamTable, trigger: Trigger, request: Request, started_at: f64) -> Result<Outcome> {
     let deps = catalog::dependencies(st.pgt_id)?;
     lock_sources(&deps)?;
 
@@ -237,6 +237,11 @@ fn two_statement_delta(
     Ok(())
 }
 
+/// Seconds since the Unix epoch (when a refresh started; no query needed to know it).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
 /// Drops the refresh's temporary tables that exist (quietly: no NOTICE reaches the caller).
 fn drop_temp_tables(names: &[&str]) -> Result<()> {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -287,10 +292,9 @@ fn choose_method(st: &StreamTable, deps: &[Dependency], request: Request) -> Res
     let mut any_change = deps.iter().any(|d| !d.has_buffer());
     let mut truncated = false;
     for dep in deps.iter().filter(|d| d.has_buffer()) {
-        if cdc::has_unconsumed(dep, None)? {
-            any_change = true;
-            truncated |= cdc::has_unconsumed(dep, Some("'T'"))?;
-        }
+        let (changed, with_truncate) = cdc::pending_changes(dep)?;
+        any_change |= changed;
+        truncated |= with_truncate;
     }
     if deps.is_empty() {
         any_change = true; // a query over no relation (e.g. over functions) can only be recomputed
@@ -337,7 +341,7 @@ fn apply(st: &StreamTable, shape: &StorageShape, delta: &str, method: Method, se
 #[allow(clippy::too_many_arguments)]
 fn record_history(
     pgt_id: i64,
-    started_at: &str,
+    started_at: f64,
     action: &str,
     status: &str,
     trigger: Trigger,
@@ -348,7 +352,7 @@ fn record_history(
     let kind = batch_seq.map(|_| if action == "reinitialize" { "snapshot" } else { "delta" });
     catalog::exec_with(
         "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, started_at, action, status, triggered_by, batch_seq, \
-         batch_kind, rows_inserted, rows_deleted) VALUES ($1, $2::timestamptz, $3, $4, $5, $6, $7, $8, $9)",
+         batch_kind, rows_inserted, rows_deleted) VALUES ($1, to_timestamp($2), $3, $4, $5, $6, $7, $8, $9)",
         &[
             pgt_id.into(),
             started_at.into(),
@@ -365,7 +369,7 @@ fn record_history(
 }
 
 /// Records a failed refresh (in a transaction of its own, after the failed one rolled back).
-pub fn record_failure(pgt_id: i64, started_at: &str, message: &str, trigger: Trigger) -> Result<()> {
+pub fn record_failure(pgt_id: i64, started_at: f64, message: &str, trigger: Trigger) -> Result<()> {
     let max_backoff = f64::from(crate::config::MAX_BACKOFF_SECONDS.get());
     catalog::exec_with(
         "UPDATE pgtrickle.pgt_stream_tables SET status = 'ERROR', last_error = $2, \
@@ -377,7 +381,7 @@ pub fn record_failure(pgt_id: i64, started_at: &str, message: &str, trigger: Tri
     )?;
     catalog::exec_with(
         "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, started_at, action, status, triggered_by, error) \
-         VALUES ($1, $2::timestamptz, 'full', 'ERROR', $3, $4)",
+         VALUES ($1, to_timestamp($2), 'full', 'ERROR', $3, $4)",
         &[pgt_id.into(), started_at.into(), trigger.as_str().into(), message.into()],
     )?;
     Ok(())

@@ -198,10 +198,7 @@ fn caught_message(caught: &CaughtError) -> String {
 
 /// Refreshes one stream table in a transaction of its own; records a failure in another.
 fn run_one(pgt_id: i64) {
-    let started_at = BackgroundWorker::transaction(|| {
-        catalog::scalar::<String>("SELECT clock_timestamp()::text", &[]).ok().flatten()
-    })
-    .unwrap_or_default();
+    let started_at = refresh::unix_now();
     let result: std::result::Result<(), String> = PgTryBuilder::new(AssertUnwindSafe(|| {
         // SAFETY: the standard transaction bracket of a background worker; on error the catch arm
         // below aborts the transaction.
@@ -231,7 +228,7 @@ fn run_one(pgt_id: i64) {
     if let Err(message) = result {
         pgrx::log!("pg_trickle: refresh of stream table {pgt_id} failed: {message}");
         BackgroundWorker::transaction(|| {
-            if let Err(error) = refresh::record_failure(pgt_id, &started_at, &message, Trigger::Scheduler) {
+            if let Err(error) = refresh::record_failure(pgt_id, started_at, &message, Trigger::Scheduler) {
                 pgrx::warning!("pg_trickle: could not record the failure of stream table {pgt_id}: {error}");
             }
         });
