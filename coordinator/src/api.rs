@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use shared_model::dag::DiamondGroup;
+use shared_model::frontier::FrontierPoint;
 use shared_model::{
     Applied, BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ClusterName, ColumnDef, CommandError,
-    Consistency, Cut, Event, Executed, FederatedTableId, FederationName, FrontierAdvance, Ident, LogIndex, NodeKey,
-    SourceUrl, State, StreamId,
+    Consistency, Cut, Event, Executed, FederatedTableId, FederationName, Frontier, FrontierAdvance, Ident, LogIndex,
+    NodeKey, SourceUrl, State, StreamId,
 };
 
 /// Header carrying the writing client's id (part of the idempotency key).
@@ -158,6 +159,34 @@ pub struct FrontierView {
     pub oldest_retained: u64,
     /// Reinitialize request waiting for a snapshot batch (its epoch), if any.
     pub pending_reinit: Option<u64>,
+}
+
+/// What a consumer needs of a stream's frontier: the committed points after the seq it applied, and what the
+/// producer publishes (`GET /v1/frontiers/{cluster}/{name}/history`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct FrontierHistoryView {
+    pub stream: StreamId,
+    /// Incremented whenever the published columns change.
+    pub schema_version: u32,
+    pub columns: Vec<ColumnDef>,
+    /// Reinitialize request waiting for a snapshot batch (its epoch), if any.
+    pub pending_reinit: Option<u64>,
+    /// The seq below the points (the consumer's `after_seq`, or older when the log keeps less).
+    pub floor_seq: u64,
+    /// Its global timestamp.
+    pub floor_at: LogIndex,
+    /// True when times before `floor_at` cannot be answered from these points.
+    pub truncated: bool,
+    /// Committed batches after the floor, in seq order.
+    pub points: Vec<FrontierPoint>,
+}
+
+impl FrontierHistoryView {
+    /// The frontier these parts describe.
+    pub fn frontier(&self) -> Result<Frontier, String> {
+        Frontier::from_parts(self.floor_seq, self.floor_at, self.truncated, self.points.clone())
+    }
 }
 
 /// A published stream.
@@ -331,6 +360,22 @@ pub mod views {
             proposed_at_unix_ms: last.map(|p| p.proposed_at_unix_ms),
             oldest_retained: f.oldest_retained(),
             pending_reinit: info.pending_reinit.as_ref().map(|p| p.epoch),
+        })
+    }
+
+    /// The frontier of a stream after `after_seq`.
+    pub fn frontier_history(state: &State, stream: &StreamId, after_seq: u64) -> Option<FrontierHistoryView> {
+        let info = state.streams().get(stream)?;
+        let (floor_seq, floor_at, truncated, points) = info.frontier.tail_after(after_seq).parts();
+        Some(FrontierHistoryView {
+            stream: stream.clone(),
+            schema_version: info.schema_version,
+            columns: info.columns.clone(),
+            pending_reinit: info.pending_reinit.as_ref().map(|p| p.epoch),
+            floor_seq,
+            floor_at,
+            truncated,
+            points,
         })
     }
 

@@ -350,6 +350,17 @@ impl Client {
         let path = format!("/v1/cut/{}?after={after}&wait_ms={}", path_of(&table.0), wait.as_millis());
         self.call::<(), _>(Method::GET, &path, None, None, wait).await
     }
+    /// A stream's committed batches after `after_seq`, waiting up to `wait` for one (or a reinitialize request).
+    pub async fn frontier_history(
+        &self,
+        stream: &StreamId,
+        after_seq: u64,
+        wait: Duration,
+    ) -> Result<FrontierHistoryView, ClientError> {
+        let path =
+            format!("/v1/frontiers/{}/history?after_seq={after_seq}&wait_ms={}", path_of(&stream.0), wait.as_millis());
+        self.call::<(), _>(Method::GET, &path, None, None, wait).await
+    }
     /// Event records after `after`, waiting up to `wait` for the first one.
     pub async fn events(&self, after: LogIndex, wait: Duration, limit: usize) -> Result<EventsPage, ClientError> {
         let path = format!("/v1/events?after={after}&wait_ms={}&limit={limit}", wait.as_millis());

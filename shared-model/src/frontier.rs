@@ -122,6 +122,47 @@ impl Frontier {
         Ok(self.point(seq)?.map(|p| p.at))
     }
 
+    /// What a consumer that applied `seq` needs: the points after it, with the point of `seq` as the floor.
+    /// Times before that floor become unanswerable, so a cut computed from the tail is always one the whole
+    /// frontier gives too (never a time at which the source was behind what the consumer applied).
+    pub fn tail_after(&self, seq: u64) -> Frontier {
+        let keep_from = self.points.partition_point(|p| p.seq <= seq);
+        if keep_from == 0 {
+            return self.clone();
+        }
+        let floor = self.points[keep_from - 1];
+        Frontier {
+            floor_seq: floor.seq,
+            floor_at: floor.at,
+            truncated: true,
+            points: self.points.range(keep_from..).copied().collect(),
+        }
+    }
+
+    /// The parts a frontier travels as: floor seq, floor time, whether history before the floor was dropped,
+    /// and the retained points.
+    pub fn parts(&self) -> (u64, LogIndex, bool, Vec<FrontierPoint>) {
+        (self.floor_seq, self.floor_at, self.truncated, self.points.iter().copied().collect())
+    }
+
+    /// Rebuilds a frontier from [`Frontier::parts`], checking that the points follow the floor gap-free with
+    /// times that never go back.
+    pub fn from_parts(
+        floor_seq: u64,
+        floor_at: LogIndex,
+        truncated: bool,
+        points: Vec<FrontierPoint>,
+    ) -> Result<Frontier, String> {
+        let (mut seq, mut at) = (floor_seq, floor_at);
+        for p in &points {
+            if p.seq != seq + 1 || p.at < at {
+                return Err(format!("point seq {} at {} does not follow seq {seq} at {at}", p.seq, p.at));
+            }
+            (seq, at) = (p.seq, p.at);
+        }
+        Ok(Frontier { floor_seq, floor_at, truncated, points: points.into() })
+    }
+
     /// How far a consumer that applied `applied_seq` is behind.
     pub fn lag(&self, applied_seq: u64, now_unix_ms: u64) -> Lag {
         let batches = self.seq().saturating_sub(applied_seq);

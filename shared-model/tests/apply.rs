@@ -191,3 +191,49 @@ fn uncommitted_and_already_applied_batches_are_never_applied() {
     let progress = SourceProgress { applied: 1, received, ..Default::default() };
     assert_eq!(plan_source(&progress, &frontier), SourceStep::Apply(vec![2]));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A consumer is sent only the tail of each frontier after what it applied: every decision it takes from
+    /// the tails is the one it would take from the whole frontiers, and the tails survive the trip as parts.
+    #[test]
+    fn tails_decide_like_whole_frontiers(
+        (n, events) in log_strategy(),
+        applied_cut in 0usize..40,
+        mask in prop::collection::vec(prop::bool::weighted(0.75), 1..7),
+    ) {
+        let frontiers = build(n, &events);
+        // What the consumer applied: a cut of the log at some earlier time.
+        let t = (applied_cut.min(events.len())) as u64;
+        let mut whole = BTreeMap::new();
+        let mut tails = BTreeMap::new();
+        for (id, frontier) in &frontiers {
+            let applied = frontier.seq_at(t).unwrap();
+            let progress = SourceProgress { applied, received: received(frontier, &mask, 1), ..Default::default() };
+            let tail = frontier.tail_after(applied);
+            let (floor_seq, floor_at, truncated, points) = tail.parts();
+            let rebuilt = Frontier::from_parts(floor_seq, floor_at, truncated, points).unwrap();
+            prop_assert_eq!(&rebuilt, &tail);
+            prop_assert_eq!(tail.seq(), frontier.seq());
+            prop_assert_eq!(plan_source(&progress, &tail), plan_source(&progress, frontier));
+            whole.insert(id.clone(), (progress.clone(), frontier.clone()));
+            tails.insert(id.clone(), (progress, tail));
+        }
+        prop_assert_eq!(plan_causal(&tails), plan_causal(&whole));
+    }
+}
+
+#[test]
+fn parts_out_of_order_are_refused() {
+    let point = |seq, at| FrontierPoint {
+        seq,
+        at,
+        kind: BatchKind::Delta,
+        position: BrokerPosition { partition: 0, offset: 0 },
+        proposed_at_unix_ms: 0,
+    };
+    assert!(Frontier::from_parts(3, 10, true, vec![point(4, 11), point(5, 11)]).is_ok());
+    assert!(Frontier::from_parts(3, 10, true, vec![point(5, 11)]).is_err());
+    assert!(Frontier::from_parts(3, 10, true, vec![point(4, 9)]).is_err());
+}

@@ -54,6 +54,16 @@ pub struct EventsQuery {
     pub limit: Option<usize>,
 }
 
+/// `?after_seq=N&wait_ms=D`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// The seq the consumer applied: points after it are returned.
+    pub after_seq: Option<u64>,
+    /// Wait up to this long (ms, at most 60000) for a batch after `after_seq` or a reinitialize request.
+    pub wait_ms: Option<u64>,
+}
+
 /// `?after=T&wait_ms=D`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -141,7 +151,10 @@ pub fn read_routes() -> Router<AppState> {
 }
 
 pub fn watch_routes() -> Router<AppState> {
-    Router::new().route("/v1/events", get(events)).route("/v1/cut/{cluster}/{name}", get(cut))
+    Router::new()
+        .route("/v1/events", get(events))
+        .route("/v1/cut/{cluster}/{name}", get(cut))
+        .route("/v1/frontiers/{cluster}/{name}/history", get(frontier_history))
 }
 
 // ----- writes --------------------------------------------------------------------------------------------------
@@ -545,6 +558,41 @@ pub async fn cut(
         });
         let Some(view) = view else { return Err(Failure::not_found(format!("federated table {id} does not exist"))) };
         if view.cut.at > after || wait.is_zero() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(view));
+        }
+        if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+            return Ok(Json(view));
+        }
+    }
+}
+
+/// Long-poll of a stream's committed batches after `after_seq` (what a consumer needs to plan its applies):
+/// answers when a batch after `after_seq` is committed, a reinitialize request is pending, or `wait_ms` passed.
+/// Served from this node's applied state (every point is committed; a follower may lag the leader).
+#[utoipa::path(get, path = "/v1/frontiers/{cluster}/{name}/history", tag = "watch",
+    params(("cluster" = String, Path), ("name" = String, Path, description = "schema.table"), HistoryQuery),
+    responses((status = 200, body = FrontierHistoryView), (status = 400, body = ApiError), (status = 404, body = ApiError),
+              (status = 422, body = ApiError)))]
+pub async fn frontier_history(
+    State(app): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<FrontierHistoryView>, Failure> {
+    let q = query(q)?;
+    let id = StreamId(relation(&cluster, &name)?);
+    let after_seq = q.after_seq.unwrap_or(0);
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut applied = app.sm.subscribe_applied();
+    app.metrics.watchers.inc();
+    let _guard = WatcherGuard(&app);
+    loop {
+        applied.borrow_and_update();
+        let Some(view) = app.sm.with_state(|s| views::frontier_history(s, &id, after_seq)) else {
+            return Err(Failure::not_found(format!("stream {id} is not published")));
+        };
+        let news = view.points.last().is_some_and(|p| p.seq > after_seq) || view.pending_reinit.is_some();
+        if news || wait.is_zero() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(view));
         }
         if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {

@@ -40,7 +40,7 @@ impl Modify for BearerAuth {
         app::publish_stream, app::unpublish_stream, app::reinitialize, app::create_federated_table,
         app::drop_federated_table, app::advance_frontiers, app::list_clusters, app::get_cluster, app::get_federation,
         app::list_streams, app::get_stream, app::list_federated_tables, app::get_federated_table, app::list_frontiers,
-        app::get_frontier, app::get_dag, app::get_dag_dot, app::events, app::cut,
+        app::get_frontier, app::get_dag, app::get_dag_dot, app::events, app::cut, app::frontier_history,
         admin::status, admin::init, admin::add_learner, admin::change_membership, admin::snapshot,
         healthz, readyz, metrics
     ),
