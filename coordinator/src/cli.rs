@@ -70,6 +70,21 @@ pub enum Command {
     Members,
     /// Registered PostgreSQL clusters.
     Clusters,
+    /// The federation's name and change-log settings; with any option, changes them.
+    Federation {
+        /// The federation's name (the host part of source URLs).
+        #[arg(long)]
+        name: Option<String>,
+        /// Change-log backend: kafka or nats.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Broker addresses handed to clusters at registration (host:port,…).
+        #[arg(long)]
+        bootstrap_servers: Option<String>,
+        /// Prefix of per-stream topics.
+        #[arg(long)]
+        topic_prefix: Option<String>,
+    },
     /// Published streams.
     Streams,
     /// Federated tables and their newest cuts.
@@ -364,6 +379,34 @@ pub async fn run_client(cli: &Cli) -> Result<(), Exit> {
                 })
                 .collect();
             table(&["NAME", "ENDPOINT", "REGISTERED AT", "LAST CHECKPOINT"], rows);
+        }
+        Command::Federation { name, backend, bootstrap_servers, topic_prefix } => {
+            let mut view = client.federation().await?;
+            let changing = name.is_some() || backend.is_some() || bootstrap_servers.is_some() || topic_prefix.is_some();
+            if changing {
+                let usage = |e: shared_model::ids::ParseError| Exit { status: 2, message: e.to_string() };
+                if let Some(name) = name {
+                    view.name = shared_model::FederationName::parse(name).map_err(usage)?;
+                }
+                if let Some(backend) = backend {
+                    view.changelog.backend = backend.parse().map_err(usage)?;
+                }
+                if let Some(servers) = bootstrap_servers {
+                    view.changelog.bootstrap_servers = servers.clone();
+                }
+                if let Some(prefix) = topic_prefix {
+                    view.changelog.topic_prefix = prefix.clone();
+                }
+                client.configure_federation(&view).await?;
+            }
+            if cli.json {
+                print_json(&view);
+            } else {
+                println!(
+                    "federation {}: backend {}, bootstrap servers {}, topic prefix {}",
+                    view.name, view.changelog.backend, view.changelog.bootstrap_servers, view.changelog.topic_prefix
+                );
+            }
         }
         Command::Streams => {
             let streams = client.streams().await?;

@@ -312,6 +312,10 @@ impl Client {
         self.get("/v1/streams").await
     }
     /// Federated tables.
+    /// One published stream (404 when it is not published).
+    pub async fn stream(&self, stream: &StreamId) -> Result<StreamView, ClientError> {
+        self.get(&format!("/v1/streams/{}", path_of(&stream.0))).await
+    }
     pub async fn federated_tables(&self) -> Result<Vec<FederatedTableView>, ClientError> {
         self.get("/v1/federated-tables").await
     }

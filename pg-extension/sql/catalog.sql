@@ -58,7 +58,7 @@ CREATE TABLE pgtrickle.pgt_refresh_history (
     finished_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     action        text NOT NULL CHECK (action IN ('differential', 'full', 'reinitialize')),
     status        text NOT NULL CHECK (status IN ('OK', 'NO_CHANGE', 'ERROR')),
-    triggered_by  text NOT NULL CHECK (triggered_by IN ('manual', 'scheduler', 'create', 'alter')),
+    triggered_by  text NOT NULL CHECK (triggered_by IN ('manual', 'scheduler', 'create', 'alter', 'publisher', 'subscriber')),
     batch_seq     bigint,
     batch_kind    text CHECK (batch_kind IN ('delta', 'snapshot')),
     rows_inserted bigint NOT NULL DEFAULT 0,
@@ -145,7 +145,81 @@ CREATE TABLE pgtrickle.pgt_publications (
     stream_id       text NOT NULL UNIQUE,
     base_seq        bigint NOT NULL,
     published_index bigint NOT NULL,
-    published_at    timestamptz NOT NULL DEFAULT now()
+    published_at    timestamptz NOT NULL DEFAULT now(),
+    -- The newest batch the broker acknowledged AND the coordinator's log recorded: change-buffer rows up to it
+    -- may be pruned; the publisher sends what follows.
+    published_seq   bigint NOT NULL,
+    columns         jsonb NOT NULL DEFAULT '[]',
+    last_sent_at    timestamptz,
+    last_error      text
 );
 COMMENT ON TABLE pgtrickle.pgt_publications IS 'stream tables this cluster publishes: stream id, seq at publication, log index';
 SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_publications', '');
+
+-- Federated stream tables of this cluster: a local stream table over mirrors of published streams.
+CREATE TABLE pgtrickle.pgt_federated_tables (
+    pgt_id         bigint PRIMARY KEY REFERENCES pgtrickle.pgt_stream_tables ON DELETE CASCADE,
+    table_id       text NOT NULL UNIQUE,
+    consistency    text NOT NULL CHECK (consistency IN ('eventual', 'causal')),
+    created_index  bigint NOT NULL,
+    -- Causal mode: the global time (log index) of the cut the mirrors show.
+    applied_cut_at bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE pgtrickle.pgt_federated_tables IS 'federated stream tables: id at the coordinator, consistency, cut shown';
+SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_federated_tables', '');
+
+-- One row per mirrored source. applied_seq/applied_offset change only in the transaction that applies a batch.
+CREATE TABLE pgtrickle.pgt_federation_sources (
+    stream_id         text PRIMARY KEY,
+    pgt_id            bigint NOT NULL REFERENCES pgtrickle.pgt_federated_tables ON DELETE CASCADE,
+    source_url        text NOT NULL,
+    mirror_relid      oid NOT NULL UNIQUE,
+    topic             text NOT NULL,
+    columns           jsonb NOT NULL,
+    applied_seq       bigint NOT NULL DEFAULT 0,
+    applied_offset    bigint,
+    applied_at        timestamptz,
+    committed_seq     bigint NOT NULL DEFAULT 0,
+    lag_batches       bigint NOT NULL DEFAULT 0,
+    lag_seconds       double precision NOT NULL DEFAULT 0,
+    state             text NOT NULL DEFAULT 'bootstrapping',
+    detail            text,
+    reinit_requests   bigint NOT NULL DEFAULT 0,
+    checked_at        timestamptz
+);
+COMMENT ON TABLE pgtrickle.pgt_federation_sources IS 'mirrored sources: applied seq and broker position (stored with each apply), lag, state';
+SELECT pg_catalog.pg_extension_config_dump('pgtrickle.pgt_federation_sources', '');
+
+-- Every batch applied to a mirror, written in the apply's transaction (the exactly-once evidence).
+CREATE TABLE pgtrickle.pgt_apply_log (
+    stream_id     text NOT NULL,
+    seq           bigint NOT NULL,
+    kind          text NOT NULL,
+    rows_written  bigint NOT NULL,
+    broker_offset bigint NOT NULL,
+    cut_at        bigint,
+    applied_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX ON pgtrickle.pgt_apply_log (stream_id, seq);
+COMMENT ON TABLE pgtrickle.pgt_apply_log IS 'batches applied to mirrors, one row each, in the apply transaction';
+
+CREATE VIEW pgtrickle.federation_sources AS
+SELECT ft.table_id AS federated_table,
+       ft.consistency,
+       s.source_url,
+       s.stream_id,
+       s.mirror_relid::regclass AS mirror,
+       s.committed_seq,
+       s.applied_seq,
+       s.lag_batches,
+       s.lag_seconds,
+       s.state,
+       s.detail,
+       s.applied_at,
+       s.applied_offset AS broker_offset,
+       s.reinit_requests,
+       ft.applied_cut_at AS cut_at,
+       s.checked_at
+FROM pgtrickle.pgt_federation_sources s
+JOIN pgtrickle.pgt_federated_tables ft USING (pgt_id);
+COMMENT ON VIEW pgtrickle.federation_sources IS 'per mirrored source: committed frontier, applied seq, lag in batches and seconds, state';

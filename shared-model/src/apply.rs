@@ -11,7 +11,8 @@
 //! - eventual mode: each source independently up to its own frontier;
 //! - causal mode: all sources together up to the newest cut whose batches are all at hand;
 //! - a batch is lost when the log records it at a broker position the broker no longer has (below the
-//!   partition's low watermark) or that the consumer has already read past without receiving it.
+//!   partition's low watermark, or at or past its high watermark: acknowledged messages gone) or that the
+//!   consumer has already read past without receiving it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +30,8 @@ pub struct SourceProgress {
     pub read_offset: Option<i64>,
     /// The partition's earliest retained offset, as the broker reports it.
     pub low_watermark: Option<i64>,
+    /// The partition's next offset to be written, as the broker reports it.
+    pub high_watermark: Option<i64>,
 }
 
 /// Why nothing is applied for a source now.
@@ -47,6 +50,8 @@ pub enum Loss {
     Evicted { seq: u64, offset: i64, low_watermark: i64 },
     /// The consumer read past the batch's offset without receiving it (a broker that lost data and started over).
     Skipped { seq: u64, offset: i64, read_offset: i64 },
+    /// The broker's partition ends before the batch's offset: it lost acknowledged messages (restarted empty).
+    Truncated { seq: u64, offset: i64, high_watermark: i64 },
     /// The log no longer retains the batches after `applied` and no snapshot is committed to jump to.
     Compacted { applied: u64 },
 }
@@ -104,6 +109,11 @@ fn loss_of(progress: &SourceProgress, frontier: &Frontier, seq: u64) -> Option<L
     if let Some(low) = progress.low_watermark {
         if offset < low {
             return Some(Loss::Evicted { seq, offset, low_watermark: low });
+        }
+    }
+    if let Some(high) = progress.high_watermark {
+        if offset >= high {
+            return Some(Loss::Truncated { seq, offset, high_watermark: high });
         }
     }
     if let Some(read) = progress.read_offset {

@@ -157,20 +157,45 @@ fn a_batch_the_broker_no_longer_has_asks_for_a_snapshot() {
     let frontier = one_stream(&[Snapshot, Delta, Delta, Delta]);
     let received: BTreeMap<u64, BatchKind> = [(4, Delta)].into_iter().collect();
     // Offset of seq 2 is 6; the broker now starts at 9.
-    let evicted = SourceProgress { applied: 1, received: received.clone(), read_offset: None, low_watermark: Some(9) };
+    let evicted = SourceProgress {
+        applied: 1,
+        received: received.clone(),
+        read_offset: None,
+        low_watermark: Some(9),
+        ..Default::default()
+    };
     assert_eq!(
         plan_source(&evicted, &frontier),
         SourceStep::Reinitialize(Loss::Evicted { seq: 2, offset: 6, low_watermark: 9 })
     );
     // The consumer already read offset 12 (seq 4) but never saw seq 2: the broker lost it.
-    let skipped =
-        SourceProgress { applied: 1, received: received.clone(), read_offset: Some(12), low_watermark: Some(0) };
+    let skipped = SourceProgress {
+        applied: 1,
+        received: received.clone(),
+        read_offset: Some(12),
+        low_watermark: Some(0),
+        ..Default::default()
+    };
     assert_eq!(
         plan_source(&skipped, &frontier),
         SourceStep::Reinitialize(Loss::Skipped { seq: 2, offset: 6, read_offset: 12 })
     );
     // Still on its way: wait.
-    let pending = SourceProgress { applied: 1, received, read_offset: Some(3), low_watermark: Some(0) };
+    // The broker restarted empty: its partition ends (offset 2) before seq 2's recorded offset 6.
+    let truncated = SourceProgress {
+        applied: 1,
+        received: received.clone(),
+        read_offset: Some(1),
+        low_watermark: Some(0),
+        high_watermark: Some(2),
+    };
+    assert_eq!(
+        plan_source(&truncated, &frontier),
+        SourceStep::Reinitialize(Loss::Truncated { seq: 2, offset: 6, high_watermark: 2 })
+    );
+    // Still on its way: wait.
+    let pending =
+        SourceProgress { applied: 1, received, read_offset: Some(3), low_watermark: Some(0), high_watermark: Some(13) };
     assert_eq!(plan_source(&pending, &frontier), SourceStep::Wait(Waiting::ForBroker { seq: 2 }));
 }
 
@@ -179,7 +204,8 @@ fn a_committed_snapshot_ends_the_wait_for_lost_deltas() {
     use BatchKind::*;
     let frontier = one_stream(&[Snapshot, Delta, Delta, Snapshot, Delta]);
     let received: BTreeMap<u64, BatchKind> = [(4, Snapshot), (5, Delta)].into_iter().collect();
-    let progress = SourceProgress { applied: 1, received, read_offset: Some(15), low_watermark: Some(9) };
+    let progress =
+        SourceProgress { applied: 1, received, read_offset: Some(15), low_watermark: Some(9), ..Default::default() };
     assert_eq!(plan_source(&progress, &frontier), SourceStep::Apply(vec![4, 5]));
 }
 

@@ -7,7 +7,9 @@
 //! The extension must be installed into PostgreSQL first (`cargo pgrx install`); [`Clusters::start`]
 //! says so when it is not.
 
+pub mod broker;
 pub mod coordinators;
+pub mod federation;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -25,7 +25,7 @@ fn validate_mode(mode: &str) -> Result<String> {
 }
 
 /// Splits a new stream table's name into (schema, table), defaulting the schema like CREATE TABLE.
-fn resolve_new_name(name: &str) -> Result<(String, String)> {
+pub fn resolve_new_name(name: &str) -> Result<(String, String)> {
     let invalid = |message: String| PgTrickleError::InvalidArgument {
         argument: "name",
         message,
@@ -281,6 +281,17 @@ fn drop_by_id(pgt_id: i64, cascade: bool, name: &str) -> Result<()> {
     )?;
     if let Some(stream) = published {
         return Err(PgTrickleError::Published { name: st.qualified(), stream });
+    }
+    let federated = catalog::scalar::<String>(
+        "SELECT table_id FROM pgtrickle.pgt_federated_tables WHERE pgt_id = $1",
+        &[st.pgt_id.into()],
+    )?;
+    if let Some(table_id) = federated {
+        return Err(PgTrickleError::InvalidArgument {
+            argument: "name",
+            message: format!("{} is the federated stream table {table_id}", st.qualified()),
+            hint: format!("Drop it with SELECT pgtrickle.drop_federated_stream_table('{}');", st.qualified()),
+        });
     }
     let dependents = catalog::dependents(st.relid)?;
     if !dependents.is_empty() {

@@ -61,3 +61,24 @@ fn publish_stream_table(name: &str) -> String {
 fn unpublish_stream_table(name: &str, cascade: default!(bool, false)) {
     federation::unpublish(name, cascade).or_raise()
 }
+
+/// Creates a federated stream table: `query` reads mirrors `CLUSTER.STREAM_TABLE` of the `sources`
+/// (`kafka://FEDERATION/CLUSTER/STREAM_TABLE`), kept up to date from the broker as the coordinator's log records
+/// batches. `consistency => 'causal'` applies all sources up to one common cut of the log in one transaction.
+/// Returns the table's id at the coordinator (`cluster/schema.table`).
+#[pg_extern(schema = "pgtrickle")]
+fn create_federated_stream_table(
+    name: &str,
+    query: &str,
+    sources: Vec<String>,
+    consistency: default!(&str, "'eventual'"),
+    schedule: default!(Option<&str>, "NULL"),
+) -> String {
+    federation::federated::create(name, query, &sources, consistency, schedule).or_raise()
+}
+
+/// Drops a federated stream table, its mirrors, and its record at the coordinator.
+#[pg_extern(schema = "pgtrickle")]
+fn drop_federated_stream_table(name: &str) {
+    federation::federated::drop(name).or_raise()
+}

@@ -280,6 +280,16 @@ pub fn advance_watermarks_cte(pgt_id: i64, deps: &[Dependency]) -> String {
 /// its newest `pg_trickle.unconsumed_batch_retention` batches.
 pub fn prune(relid: pg_sys::Oid, last_batch_seq: Option<i64>) -> Result<()> {
     let buffer = buffer_name(relid);
+    // Batches of a published stream table stay until the broker and the coordinator's log have them.
+    let published = catalog::scalar::<i64>(
+        "SELECT p.published_seq FROM pgtrickle.pgt_publications p \
+         JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) WHERE st.pgt_relid = $1",
+        &[relid.into()],
+    )?;
+    let unpublished = match published {
+        Some(seq) => format!(" AND batch_seq <= {seq}"),
+        None => String::new(),
+    };
     let consumers = catalog::scalar::<i64>(
         "SELECT count(*) FROM pgtrickle.pgt_dependencies WHERE source_relid = $1",
         &[relid.into()],
@@ -288,7 +298,7 @@ pub fn prune(relid: pg_sys::Oid, last_batch_seq: Option<i64>) -> Result<()> {
     if consumers == 0 {
         if let Some(last) = last_batch_seq {
             let keep = i64::from(crate::config::UNCONSUMED_BATCH_RETENTION.get());
-            catalog::exec(&format!("DELETE FROM {buffer} WHERE batch_seq <= {}", last - keep))?;
+            catalog::exec(&format!("DELETE FROM {buffer} WHERE batch_seq <= {}{unpublished}", last - keep))?;
         }
         return Ok(());
     }
@@ -296,7 +306,8 @@ pub fn prune(relid: pg_sys::Oid, last_batch_seq: Option<i64>) -> Result<()> {
     catalog::exec_with(
         &format!(
             "DELETE FROM {buffer} c WHERE c.xid < (SELECT min(pg_snapshot_xmin(consumed_snapshot)) \
-             FROM pgtrickle.pgt_dependencies WHERE source_relid = $1 HAVING bool_and(consumed_snapshot IS NOT NULL))"
+             FROM pgtrickle.pgt_dependencies WHERE source_relid = $1 HAVING bool_and(consumed_snapshot IS NOT NULL)){}",
+            unpublished.replace("batch_seq", "c.batch_seq")
         ),
         &[relid.into()],
     )?;

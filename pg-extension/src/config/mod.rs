@@ -15,6 +15,8 @@ pub static COORDINATOR_TOKEN: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 /// Upper bound (seconds) of the retry backoff of a failing stream table.
 pub static MAX_BACKOFF_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
+/// How often (milliseconds) the publisher and the subscriber look for new batches when idle.
+pub static FEDERATION_POLL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 
 /// Registers the GUCs; called from `_PG_init`.
 pub fn register() {
@@ -65,6 +67,16 @@ pub fn register() {
         86_400,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.federation_poll_interval",
+        c"How often the publisher and the subscriber look for new batches when idle.",
+        c"Bounds the added latency between a refresh and its batch reaching the broker and a mirror.",
+        &FEDERATION_POLL_MS,
+        1,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_string_guc(
         c"pg_trickle.coordinator_token",

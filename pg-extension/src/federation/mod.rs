@@ -3,8 +3,18 @@
 //! it was told at registration (federation name and broker settings) in `pgtrickle.pgt_federation`.
 //!
 //! Calls go through the coordinator client library on a current-thread tokio runtime built for the call, on the
-//! backend's own thread; any helper thread the runtime starts has every signal blocked, so PostgreSQL's signal
-//! handlers keep running on the backend thread only.
+//! backend's own thread ([`runtime`]).
+//!
+//! Submodules: [`broker`] (Kafka), [`publisher`] (change buffers → broker → frontier advances, a background
+//! worker), [`subscriber`] (broker → mirrors gated by the frontier, a background worker), [`mirror`] (mirror
+//! tables and applying batches to them), [`federated`] (federated stream tables).
+
+pub mod broker;
+pub mod federated;
+pub mod mirror;
+pub mod publisher;
+pub mod runtime;
+pub mod subscriber;
 
 use std::time::Duration;
 
@@ -17,38 +27,30 @@ use shared_model::{ClusterName, ColumnDef, NodeKey, StreamId};
 use crate::catalog;
 use crate::config;
 use crate::error::{PgTrickleError, Result};
+use runtime::block_on;
 
-/// Runs a future to completion on a runtime confined to this call.
-fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .on_thread_start(|| {
-            // SAFETY: blocking every signal in a helper thread the runtime just started; it never calls into
-            // PostgreSQL.
-            unsafe {
-                let mut all: libc::sigset_t = std::mem::zeroed();
-                libc::sigfillset(&mut all);
-                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-            }
-        })
-        .build()
-        .map_err(|e| PgTrickleError::Internal(format!("cannot start an I/O runtime: {e}")))?;
-    Ok(runtime.block_on(future))
+/// This cluster's client id at the coordinators (part of every write's idempotency key).
+pub fn client_id() -> Result<String> {
+    Ok(format!(
+        "pg-{}",
+        catalog::scalar::<String>("SELECT system_identifier::text FROM pg_control_system()", &[])?.unwrap_or_default()
+    ))
 }
 
-fn client(url: &str, deadline: Duration) -> Result<Client> {
+/// A coordinator client (no I/O until used); `client_id` from [`client_id`].
+pub fn client_with_id(url: &str, deadline: Duration, client_id: String) -> Result<Client> {
     let options = ClientOptions {
         token: config::coordinator_token(),
-        client_id: format!(
-            "pg-{}",
-            catalog::scalar::<String>("SELECT system_identifier::text FROM pg_control_system()", &[])?
-                .unwrap_or_default()
-        ),
+        client_id,
         deadline,
         attempt_timeout: deadline.min(Duration::from_secs(5)),
         ca_pem: None,
     };
     Client::new(url, options).map_err(coordinator_error)
+}
+
+pub fn client(url: &str, deadline: Duration) -> Result<Client> {
+    client_with_id(url, deadline, client_id()?)
 }
 
 /// Maps a client error to ours: the coordinator's own code, message and hint when it answered.
@@ -244,9 +246,15 @@ pub fn publish(name: &str) -> Result<String> {
     let client = client(&member.coordinator_url, Duration::from_secs(15))?;
     let applied = block_on(client.publish_stream(&body))?.map_err(coordinator_error)?;
     catalog::exec_with(
-        "INSERT INTO pgtrickle.pgt_publications (pgt_id, stream_id, base_seq, published_index) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (pgt_id) DO NOTHING",
-        &[st.pgt_id.into(), stream.to_string().into(), st.last_batch_seq.into(), (applied.index as i64).into()],
+        "INSERT INTO pgtrickle.pgt_publications (pgt_id, stream_id, base_seq, published_index, published_seq, columns) \
+         VALUES ($1, $2, $3, $4, $3, $5) ON CONFLICT (pgt_id) DO UPDATE SET columns = EXCLUDED.columns",
+        &[
+            st.pgt_id.into(),
+            stream.to_string().into(),
+            st.last_batch_seq.into(),
+            (applied.index as i64).into(),
+            pgrx::JsonB(serde_json::to_value(&body.columns).unwrap_or_default()).into(),
+        ],
     )?;
     Ok(stream.to_string())
 }

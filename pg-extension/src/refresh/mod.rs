@@ -17,6 +17,10 @@ pub enum Trigger {
     Scheduler,
     Create,
     Alter,
+    /// The publisher answering a coordinator's reinitialize request with a snapshot batch.
+    Publisher,
+    /// The subscriber refreshing a causal federated stream table in the transaction that applied a cut.
+    Subscriber,
 }
 
 impl Trigger {
@@ -26,6 +30,8 @@ impl Trigger {
             Trigger::Scheduler => "scheduler",
             Trigger::Create => "create",
             Trigger::Alter => "alter",
+            Trigger::Publisher => "publisher",
+            Trigger::Subscriber => "subscriber",
         }
     }
 }

@@ -6,15 +6,15 @@
 //! with the message, and schedules a retry with exponential backoff; the others go on.
 
 pub mod queue;
+pub mod transaction;
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags,
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
 };
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
 use crate::catalog::{self, RowLock};
@@ -23,6 +23,7 @@ use crate::error::Result;
 use crate::refresh::{self, Request, Trigger};
 
 use queue::{Admission, AdmitAll, Candidate};
+use transaction::run_in_transaction;
 
 /// Registers the launcher; called from `_PG_init` while shared_preload_libraries loads.
 pub fn register_launcher() {
@@ -137,6 +138,7 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     let mut admission = AdmitAll;
+    let mut federation = FederationWorkers::default();
     loop {
         reload_config_if_asked();
         let installed = BackgroundWorker::transaction(|| {
@@ -148,6 +150,7 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
         if !installed {
             return;
         }
+        federation.keep_running(database);
         if config::ENABLED.get() {
             let candidates = BackgroundWorker::transaction(|| due_candidates().unwrap_or_default());
             for pgt_id in queue::order(&candidates) {
@@ -162,6 +165,43 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
         }
         if !BackgroundWorker::wait_latch(Some(interval())) {
             return;
+        }
+    }
+}
+
+/// The publisher and subscriber of this database: started while there is something to publish or to mirror,
+/// restarted when they stop (they stop by themselves when idle, or die with a crash).
+#[derive(Default)]
+struct FederationWorkers {
+    publisher: Option<DynamicBackgroundWorker>,
+    subscriber: Option<DynamicBackgroundWorker>,
+}
+
+impl FederationWorkers {
+    fn keep_running(&mut self, database: pg_sys::Oid) {
+        let needs = BackgroundWorker::transaction(|| {
+            catalog::scalar::<pgrx::JsonB>(
+                "SELECT jsonb_build_object('db', current_database(), \
+                   'publish', EXISTS (SELECT 1 FROM pgtrickle.pgt_publications) \
+                              AND EXISTS (SELECT 1 FROM pgtrickle.pgt_federation), \
+                   'subscribe', EXISTS (SELECT 1 FROM pgtrickle.pgt_federation_sources) \
+                              AND EXISTS (SELECT 1 FROM pgtrickle.pgt_federation))",
+                &[],
+            )
+            .ok()
+            .flatten()
+            .map(|j| j.0)
+            .unwrap_or_default()
+        });
+        let name = needs["db"].as_str().unwrap_or("?").to_string();
+        let alive = |w: &Option<DynamicBackgroundWorker>| {
+            w.as_ref().is_some_and(|h| matches!(h.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)))
+        };
+        if needs["publish"].as_bool().unwrap_or(false) && !alive(&self.publisher) {
+            self.publisher = crate::federation::publisher::launch(database, &name);
+        }
+        if needs["subscribe"].as_bool().unwrap_or(false) && !alive(&self.subscriber) {
+            self.subscriber = crate::federation::subscriber::launch(database, &name);
         }
     }
 }
@@ -189,43 +229,10 @@ fn due_candidates() -> Result<Vec<Candidate>> {
     })
 }
 
-fn caught_message(caught: &CaughtError) -> String {
-    match caught {
-        CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report.message().to_string(),
-        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-    }
-}
-
 /// Refreshes one stream table in a transaction of its own; records a failure in another.
 fn run_one(pgt_id: i64) {
     let started_at = refresh::unix_now();
-    let result: std::result::Result<(), String> = PgTryBuilder::new(AssertUnwindSafe(|| {
-        // SAFETY: the standard transaction bracket of a background worker; on error the catch arm
-        // below aborts the transaction.
-        unsafe {
-            pg_sys::SetCurrentStatementStartTimestamp();
-            pg_sys::StartTransactionCommand();
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        }
-        let outcome = refresh_if_still_due(pgt_id);
-        // SAFETY: closes the bracket opened above.
-        unsafe {
-            pg_sys::PopActiveSnapshot();
-            match &outcome {
-                Ok(()) => pg_sys::CommitTransactionCommand(),
-                Err(_) => pg_sys::AbortCurrentTransaction(),
-            }
-        }
-        outcome.map_err(|e| e.to_string())
-    }))
-    .catch_others(|caught| {
-        // SAFETY: the refresh raised an ERROR inside the transaction opened above; abort it so the
-        // worker can go on with a clean state.
-        unsafe { pg_sys::AbortCurrentTransaction() };
-        Err(caught_message(&caught))
-    })
-    .execute();
-    if let Err(message) = result {
+    if let Err(message) = run_in_transaction(|| refresh_if_still_due(pgt_id)) {
         pgrx::log!("pg_trickle: refresh of stream table {pgt_id} failed: {message}");
         BackgroundWorker::transaction(|| {
             if let Err(error) = refresh::record_failure(pgt_id, started_at, &message, Trigger::Scheduler) {

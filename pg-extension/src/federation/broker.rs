@@ -1,0 +1,213 @@
+//! The Kafka edge of the change log (rdkafka): one topic per published stream with a single partition (a stream's
+//! batches keep their order), an idempotent producer with `acks=all` whose sends wait for the broker's
+//! acknowledgement, and an assign-mode consumer: positions are stored by the subscriber in its own apply
+//! transactions, never committed to the broker (Kafka transactions are not relied on; exactly-once effect comes
+//! from seq dedup in the consumer's transaction).
+//!
+//! librdkafka starts threads of its own; every client is created with all signals blocked so those threads never
+//! run PostgreSQL's signal handlers, and no callback here calls into PostgreSQL.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::runtime::with_signals_blocked;
+
+/// Chunks of a batch stay under this many bytes (librdkafka's default `message.max.bytes` is 1,000,000).
+pub const MAX_MESSAGE_BYTES: usize = 900_000;
+
+/// How long a send may wait for the broker's acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The topic of a stream: `<prefix>.<cluster>.<schema>.<table>`.
+pub fn topic_name(prefix: &str, stream: &shared_model::StreamId) -> String {
+    let r = &stream.0;
+    format!("{prefix}.{}.{}.{}", r.cluster, r.schema, r.table)
+}
+
+/// Collects delivery reports on the thread that polls the producer.
+#[derive(Default)]
+pub struct Deliveries {
+    reports: Mutex<Vec<Result<i64, String>>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let report = match result {
+            Ok(message) => Ok(message.offset()),
+            Err((error, _)) => Err(error.to_string()),
+        };
+        self.reports.lock().unwrap_or_else(|e| e.into_inner()).push(report);
+    }
+}
+
+/// An idempotent producer, plus an admin client to create topics.
+pub struct KafkaProducer {
+    producer: BaseProducer<Deliveries>,
+    admin: AdminClient<DefaultClientContext>,
+    created: std::collections::BTreeSet<String>,
+}
+
+fn base_config(bootstrap_servers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("socket.timeout.ms", "10000")
+        .set("reconnect.backoff.max.ms", "2000")
+        .set("log_level", "3");
+    config
+}
+
+impl KafkaProducer {
+    pub fn connect(bootstrap_servers: &str) -> Result<Self, String> {
+        with_signals_blocked(|| {
+            let producer = base_config(bootstrap_servers)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "0")
+                .set("message.timeout.ms", ACK_TIMEOUT.as_millis().to_string())
+                .create_with_context::<_, BaseProducer<Deliveries>>(Deliveries::default())
+                .map_err(|e| format!("cannot create a Kafka producer for {bootstrap_servers}: {e}"))?;
+            let admin = base_config(bootstrap_servers)
+                .create::<AdminClient<DefaultClientContext>>()
+                .map_err(|e| format!("cannot create a Kafka admin client for {bootstrap_servers}: {e}"))?;
+            Ok(KafkaProducer { producer, admin, created: Default::default() })
+        })
+    }
+
+    /// Creates the topic (one partition) unless this producer already did; an existing topic is fine.
+    pub fn ensure_topic(&mut self, runtime: &tokio::runtime::Runtime, topic: &str) -> Result<(), String> {
+        if self.created.contains(topic) {
+            return Ok(());
+        }
+        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = runtime
+            .block_on(self.admin.create_topics([&new], &options))
+            .map_err(|e| format!("cannot create topic {topic}: {e}"))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
+            }
+        }
+        self.created.insert(topic.to_string());
+        Ok(())
+    }
+
+    /// Forgets which topics exist (after a failure: the broker may have lost them).
+    pub fn forget_topics(&mut self) {
+        self.created.clear();
+    }
+
+    /// Sends the messages to partition 0 of `topic` in order and waits until the broker acknowledged every one;
+    /// returns the offset of the last.
+    pub fn send_all(&self, topic: &str, key: &str, messages: &[Vec<u8>]) -> Result<i64, String> {
+        self.producer.context().reports.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for message in messages {
+            let mut record = BaseRecord::to(topic).partition(0).key(key).payload(message);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        self.producer.poll(Duration::from_millis(50));
+                    }
+                    Err((error, _)) => return Err(format!("cannot send to {topic}: {error}")),
+                }
+            }
+        }
+        self.producer.flush(ACK_TIMEOUT + Duration::from_secs(5)).map_err(|e| format!("{topic}: {e}"))?;
+        let reports = std::mem::take(&mut *self.producer.context().reports.lock().unwrap_or_else(|e| e.into_inner()));
+        if reports.len() != messages.len() {
+            return Err(format!("{topic}: {} of {} messages acknowledged", reports.len(), messages.len()));
+        }
+        let mut last = -1;
+        for report in reports {
+            last = last.max(report.map_err(|e| format!("{topic}: not acknowledged: {e}"))?);
+        }
+        Ok(last)
+    }
+}
+
+/// One message as the subscriber needs it.
+pub struct Received {
+    pub topic: String,
+    pub offset: i64,
+    pub payload: Vec<u8>,
+}
+
+/// An assign-mode consumer over partition 0 of several topics.
+pub struct KafkaConsumer {
+    consumer: BaseConsumer,
+}
+
+impl KafkaConsumer {
+    pub fn connect(bootstrap_servers: &str, client_id: &str) -> Result<Self, String> {
+        with_signals_blocked(|| {
+            let consumer = base_config(bootstrap_servers)
+                .set("group.id", client_id)
+                .set("client.id", client_id)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("fetch.wait.max.ms", "50")
+                .set("topic.metadata.refresh.interval.ms", "2000")
+                .create::<BaseConsumer>()
+                .map_err(|e| format!("cannot create a Kafka consumer for {bootstrap_servers}: {e}"))?;
+            Ok(KafkaConsumer { consumer })
+        })
+    }
+
+    /// Reads each topic from the offset after `next` (`None`: from the beginning).
+    pub fn assign(&self, positions: &[(String, Option<i64>)]) -> Result<(), String> {
+        let mut list = TopicPartitionList::new();
+        for (topic, next) in positions {
+            let offset = match next {
+                Some(offset) => Offset::Offset(*offset),
+                None => Offset::Beginning,
+            };
+            list.add_partition_offset(topic, 0, offset).map_err(|e| format!("{topic}: {e}"))?;
+        }
+        self.consumer.assign(&list).map_err(|e| format!("cannot assign topics: {e}"))
+    }
+
+    /// Messages available within `wait` (at most `limit`); broker errors are returned as text.
+    pub fn poll(&self, wait: Duration, limit: usize) -> (Vec<Received>, Option<String>) {
+        let mut out = Vec::new();
+        let mut error = None;
+        let mut timeout = wait;
+        while out.len() < limit {
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(message)) => out.push(Received {
+                    topic: message.topic().to_string(),
+                    offset: message.offset(),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                }),
+                Some(Err(e)) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+            timeout = Duration::ZERO;
+        }
+        (out, error)
+    }
+
+    /// The partition's (low, high) watermarks: the oldest offset kept and the next offset to be written.
+    pub fn watermarks(&self, topic: &str) -> Result<(i64, i64), String> {
+        self.consumer.fetch_watermarks(topic, 0, Duration::from_secs(5)).map_err(|e| format!("{topic}: {e}"))
+    }
+}

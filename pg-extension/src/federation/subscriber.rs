@@ -1,0 +1,576 @@
+//! The subscriber: a background worker per database with federated stream tables. Each round it reads the
+//! sources' topics (assign mode, from the positions stored with the last apply), reassembles batches, asks the
+//! coordinator for each source's committed frontier after what it applied, and applies only what the log has
+//! recorded ([`shared_model::apply`] decides):
+//! - eventual: each source up to its own frontier, one transaction per source;
+//! - causal: every source up to the newest common cut, in ONE transaction that also refreshes the federated
+//!   stream table, so readers never see one source ahead of another.
+//!
+//! Each apply stores the applied seq and broker position of its sources and appends to `pgt_apply_log` in the
+//! same transaction; a batch with seq ≤ applied is skipped. A batch the log records but the broker no longer has
+//! makes it ask the coordinator for a REINITIALIZE (the producer answers with a snapshot batch). Every wait and
+//! stall is visible, with its reason, in `pgtrickle.federation_sources`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use coordinator::client::Client;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::prelude::*;
+use shared_model::apply::{plan_causal, plan_source, Loss, SourceProgress, SourceStep, Waiting};
+use shared_model::envelope::{decode_envelope, Assembler, Batch};
+use shared_model::{BatchKind, ColumnDef, Consistency, Frontier, StreamId};
+
+use super::broker::KafkaConsumer;
+use super::runtime::new_runtime;
+use super::{client_id, client_with_id, coordinator_error, mirror};
+use crate::catalog::{self, RowLock};
+use crate::config;
+use crate::error::{PgTrickleError, Result};
+use crate::refresh::{self, Request, Trigger};
+use crate::scheduler::transaction::run_in_transaction;
+
+/// Longest wait between retries while the broker or the coordinators fail.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a source waiting for the broker checks the partition's watermarks for lost batches.
+const WATERMARK_CHECK: Duration = Duration::from_secs(1);
+
+/// Starts the subscriber of `database` (called by that database's scheduler).
+pub fn launch(database: pg_sys::Oid, name: &str) -> Option<DynamicBackgroundWorker> {
+    BackgroundWorkerBuilder::new(&format!("pg_trickle subscriber {name}"))
+        .set_type("pg_trickle subscriber")
+        .set_library("pg_trickle")
+        .set_function("pg_trickle_subscriber_main")
+        .set_argument(Some(pg_sys::Datum::from(database)))
+        .enable_spi_access()
+        .set_restart_time(None)
+        // SAFETY: MyProcPid is set for every backend before any user code runs.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic()
+        .ok()
+}
+
+/// A mirrored source as the catalog stores it.
+#[derive(Debug, Clone, PartialEq)]
+struct Source {
+    stream: StreamId,
+    pgt_id: i64,
+    mirror: pg_sys::Oid,
+    topic: String,
+    columns: Vec<ColumnDef>,
+    applied_seq: u64,
+    applied_offset: Option<i64>,
+}
+
+struct Settings {
+    coordinator_url: String,
+    bootstrap_servers: String,
+    client_id: String,
+}
+
+/// What a round works on: settings, federated tables (by stream table id) and their sources.
+struct Loaded {
+    settings: Settings,
+    tables: BTreeMap<i64, Consistency>,
+    sources: Vec<Source>,
+}
+
+fn load() -> Result<Option<Loaded>> {
+    let Some(member) = super::membership()? else { return Ok(None) };
+    let servers =
+        catalog::scalar::<String>("SELECT bootstrap_servers FROM pgtrickle.pgt_federation", &[])?.unwrap_or_default();
+    let settings =
+        Settings { coordinator_url: member.coordinator_url, bootstrap_servers: servers, client_id: client_id()? };
+    let (tables, sources) = Spi::connect(|client| {
+        let mut tables = BTreeMap::new();
+        for row in client.select("SELECT pgt_id, consistency FROM pgtrickle.pgt_federated_tables", None, &[])? {
+            let consistency: String = row.get(2)?.unwrap_or_default();
+            tables.insert(row.get::<i64>(1)?.unwrap_or_default(), consistency.parse().unwrap_or(Consistency::Eventual));
+        }
+        let sql = "SELECT stream_id, pgt_id, mirror_relid, topic, columns, applied_seq, applied_offset \
+                   FROM pgtrickle.pgt_federation_sources ORDER BY stream_id";
+        let mut sources = Vec::new();
+        for row in client.select(sql, None, &[])? {
+            let id: String = row.get(1)?.unwrap_or_default();
+            let columns: pgrx::JsonB = row.get(5)?.unwrap_or(pgrx::JsonB(serde_json::Value::Null));
+            sources.push(Source {
+                stream: StreamId::parse(&id).map_err(|e| PgTrickleError::Internal(format!("stream id {id}: {e}")))?,
+                pgt_id: row.get(2)?.unwrap_or_default(),
+                mirror: row.get(3)?.unwrap_or(pg_sys::InvalidOid),
+                topic: row.get(4)?.unwrap_or_default(),
+                columns: serde_json::from_value(columns.0)
+                    .map_err(|e| PgTrickleError::Internal(format!("columns of {id}: {e}")))?,
+                applied_seq: row.get::<i64>(6)?.unwrap_or_default() as u64,
+                applied_offset: row.get::<i64>(7)?,
+            });
+        }
+        Ok::<_, PgTrickleError>((tables, sources))
+    })?;
+    Ok(Some(Loaded { settings, tables, sources }))
+}
+
+/// What the subscriber holds in memory for one source between rounds.
+#[derive(Default)]
+struct Held {
+    /// Complete batches not applied yet, with the offset of their last message.
+    batches: BTreeMap<u64, (Batch, i64)>,
+    read_offset: Option<i64>,
+    low_watermark: Option<i64>,
+    high_watermark: Option<i64>,
+    watermarks_at: Option<Instant>,
+}
+
+/// Status of one source, written to the catalog when it changes.
+#[derive(Debug, Clone, PartialEq)]
+struct Status {
+    committed_seq: u64,
+    lag_batches: u64,
+    lag_seconds: f64,
+    state: &'static str,
+    detail: Option<String>,
+}
+
+struct Subscriber {
+    runtime: tokio::runtime::Runtime,
+    client: Option<(String, Client)>,
+    consumer: Option<(String, KafkaConsumer)>,
+    /// The assignment the consumer was given: (topic, next offset) per source.
+    assigned: Vec<(String, Option<i64>)>,
+    held: BTreeMap<StreamId, Held>,
+    assembler: Assembler,
+    written: BTreeMap<StreamId, Status>,
+    broker_error: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn loss_text(loss: &Loss) -> String {
+    match loss {
+        Loss::Evicted { seq, offset, low_watermark } => {
+            format!("batch {seq} (offset {offset}) was evicted by the broker (oldest kept offset {low_watermark})")
+        }
+        Loss::Skipped { seq, offset, read_offset } => {
+            format!("batch {seq} (offset {offset}) is missing: the broker delivered offset {read_offset} without it")
+        }
+        Loss::Truncated { seq, offset, high_watermark } => format!(
+            "batch {seq} (offset {offset}) is gone: the broker's partition ends at offset {high_watermark} (it lost data)"
+        ),
+        Loss::Compacted { applied } => {
+            format!("the log no longer lists the batches after seq {applied} and no snapshot follows")
+        }
+    }
+}
+
+/// Applies `seqs` of one source (held batches) inside the caller's transaction.
+fn apply_source(source: &Source, held: &Held, seqs: &[u64], cut_at: Option<u64>) -> Result<()> {
+    let mut last_offset = source.applied_offset;
+    for seq in seqs {
+        let (batch, offset) = held
+            .batches
+            .get(seq)
+            .ok_or_else(|| PgTrickleError::Internal(format!("batch {seq} of {} is not held", source.stream)))?;
+        let rows = mirror::apply(source.mirror, &source.columns, batch)?;
+        let kind = if batch.kind == BatchKind::Snapshot { "snapshot" } else { "delta" };
+        catalog::exec_with(
+            "INSERT INTO pgtrickle.pgt_apply_log (stream_id, seq, kind, rows_written, broker_offset, cut_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                source.stream.to_string().into(),
+                (*seq as i64).into(),
+                kind.into(),
+                rows.into(),
+                (*offset).into(),
+                cut_at.map(|t| t as i64).into(),
+            ],
+        )?;
+        last_offset = Some(last_offset.map_or(*offset, |o| o.max(*offset)));
+    }
+    let applied = *seqs.last().expect("a non-empty path") as i64;
+    // The guard on applied_seq makes a second apply of the same seqs (two subscribers racing) fail instead of
+    // applying twice.
+    let updated = catalog::exec_with(
+        "UPDATE pgtrickle.pgt_federation_sources SET applied_seq = $2, applied_offset = $3, applied_at = now(), \
+         state = 'streaming', detail = NULL WHERE stream_id = $1 AND applied_seq = $4",
+        &[source.stream.to_string().into(), applied.into(), last_offset.into(), (source.applied_seq as i64).into()],
+    )?;
+    if updated != 1 {
+        return Err(PgTrickleError::Internal(format!("{} was applied by someone else meanwhile", source.stream)));
+    }
+    Ok(())
+}
+
+impl Subscriber {
+    fn client(&mut self, settings: &Settings) -> Result<Client> {
+        if self.client.as_ref().is_none_or(|(url, _)| *url != settings.coordinator_url) {
+            let client = client_with_id(&settings.coordinator_url, Duration::from_secs(5), settings.client_id.clone())?;
+            self.client = Some((settings.coordinator_url.clone(), client));
+        }
+        Ok(self.client.as_ref().expect("set above").1.clone())
+    }
+
+    /// (Re)assigns the consumer when the sources or their stored positions changed under it.
+    fn ensure_consumer(&mut self, settings: &Settings, sources: &[Source]) -> std::result::Result<(), String> {
+        if self.consumer.as_ref().is_none_or(|(servers, _)| *servers != settings.bootstrap_servers) {
+            let consumer =
+                KafkaConsumer::connect(&settings.bootstrap_servers, &format!("{}-subscriber", settings.client_id))?;
+            self.consumer = Some((settings.bootstrap_servers.clone(), consumer));
+            self.assigned.clear();
+        }
+        let wanted: Vec<(String, Option<i64>)> =
+            sources.iter().map(|s| (s.topic.clone(), s.applied_offset.map(|o| o + 1))).collect();
+        let topics = |a: &[(String, Option<i64>)]| a.iter().map(|(t, _)| t.clone()).collect::<BTreeSet<_>>();
+        if topics(&wanted) != topics(&self.assigned) {
+            let consumer = &self.consumer.as_ref().expect("set above").1;
+            consumer.assign(&wanted)?;
+            self.assigned = wanted;
+            self.held.clear();
+            self.assembler = Assembler::default();
+        }
+        Ok(())
+    }
+
+    /// Reads what the broker has, assembling complete batches per source.
+    fn receive(&mut self, sources: &[Source], wait: Duration) {
+        let Some((_, consumer)) = &self.consumer else { return };
+        let (messages, error) = consumer.poll(wait, 10_000);
+        self.broker_error = error;
+        for message in messages {
+            let Some(source) = sources.iter().find(|s| s.topic == message.topic) else { continue };
+            let held = self.held.entry(source.stream.clone()).or_default();
+            held.read_offset = Some(held.read_offset.map_or(message.offset, |o| o.max(message.offset)));
+            let envelope = match decode_envelope(&message.payload) {
+                Ok(envelope) => envelope,
+                Err(error) => {
+                    pgrx::log!("pg_trickle subscriber: {} offset {}: {error}", message.topic, message.offset);
+                    continue;
+                }
+            };
+            if envelope.stream != source.stream || envelope.seq <= source.applied_seq {
+                continue;
+            }
+            match self.assembler.add(envelope) {
+                Ok(Some(batch)) => {
+                    held.batches.entry(batch.seq).or_insert((batch, message.offset));
+                }
+                Ok(None) => {}
+                Err(error) => pgrx::log!("pg_trickle subscriber: {}: {error}", message.topic),
+            }
+        }
+    }
+
+    fn refresh_watermarks(&mut self, source: &Source) {
+        let Some((_, consumer)) = &self.consumer else { return };
+        let held = self.held.entry(source.stream.clone()).or_default();
+        if held.watermarks_at.is_some_and(|at| at.elapsed() < WATERMARK_CHECK) {
+            return;
+        }
+        held.watermarks_at = Some(Instant::now());
+        if let Ok((low, high)) = consumer.watermarks(&source.topic) {
+            held.low_watermark = Some(low);
+            held.high_watermark = Some(high);
+        }
+    }
+
+    fn progress(&self, source: &Source) -> SourceProgress {
+        let held = self.held.get(&source.stream);
+        SourceProgress {
+            applied: source.applied_seq,
+            received: held
+                .map(|h| h.batches.iter().map(|(seq, (batch, _))| (*seq, batch.kind)).collect())
+                .unwrap_or_default(),
+            read_offset: held.and_then(|h| h.read_offset),
+            low_watermark: held.and_then(|h| h.low_watermark),
+            high_watermark: held.and_then(|h| h.high_watermark),
+        }
+    }
+
+    /// One round; returns whether anything was applied.
+    fn round(&mut self) -> std::result::Result<bool, String> {
+        let Some(Loaded { settings, tables, sources }) = run_in_transaction(load)? else { return Ok(false) };
+        if sources.is_empty() {
+            return Ok(false);
+        }
+        self.ensure_consumer(&settings, &sources)?;
+        let poll = Duration::from_millis(config::FEDERATION_POLL_MS.get().max(1) as u64);
+        self.receive(&sources, poll);
+
+        // The committed frontier after what each source applied.
+        let client = self.client(&settings).map_err(|e| e.to_string())?;
+        let mut frontiers: BTreeMap<StreamId, (Frontier, bool)> = BTreeMap::new();
+        for source in &sources {
+            let answer =
+                self.runtime.block_on(client.frontier_history(&source.stream, source.applied_seq, Duration::ZERO));
+            match answer.map_err(coordinator_error).and_then(|view| {
+                let pending = view.pending_reinit.is_some();
+                view.frontier().map(|f| (f, pending)).map_err(PgTrickleError::Internal)
+            }) {
+                Ok(found) => {
+                    frontiers.insert(source.stream.clone(), found);
+                }
+                Err(error) => {
+                    let reason = format!("coordinator unreachable, applying nothing: {error}");
+                    self.set_status_all(&sources, "stalled", &reason);
+                    return Err(reason);
+                }
+            }
+        }
+
+        let mut applied_any = false;
+        for (pgt_id, consistency) in &tables {
+            let mine: Vec<&Source> = sources.iter().filter(|s| s.pgt_id == *pgt_id).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            applied_any |= match consistency {
+                Consistency::Eventual => self.advance_eventual(&client, &mine, &frontiers)?,
+                Consistency::Causal => self.advance_causal(&client, *pgt_id, &mine, &frontiers)?,
+            };
+        }
+        Ok(applied_any)
+    }
+
+    fn advance_eventual(
+        &mut self,
+        client: &Client,
+        sources: &[&Source],
+        frontiers: &BTreeMap<StreamId, (Frontier, bool)>,
+    ) -> std::result::Result<bool, String> {
+        let mut applied_any = false;
+        for source in sources {
+            let (frontier, pending) = &frontiers[&source.stream];
+            let mut step = plan_source(&self.progress(source), frontier);
+            if matches!(step, SourceStep::Wait(Waiting::ForBroker { .. })) {
+                self.refresh_watermarks(source);
+                step = plan_source(&self.progress(source), frontier);
+            }
+            match step {
+                SourceStep::Apply(seqs) => {
+                    let held = self.held.get(&source.stream).expect("planned from held batches");
+                    match run_in_transaction(|| apply_source(source, held, &seqs, None)) {
+                        Ok(()) => {
+                            self.forget_applied(&source.stream, *seqs.last().expect("non-empty"));
+                            applied_any = true;
+                        }
+                        Err(error) => self.set_status(source, frontier, "error", Some(error)),
+                    }
+                }
+                SourceStep::Wait(waiting) => self.note_wait(source, frontier, &waiting),
+                SourceStep::Reinitialize(loss) => self.reinitialize(client, source, frontier, *pending, &loss),
+            }
+        }
+        Ok(applied_any)
+    }
+
+    fn advance_causal(
+        &mut self,
+        client: &Client,
+        pgt_id: i64,
+        sources: &[&Source],
+        frontiers: &BTreeMap<StreamId, (Frontier, bool)>,
+    ) -> std::result::Result<bool, String> {
+        let inputs: BTreeMap<StreamId, (SourceProgress, Frontier)> =
+            sources.iter().map(|s| (s.stream.clone(), (self.progress(s), frontiers[&s.stream].0.clone()))).collect();
+        if let Some((cut_at, plan)) = plan_causal(&inputs) {
+            let held = &self.held;
+            let outcome = run_in_transaction(|| {
+                for source in sources {
+                    let seqs = &plan[&source.stream];
+                    if !seqs.is_empty() {
+                        let empty = Held::default();
+                        apply_source(source, held.get(&source.stream).unwrap_or(&empty), seqs, Some(cut_at))?;
+                    }
+                }
+                catalog::exec_with(
+                    "UPDATE pgtrickle.pgt_federated_tables SET applied_cut_at = $2 WHERE pgt_id = $1",
+                    &[pgt_id.into(), (cut_at as i64).into()],
+                )?;
+                if let Some(st) = catalog::load(pgt_id, RowLock::Wait)? {
+                    refresh::refresh(&st, Trigger::Subscriber, Request::UpToDate)?;
+                }
+                Ok(())
+            });
+            return match outcome {
+                Ok(()) => {
+                    for (stream, seqs) in &plan {
+                        if let Some(last) = seqs.last() {
+                            self.forget_applied(stream, *last);
+                        }
+                    }
+                    Ok(true)
+                }
+                Err(error) => {
+                    for source in sources {
+                        self.set_status(source, &frontiers[&source.stream].0, "error", Some(error.clone()));
+                    }
+                    Ok(false)
+                }
+            };
+        }
+        // No cut can be reached now: say why per source (and ask for snapshots of lost batches).
+        for source in sources {
+            let (frontier, pending) = &frontiers[&source.stream];
+            let mut step = plan_source(&self.progress(source), frontier);
+            if matches!(step, SourceStep::Wait(Waiting::ForBroker { .. })) {
+                self.refresh_watermarks(source);
+                step = plan_source(&self.progress(source), frontier);
+            }
+            match step {
+                SourceStep::Reinitialize(loss) => self.reinitialize(client, source, frontier, *pending, &loss),
+                SourceStep::Wait(waiting) => self.note_wait(source, frontier, &waiting),
+                SourceStep::Apply(_) => {
+                    self.set_status(source, frontier, "waiting", Some("for the other sources to reach a cut".into()))
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn forget_applied(&mut self, stream: &StreamId, seq: u64) {
+        if let Some(held) = self.held.get_mut(stream) {
+            held.batches.retain(|s, _| *s > seq);
+        }
+        self.assembler.forget_through(stream, seq);
+        self.written.remove(stream);
+    }
+
+    fn note_wait(&mut self, source: &Source, frontier: &Frontier, waiting: &Waiting) {
+        match waiting {
+            Waiting::UpToDate => self.set_status(source, frontier, "streaming", None),
+            Waiting::ForBroker { seq } => {
+                let detail = match &self.broker_error {
+                    Some(error) => format!("waiting for batch {seq} from the broker: {error}"),
+                    None => format!("waiting for batch {seq} from the broker"),
+                };
+                let state = if source.applied_seq == 0 { "bootstrapping" } else { "waiting" };
+                self.set_status(source, frontier, state, Some(detail))
+            }
+        }
+    }
+
+    fn reinitialize(&mut self, client: &Client, source: &Source, frontier: &Frontier, pending: bool, loss: &Loss) {
+        let reason = loss_text(loss);
+        if !pending {
+            let asked = self.runtime.block_on(client.request_reinitialize(&source.stream, &reason));
+            if let Err(error) = asked {
+                let detail = format!("{reason}; cannot ask for a snapshot: {}", coordinator_error(error));
+                self.set_status(source, frontier, "stalled", Some(detail));
+                return;
+            }
+            let _ = run_in_transaction(|| {
+                catalog::exec_with(
+                    "UPDATE pgtrickle.pgt_federation_sources SET reinit_requests = reinit_requests + 1 \
+                     WHERE stream_id = $1",
+                    &[source.stream.to_string().into()],
+                )
+            });
+        }
+        self.set_status(source, frontier, "reinitializing", Some(format!("{reason}; snapshot requested")));
+    }
+
+    fn set_status(&mut self, source: &Source, frontier: &Frontier, state: &'static str, detail: Option<String>) {
+        let lag = frontier.lag(source.applied_seq, now_ms());
+        let status =
+            Status { committed_seq: frontier.seq(), lag_batches: lag.batches, lag_seconds: lag.seconds, state, detail };
+        // Seconds of lag change continuously; rewrite at most when something else changed or every round with lag.
+        if self.written.get(&source.stream) == Some(&status) {
+            return;
+        }
+        let written = run_in_transaction(|| {
+            catalog::exec_with(
+                "UPDATE pgtrickle.pgt_federation_sources SET committed_seq = $2, lag_batches = $3, lag_seconds = $4, \
+                 state = $5, detail = $6, checked_at = now() WHERE stream_id = $1",
+                &[
+                    source.stream.to_string().into(),
+                    (status.committed_seq as i64).into(),
+                    (status.lag_batches as i64).into(),
+                    status.lag_seconds.into(),
+                    status.state.into(),
+                    status.detail.clone().into(),
+                ],
+            )
+        });
+        if written.is_ok() {
+            self.written.insert(source.stream.clone(), status);
+        }
+    }
+
+    fn set_status_all(&mut self, sources: &[Source], state: &'static str, detail: &str) {
+        let _ = run_in_transaction(|| {
+            for source in sources {
+                catalog::exec_with(
+                    "UPDATE pgtrickle.pgt_federation_sources SET state = $2, detail = $3, checked_at = now() \
+                     WHERE stream_id = $1",
+                    &[source.stream.to_string().into(), state.into(), detail.into()],
+                )?;
+            }
+            Ok(())
+        });
+        self.written.clear();
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_trickle_subscriber_main(arg: pg_sys::Datum) {
+    let database = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    let runtime = match new_runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            pgrx::warning!("pg_trickle subscriber: {error}");
+            return;
+        }
+    };
+    let mut subscriber = Subscriber {
+        runtime,
+        client: None,
+        consumer: None,
+        assigned: Vec::new(),
+        held: BTreeMap::new(),
+        assembler: Assembler::default(),
+        written: BTreeMap::new(),
+        broker_error: None,
+    };
+    let mut backoff = Duration::ZERO;
+    let mut idle_since = Instant::now();
+    loop {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: called from the worker's main loop, outside any transaction.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let wait = match subscriber.round() {
+            Ok(true) => {
+                backoff = Duration::ZERO;
+                idle_since = Instant::now();
+                Duration::from_millis(1)
+            }
+            Ok(false) => {
+                backoff = Duration::ZERO;
+                let nothing = run_in_transaction(|| {
+                    Ok(catalog::scalar::<bool>(
+                        "SELECT NOT EXISTS (SELECT 1 FROM pgtrickle.pgt_federation_sources)",
+                        &[],
+                    )?
+                    .unwrap_or(true))
+                })
+                .unwrap_or(false);
+                if nothing && idle_since.elapsed() > Duration::from_secs(10) {
+                    return;
+                }
+                // The broker poll inside the round already waited.
+                Duration::from_millis(1)
+            }
+            Err(message) => {
+                pgrx::log!("pg_trickle subscriber: {message}");
+                backoff = (backoff * 2).clamp(Duration::from_millis(200), RETRY_BACKOFF_MAX);
+                backoff
+            }
+        };
+        if !BackgroundWorker::wait_latch(Some(wait)) {
+            return;
+        }
+    }
+}

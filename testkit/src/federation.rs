@@ -1,0 +1,47 @@
+//! The seed's whole federation for tests, benchmarks and the demo: three coordinators, a broker, and PostgreSQL
+//! clusters a, b, c… each with pg_trickle created in `postgres` and registered as `cluster_a`, `cluster_b`, …
+
+use crate::broker::Broker;
+use crate::coordinators::{Coordinators, TOKEN};
+use crate::{Clusters, Result};
+
+/// Everything a federation test needs, torn down on drop (clusters first, so workers stop before the services).
+pub struct Federation {
+    pub clusters: Clusters,
+    pub broker: Broker,
+    pub coordinators: Coordinators,
+}
+
+/// `cluster_a`, `cluster_b`, … for cluster index 0, 1, …
+pub fn cluster_name(index: usize) -> String {
+    format!("cluster_{}", (b'a' + index as u8) as char)
+}
+
+impl Federation {
+    /// Starts coordinators, a broker and `count` clusters (plus `settings`), and registers every cluster.
+    pub fn start(count: usize, settings: &[&str]) -> Result<Federation> {
+        let coordinators = Coordinators::start(3)?;
+        let broker = Broker::start()?;
+        coordinators.cli(&["federation", "--bootstrap-servers", &broker.address()])?;
+        let token = format!("pg_trickle.coordinator_token={TOKEN}");
+        let mut all: Vec<&str> =
+            vec![&token, "pg_trickle.federation_poll_interval=20", "pg_trickle.scheduler_interval=100"];
+        all.extend_from_slice(settings);
+        let clusters = Clusters::start(count, &all)?;
+        let endpoints = coordinators.endpoints();
+        for index in 0..count {
+            let mut client = clusters[index].connect("postgres")?;
+            client.batch_execute("CREATE EXTENSION pg_trickle")?;
+            client.query_one(
+                "SELECT * FROM pgtrickle.register_federation($1, $2)",
+                &[&endpoints, &cluster_name(index)],
+            )?;
+        }
+        Ok(Federation { clusters, broker, coordinators })
+    }
+
+    /// A connection to cluster `index`'s `postgres` database.
+    pub fn connect(&self, index: usize) -> Result<postgres::Client> {
+        self.clusters[index].connect("postgres")
+    }
+}
