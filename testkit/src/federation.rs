@@ -45,3 +45,20 @@ impl Federation {
         self.clusters[index].connect("postgres")
     }
 }
+
+impl Federation {
+    /// The whole retained frontier of a stream, as the coordinators' log records it.
+    pub fn frontier(&self, stream: &str) -> shared_model::Frontier {
+        let id = shared_model::StreamId::parse(stream).expect("a stream id");
+        let options = coordinator::client::ClientOptions {
+            token: Some(TOKEN.into()),
+            client_id: "testkit".into(),
+            ..Default::default()
+        };
+        let client = coordinator::client::Client::new(&self.coordinators.endpoints(), options).expect("client");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let view =
+            runtime.block_on(client.frontier_history(&id, 0, std::time::Duration::ZERO)).expect("frontier history");
+        view.frontier().expect("a well-formed frontier")
+    }
+}

@@ -106,11 +106,6 @@ impl KafkaProducer {
         Ok(())
     }
 
-    /// Forgets which topics exist (after a failure: the broker may have lost them).
-    pub fn forget_topics(&mut self) {
-        self.created.clear();
-    }
-
     /// Sends the messages to partition 0 of `topic` in order and waits until the broker acknowledged every one;
     /// returns the offset of the last.
     pub fn send_all(&self, topic: &str, key: &str, messages: &[Vec<u8>]) -> Result<i64, String> {

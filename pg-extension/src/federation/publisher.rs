@@ -229,7 +229,7 @@ impl Publisher {
             self.producer(&settings)?;
             let (_, producer) = self.producer.as_mut().expect("connected above");
             if let Err(error) = producer.ensure_topic(&self.runtime, &topic) {
-                producer.forget_topics();
+                self.producer = None; // reconnect next round: the broker may have restarted
                 return Err(error);
             }
             let last = publication.last_batch_seq.min(publication.published_seq + BATCHES_PER_ROUND);
@@ -240,7 +240,9 @@ impl Publisher {
                 let offset = match producer.send_all(&topic, &publication.stream.to_string(), &messages) {
                     Ok(offset) => offset,
                     Err(error) => {
-                        producer.forget_topics();
+                        // A fresh idempotent producer next round: after a broker restart the old producer id
+                        // may be unknown to it, which librdkafka treats as fatal.
+                        self.producer = None;
                         return Err(error);
                     }
                 };
