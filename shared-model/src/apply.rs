@@ -11,8 +11,8 @@
 //! - eventual mode: each source independently up to its own frontier;
 //! - causal mode: all sources together up to the newest cut whose batches are all at hand;
 //! - a batch is lost when the log records it at a broker position the broker no longer has (below the
-//!   partition's low watermark, or at or past its high watermark: acknowledged messages gone) or that the
-//!   consumer has already read past without receiving it.
+//!   partition's low watermark) or that the consumer has already read past without receiving it; a caller that
+//!   waited too long for a batch reports it [`Loss::Overdue`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,8 +30,6 @@ pub struct SourceProgress {
     pub read_offset: Option<i64>,
     /// The partition's earliest retained offset, as the broker reports it.
     pub low_watermark: Option<i64>,
-    /// The partition's next offset to be written, as the broker reports it.
-    pub high_watermark: Option<i64>,
 }
 
 /// Why nothing is applied for a source now.
@@ -50,8 +48,10 @@ pub enum Loss {
     Evicted { seq: u64, offset: i64, low_watermark: i64 },
     /// The consumer read past the batch's offset without receiving it (a broker that lost data and started over).
     Skipped { seq: u64, offset: i64, read_offset: i64 },
-    /// The broker's partition ends before the batch's offset: it lost acknowledged messages (restarted empty).
-    Truncated { seq: u64, offset: i64, high_watermark: i64 },
+    /// The log recorded the batch `waited_s` seconds ago and the broker has not delivered it since, though the
+    /// consumer is connected and reading (a broker that lost data and started over below the consumer's position
+    /// looks like this; the caller decides how long is too long).
+    Overdue { seq: u64, waited_s: u64 },
     /// The log no longer retains the batches after `applied` and no snapshot is committed to jump to.
     Compacted { applied: u64 },
 }
@@ -109,11 +109,6 @@ fn loss_of(progress: &SourceProgress, frontier: &Frontier, seq: u64) -> Option<L
     if let Some(low) = progress.low_watermark {
         if offset < low {
             return Some(Loss::Evicted { seq, offset, low_watermark: low });
-        }
-    }
-    if let Some(high) = progress.high_watermark {
-        if offset >= high {
-            return Some(Loss::Truncated { seq, offset, high_watermark: high });
         }
     }
     if let Some(read) = progress.read_offset {

@@ -148,6 +148,43 @@ impl Coordinators {
         }
     }
 
+    /// SIGKILLs node `index` (it stays down until [`Coordinators::restart`]).
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].1.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `index` again on its data directory.
+    pub fn restart(&mut self, index: usize) -> Result<()> {
+        self.kill(index);
+        self.spawn(index)
+    }
+
+    /// The index of the node a running node names as leader, if any.
+    pub fn leader(&self) -> Option<usize> {
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].1.is_none() {
+                continue;
+            }
+            let Ok(mut stream) = TcpStream::connect(self.addr(index)) else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            if write!(stream, "GET /readyz HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr(index)).is_err() {
+                continue;
+            }
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            let leader = answer.split("\"leader\":").nth(1).and_then(|rest| {
+                rest.chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse::<usize>().ok()
+            });
+            if let Some(id) = leader {
+                return Some(id - 1);
+            }
+        }
+        None
+    }
+
     pub fn log(&self, index: usize) -> String {
         std::fs::read_to_string(self.base.path().join(format!("n{}.log", index + 1))).unwrap_or_default()
     }

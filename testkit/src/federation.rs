@@ -20,8 +20,12 @@ pub fn cluster_name(index: usize) -> String {
 impl Federation {
     /// Starts coordinators, a broker and `count` clusters (plus `settings`), and registers every cluster.
     pub fn start(count: usize, settings: &[&str]) -> Result<Federation> {
+        Federation::start_with(Broker::start()?, count, settings)
+    }
+
+    /// The same with a broker of the caller's choosing (e.g. [`Broker::start_persistent`]).
+    pub fn start_with(broker: Broker, count: usize, settings: &[&str]) -> Result<Federation> {
         let coordinators = Coordinators::start(3)?;
-        let broker = Broker::start()?;
         coordinators.cli(&["federation", "--bootstrap-servers", &broker.address()])?;
         let token = format!("pg_trickle.coordinator_token={TOKEN}");
         let mut all: Vec<&str> =

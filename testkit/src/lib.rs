@@ -10,6 +10,7 @@
 pub mod broker;
 pub mod coordinators;
 pub mod federation;
+pub mod seed;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -140,6 +141,37 @@ impl Cluster {
 
     pub fn is_running(&self) -> bool {
         self.running
+    }
+
+    /// SIGKILLs the postmaster (a crash: no shutdown checkpoint), waits until its children are gone, and starts
+    /// the server again, which runs crash recovery.
+    pub fn crash_and_restart(&mut self) -> Result<()> {
+        let pid_file = std::fs::read_to_string(self.data_dir.join("postmaster.pid"))?;
+        let pid: i32 = pid_file.lines().next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        if pid > 0 {
+            Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+        }
+        // Children notice the postmaster's death and exit; the shared memory is free once they did.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.start() {
+                Ok(()) => return Ok(()),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// SIGKILLs the backend or worker whose `backend_type` (pg_stat_activity) is `backend_type`; returns its pid.
+    pub fn kill_backend(&self, backend_type: &str) -> Result<Option<i32>> {
+        let mut client = self.connect("postgres")?;
+        let pid: Option<i32> = client
+            .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = $1 LIMIT 1", &[&backend_type])?
+            .map(|row| row.get(0));
+        if let Some(pid) = pid {
+            Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+        }
+        Ok(pid)
     }
 }
 

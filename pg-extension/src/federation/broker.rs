@@ -6,6 +6,12 @@
 //!
 //! librdkafka starts threads of its own; every client is created with all signals blocked so those threads never
 //! run PostgreSQL's signal handlers, and no callback here calls into PostgreSQL.
+//!
+//! A broker that forgets a topic (tansu restarted with empty storage) answers metadata requests for it with a null
+//! topic name, on which librdkafka 2.12 crashes inside its own thread — which would take the whole PostgreSQL
+//! server down. So: topics are always created (admin request, idempotent) before a producer or consumer names
+//! them; clients reconnect only after a long backoff; and a client that reports a lost broker connection is
+//! dropped at once and replaced, after its topics exist again, by a fresh one.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -33,13 +39,69 @@ pub fn topic_name(prefix: &str, stream: &shared_model::StreamId) -> String {
     format!("{prefix}.{}.{}.{}", r.cluster, r.schema, r.table)
 }
 
-/// Collects delivery reports on the thread that polls the producer.
+/// Whether a Kafka error means the connection to the broker was lost.
+fn is_disconnect(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+    )
+}
+
+/// Collects delivery reports on the thread that polls the producer, and notes a lost broker connection.
 #[derive(Default)]
 pub struct Deliveries {
     reports: Mutex<Vec<Result<i64, String>>>,
+    disconnected: std::sync::atomic::AtomicBool,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_disconnect(&error) {
+            self.disconnected.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = reason;
+    }
+}
+
+/// Creates topics (one partition each) through the admin API, remembering which exist.
+pub struct Topics {
+    admin: AdminClient<DefaultClientContext>,
+    created: std::collections::BTreeSet<String>,
+}
+
+impl Topics {
+    pub fn connect(bootstrap_servers: &str) -> Result<Self, String> {
+        let admin =
+            with_signals_blocked(|| base_config(bootstrap_servers).create::<AdminClient<DefaultClientContext>>())
+                .map_err(|e| format!("cannot create a Kafka admin client for {bootstrap_servers}: {e}"))?;
+        Ok(Topics { admin, created: Default::default() })
+    }
+
+    /// Creates the topics not created through this client yet; an existing topic is fine.
+    pub fn ensure(&mut self, runtime: &tokio::runtime::Runtime, topics: &[&str]) -> Result<(), String> {
+        let missing: Vec<NewTopic> = topics
+            .iter()
+            .filter(|t| !self.created.contains(**t))
+            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = runtime
+            .block_on(self.admin.create_topics(missing.iter(), &options))
+            .map_err(|e| format!("cannot create topics: {e}"))?;
+        for result in results {
+            match result {
+                Ok(name) | Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    self.created.insert(name);
+                }
+                Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
+            }
+        }
+        Ok(())
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -55,8 +117,7 @@ impl ProducerContext for Deliveries {
 /// An idempotent producer, plus an admin client to create topics.
 pub struct KafkaProducer {
     producer: BaseProducer<Deliveries>,
-    admin: AdminClient<DefaultClientContext>,
-    created: std::collections::BTreeSet<String>,
+    topics: Topics,
 }
 
 fn base_config(bootstrap_servers: &str) -> ClientConfig {
@@ -64,7 +125,8 @@ fn base_config(bootstrap_servers: &str) -> ClientConfig {
     config
         .set("bootstrap.servers", bootstrap_servers)
         .set("socket.timeout.ms", "10000")
-        .set("reconnect.backoff.max.ms", "2000")
+        .set("reconnect.backoff.ms", "5000")
+        .set("reconnect.backoff.max.ms", "5000")
         .set("log_level", "3");
     config
 }
@@ -79,31 +141,20 @@ impl KafkaProducer {
                 .set("message.timeout.ms", ACK_TIMEOUT.as_millis().to_string())
                 .create_with_context::<_, BaseProducer<Deliveries>>(Deliveries::default())
                 .map_err(|e| format!("cannot create a Kafka producer for {bootstrap_servers}: {e}"))?;
-            let admin = base_config(bootstrap_servers)
-                .create::<AdminClient<DefaultClientContext>>()
-                .map_err(|e| format!("cannot create a Kafka admin client for {bootstrap_servers}: {e}"))?;
-            Ok(KafkaProducer { producer, admin, created: Default::default() })
+            Ok(producer)
         })
+        .and_then(|producer| Ok(KafkaProducer { producer, topics: Topics::connect(bootstrap_servers)? }))
     }
 
-    /// Creates the topic (one partition) unless this producer already did; an existing topic is fine.
+    /// Serves pending callbacks; false once the broker connection was lost (then drop this producer).
+    pub fn healthy(&self) -> bool {
+        self.producer.poll(Duration::ZERO);
+        !self.producer.context().disconnected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Creates the topic unless this producer already did.
     pub fn ensure_topic(&mut self, runtime: &tokio::runtime::Runtime, topic: &str) -> Result<(), String> {
-        if self.created.contains(topic) {
-            return Ok(());
-        }
-        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = runtime
-            .block_on(self.admin.create_topics([&new], &options))
-            .map_err(|e| format!("cannot create topic {topic}: {e}"))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
-            }
-        }
-        self.created.insert(topic.to_string());
-        Ok(())
+        self.topics.ensure(runtime, &[topic])
     }
 
     /// Sends the messages to partition 0 of `topic` in order and waits until the broker acknowledged every one;
@@ -143,6 +194,15 @@ pub struct Received {
     pub payload: Vec<u8>,
 }
 
+/// What a poll found.
+pub struct Polled {
+    pub messages: Vec<Received>,
+    /// A broker error, as text.
+    pub error: Option<String>,
+    /// The broker connection was lost: drop this consumer.
+    pub disconnected: bool,
+}
+
 /// An assign-mode consumer over partition 0 of several topics.
 pub struct KafkaConsumer {
     consumer: BaseConsumer,
@@ -157,6 +217,10 @@ impl KafkaConsumer {
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "earliest")
+                // tansu answers a metadata request for a missing topic (e.g. after a restart with empty storage)
+                // with a null topic name unless it may create the topic, and librdkafka 2.12 crashes on that
+                // null name in its metadata cache. Letting the request create the topic avoids the null name.
+                .set("allow.auto.create.topics", "true")
                 .set("fetch.wait.max.ms", "50")
                 .set("topic.metadata.refresh.interval.ms", "2000")
                 .create::<BaseConsumer>()
@@ -178,10 +242,11 @@ impl KafkaConsumer {
         self.consumer.assign(&list).map_err(|e| format!("cannot assign topics: {e}"))
     }
 
-    /// Messages available within `wait` (at most `limit`); broker errors are returned as text.
-    pub fn poll(&self, wait: Duration, limit: usize) -> (Vec<Received>, Option<String>) {
+    /// Messages available within `wait` (at most `limit`), and the first broker error.
+    pub fn poll(&self, wait: Duration, limit: usize) -> Polled {
         let mut out = Vec::new();
         let mut error = None;
+        let mut disconnected = false;
         let mut timeout = wait;
         while out.len() < limit {
             match self.consumer.poll(timeout) {
@@ -192,17 +257,13 @@ impl KafkaConsumer {
                     payload: message.payload().unwrap_or_default().to_vec(),
                 }),
                 Some(Err(e)) => {
+                    disconnected = is_disconnect(&e);
                     error = Some(e.to_string());
                     break;
                 }
             }
             timeout = Duration::ZERO;
         }
-        (out, error)
-    }
-
-    /// The partition's (low, high) watermarks: the oldest offset kept and the next offset to be written.
-    pub fn watermarks(&self, topic: &str) -> Result<(i64, i64), String> {
-        self.consumer.fetch_watermarks(topic, 0, Duration::from_secs(5)).map_err(|e| format!("{topic}: {e}"))
+        Polled { messages: out, error, disconnected }
     }
 }

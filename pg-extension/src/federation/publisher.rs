@@ -195,6 +195,10 @@ impl Publisher {
     /// One round; returns whether anything was sent.
     fn round(&mut self) -> std::result::Result<bool, String> {
         let Some((settings, publications)) = run_in_transaction(load)? else { return Ok(false) };
+        if self.producer.as_ref().is_some_and(|(_, producer)| !producer.healthy()) {
+            self.producer = None; // the broker connection was lost: reconnect with a fresh producer
+            return Err("lost the connection to the broker; reconnecting".into());
+        }
         // 1. Recorded-but-unmarked batches and reinitialize requests.
         for publication in &publications {
             let client = self.client(&settings).map_err(|e| e.to_string())?.clone();

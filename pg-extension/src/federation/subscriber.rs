@@ -21,7 +21,7 @@ use shared_model::apply::{plan_causal, plan_source, Loss, SourceProgress, Source
 use shared_model::envelope::{decode_envelope, Assembler, Batch};
 use shared_model::{BatchKind, ColumnDef, Consistency, Frontier, StreamId};
 
-use super::broker::KafkaConsumer;
+use super::broker::{KafkaConsumer, Topics};
 use super::runtime::new_runtime;
 use super::{client_id, client_with_id, coordinator_error, mirror};
 use crate::catalog::{self, RowLock};
@@ -32,8 +32,9 @@ use crate::scheduler::transaction::run_in_transaction;
 
 /// Longest wait between retries while the broker or the coordinators fail.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often a source waiting for the broker checks the partition's watermarks for lost batches.
-const WATERMARK_CHECK: Duration = Duration::from_secs(1);
+/// How long a committed batch may fail to arrive while the consumer reads without errors before it counts as lost
+/// (then a snapshot is requested and the source is read again from the start of its topic).
+const LOSS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the subscriber of `database` (called by that database's scheduler).
 pub fn launch(database: pg_sys::Oid, name: &str) -> Option<DynamicBackgroundWorker> {
@@ -115,9 +116,6 @@ struct Held {
     /// Complete batches not applied yet, with the offset of their last message.
     batches: BTreeMap<u64, (Batch, i64)>,
     read_offset: Option<i64>,
-    low_watermark: Option<i64>,
-    high_watermark: Option<i64>,
-    watermarks_at: Option<Instant>,
 }
 
 /// Status of one source, written to the catalog when it changes.
@@ -133,9 +131,14 @@ struct Status {
 struct Subscriber {
     runtime: tokio::runtime::Runtime,
     client: Option<(String, Client)>,
-    consumer: Option<(String, KafkaConsumer)>,
-    /// The assignment the consumer was given: (topic, next offset) per source.
+    consumer: Option<(String, KafkaConsumer, Topics)>,
+    /// The assignment the consumer was given: (topic, next offset) per source, and when.
     assigned: Vec<(String, Option<i64>)>,
+    assigned_at: Instant,
+    /// Sources to read from the start of their topic at the next assignment (a batch went missing).
+    rewind: BTreeSet<StreamId>,
+    /// The last poll found nothing more to read.
+    caught_up: bool,
     held: BTreeMap<StreamId, Held>,
     assembler: Assembler,
     written: BTreeMap<StreamId, Status>,
@@ -154,9 +157,9 @@ fn loss_text(loss: &Loss) -> String {
         Loss::Skipped { seq, offset, read_offset } => {
             format!("batch {seq} (offset {offset}) is missing: the broker delivered offset {read_offset} without it")
         }
-        Loss::Truncated { seq, offset, high_watermark } => format!(
-            "batch {seq} (offset {offset}) is gone: the broker's partition ends at offset {high_watermark} (it lost data)"
-        ),
+        Loss::Overdue { seq, waited_s } => {
+            format!("batch {seq} was recorded {waited_s} s ago and the broker has not delivered it (lost data?)")
+        }
         Loss::Compacted { applied } => {
             format!("the log no longer lists the batches after seq {applied} and no snapshot follows")
         }
@@ -210,21 +213,34 @@ impl Subscriber {
         Ok(self.client.as_ref().expect("set above").1.clone())
     }
 
-    /// (Re)assigns the consumer when the sources or their stored positions changed under it.
+    /// (Re)creates and (re)assigns the consumer when there is none, the broker changed, or the sources did;
+    /// topics are created first, so the consumer never asks the broker about a topic it does not have.
     fn ensure_consumer(&mut self, settings: &Settings, sources: &[Source]) -> std::result::Result<(), String> {
-        if self.consumer.as_ref().is_none_or(|(servers, _)| *servers != settings.bootstrap_servers) {
+        if self.consumer.as_ref().is_none_or(|(servers, _, _)| *servers != settings.bootstrap_servers) {
+            self.consumer = None;
+            let mut topics = Topics::connect(&settings.bootstrap_servers)?;
+            let names: Vec<&str> = sources.iter().map(|s| s.topic.as_str()).collect();
+            topics.ensure(&self.runtime, &names)?;
             let consumer =
                 KafkaConsumer::connect(&settings.bootstrap_servers, &format!("{}-subscriber", settings.client_id))?;
-            self.consumer = Some((settings.bootstrap_servers.clone(), consumer));
+            self.consumer = Some((settings.bootstrap_servers.clone(), consumer, topics));
             self.assigned.clear();
         }
-        let wanted: Vec<(String, Option<i64>)> =
-            sources.iter().map(|s| (s.topic.clone(), s.applied_offset.map(|o| o + 1))).collect();
+        let wanted: Vec<(String, Option<i64>)> = sources
+            .iter()
+            .map(|s| {
+                let next = if self.rewind.contains(&s.stream) { None } else { s.applied_offset.map(|o| o + 1) };
+                (s.topic.clone(), next)
+            })
+            .collect();
         let topics = |a: &[(String, Option<i64>)]| a.iter().map(|(t, _)| t.clone()).collect::<BTreeSet<_>>();
-        if topics(&wanted) != topics(&self.assigned) {
-            let consumer = &self.consumer.as_ref().expect("set above").1;
+        if self.assigned.is_empty() || topics(&wanted) != topics(&self.assigned) {
+            let (_, consumer, admin) = self.consumer.as_mut().expect("set above");
+            let names: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+            admin.ensure(&self.runtime, &names)?;
             consumer.assign(&wanted)?;
             self.assigned = wanted;
+            self.assigned_at = Instant::now();
             self.held.clear();
             self.assembler = Assembler::default();
         }
@@ -233,10 +249,16 @@ impl Subscriber {
 
     /// Reads what the broker has, assembling complete batches per source.
     fn receive(&mut self, sources: &[Source], wait: Duration) {
-        let Some((_, consumer)) = &self.consumer else { return };
-        let (messages, error) = consumer.poll(wait, 10_000);
-        self.broker_error = error;
-        for message in messages {
+        let Some((_, consumer, _)) = &self.consumer else { return };
+        let polled = consumer.poll(wait, 10_000);
+        self.broker_error = polled.error;
+        self.caught_up = polled.messages.is_empty();
+        if polled.disconnected {
+            // Dropped before librdkafka reconnects and asks about topics the broker may have lost.
+            self.consumer = None;
+            self.assigned.clear();
+        }
+        for message in polled.messages {
             let Some(source) = sources.iter().find(|s| s.topic == message.topic) else { continue };
             let held = self.held.entry(source.stream.clone()).or_default();
             held.read_offset = Some(held.read_offset.map_or(message.offset, |o| o.max(message.offset)));
@@ -260,16 +282,26 @@ impl Subscriber {
         }
     }
 
-    fn refresh_watermarks(&mut self, source: &Source) {
-        let Some((_, consumer)) = &self.consumer else { return };
-        let held = self.held.entry(source.stream.clone()).or_default();
-        if held.watermarks_at.is_some_and(|at| at.elapsed() < WATERMARK_CHECK) {
-            return;
+    /// A batch the log committed long ago that the broker still has not delivered, with the consumer reading
+    /// without errors for as long: lost (e.g. a broker restarted with empty storage below our position).
+    fn overdue(&self, frontier: &Frontier, seq: u64) -> Option<Loss> {
+        let reading = self.consumer.is_some() && self.broker_error.is_none() && self.caught_up;
+        if !reading || self.assigned_at.elapsed() < LOSS_TIMEOUT {
+            return None;
         }
-        held.watermarks_at = Some(Instant::now());
-        if let Ok((low, high)) = consumer.watermarks(&source.topic) {
-            held.low_watermark = Some(low);
-            held.high_watermark = Some(high);
+        let proposed = frontier.point(seq).ok().flatten()?.proposed_at_unix_ms;
+        let waited = Duration::from_millis(now_ms().saturating_sub(proposed));
+        (waited >= LOSS_TIMEOUT).then_some(Loss::Overdue { seq, waited_s: waited.as_secs() })
+    }
+
+    /// The plan for one source, with lost batches found by waiting too long.
+    fn plan(&self, source: &Source, frontier: &Frontier) -> SourceStep {
+        match plan_source(&self.progress(source), frontier) {
+            SourceStep::Wait(Waiting::ForBroker { seq }) => match self.overdue(frontier, seq) {
+                Some(loss) => SourceStep::Reinitialize(loss),
+                None => SourceStep::Wait(Waiting::ForBroker { seq }),
+            },
+            step => step,
         }
     }
 
@@ -281,8 +313,8 @@ impl Subscriber {
                 .map(|h| h.batches.iter().map(|(seq, (batch, _))| (*seq, batch.kind)).collect())
                 .unwrap_or_default(),
             read_offset: held.and_then(|h| h.read_offset),
-            low_watermark: held.and_then(|h| h.low_watermark),
-            high_watermark: held.and_then(|h| h.high_watermark),
+            // Not asked of the broker: tansu reports watermarks that do not match its offsets.
+            low_watermark: None,
         }
     }
 
@@ -340,12 +372,7 @@ impl Subscriber {
         let mut applied_any = false;
         for source in sources {
             let (frontier, pending) = &frontiers[&source.stream];
-            let mut step = plan_source(&self.progress(source), frontier);
-            if matches!(step, SourceStep::Wait(Waiting::ForBroker { .. })) {
-                self.refresh_watermarks(source);
-                step = plan_source(&self.progress(source), frontier);
-            }
-            match step {
+            match self.plan(source, frontier) {
                 SourceStep::Apply(seqs) => {
                     let held = self.held.get(&source.stream).expect("planned from held batches");
                     match run_in_transaction(|| apply_source(source, held, &seqs, None)) {
@@ -411,12 +438,7 @@ impl Subscriber {
         // No cut can be reached now: say why per source (and ask for snapshots of lost batches).
         for source in sources {
             let (frontier, pending) = &frontiers[&source.stream];
-            let mut step = plan_source(&self.progress(source), frontier);
-            if matches!(step, SourceStep::Wait(Waiting::ForBroker { .. })) {
-                self.refresh_watermarks(source);
-                step = plan_source(&self.progress(source), frontier);
-            }
-            match step {
+            match self.plan(source, frontier) {
                 SourceStep::Reinitialize(loss) => self.reinitialize(client, source, frontier, *pending, &loss),
                 SourceStep::Wait(waiting) => self.note_wait(source, frontier, &waiting),
                 SourceStep::Apply(_) => {
@@ -428,6 +450,7 @@ impl Subscriber {
     }
 
     fn forget_applied(&mut self, stream: &StreamId, seq: u64) {
+        self.rewind.remove(stream);
         if let Some(held) = self.held.get_mut(stream) {
             held.batches.retain(|s, _| *s > seq);
         }
@@ -451,6 +474,11 @@ impl Subscriber {
 
     fn reinitialize(&mut self, client: &Client, source: &Source, frontier: &Frontier, pending: bool, loss: &Loss) {
         let reason = loss_text(loss);
+        // The snapshot may land below the consumer's position (a broker that started over): read this source
+        // from the start of its topic until something is applied again.
+        if self.rewind.insert(source.stream.clone()) {
+            self.assigned.clear();
+        }
         if !pending {
             let asked = self.runtime.block_on(client.request_reinitialize(&source.stream, &reason));
             if let Err(error) = asked {
@@ -529,6 +557,9 @@ pub extern "C-unwind" fn pg_trickle_subscriber_main(arg: pg_sys::Datum) {
         client: None,
         consumer: None,
         assigned: Vec::new(),
+        assigned_at: Instant::now(),
+        rewind: BTreeSet::new(),
+        caught_up: false,
         held: BTreeMap::new(),
         assembler: Assembler::default(),
         written: BTreeMap::new(),

@@ -1,0 +1,204 @@
+//! The seed's scenario, shared by the federation tests, the demo and the freshness benchmark: cluster A publishes
+//! `order_agg` (orders per user), B publishes `user_stats` (active users), C keeps the federated `dashboard`
+//! joining both mirrors; a random workload on A and B, and the checks that C converged and applied each batch once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::federation::Federation;
+use crate::wait_for;
+use rand::Rng;
+
+pub const ORDER_AGG: &str = "SELECT user_id, count(*) AS orders, sum(amount) AS total FROM orders GROUP BY user_id";
+pub const USER_STATS: &str = "SELECT id AS user_id, name, country FROM users WHERE active";
+pub const DASHBOARD: &str = "SELECT u.name, u.country, o.orders, o.total \
+     FROM cluster_a.order_agg o JOIN cluster_b.user_stats u ON u.user_id = o.user_id";
+pub const SOURCES: &str =
+    "ARRAY['kafka://coordinator/cluster_a/order_agg', 'kafka://coordinator/cluster_b/user_stats']";
+
+pub fn setup_sources(fed: &Federation) -> (postgres::Client, postgres::Client) {
+    let mut a = fed.connect(0).unwrap();
+    let mut b = fed.connect(1).unwrap();
+    a.batch_execute(&format!(
+        "CREATE TABLE orders (id int PRIMARY KEY, user_id int NOT NULL, amount numeric(12,2) NOT NULL);
+         INSERT INTO orders SELECT g, g % 20, g * 1.5 FROM generate_series(1, 200) g;
+         SELECT pgtrickle.create_stream_table('order_agg', '{ORDER_AGG}', schedule => '200ms');
+         SELECT pgtrickle.publish_stream_table('order_agg');"
+    ))
+    .unwrap();
+    b.batch_execute(&format!(
+        "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, country text, active boolean NOT NULL);
+         INSERT INTO users SELECT g, 'user ' || g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'c' || (g % 4) END, g % 5 <> 0
+           FROM generate_series(0, 25) g;
+         SELECT pgtrickle.create_stream_table('user_stats', '{USER_STATS}', schedule => '200ms');
+         SELECT pgtrickle.publish_stream_table('user_stats');"
+    ))
+    .unwrap();
+    (a, b)
+}
+
+/// Random writes on A's orders and B's users.
+pub fn workload(a: &mut postgres::Client, b: &mut postgres::Client, rng: &mut rand::rngs::StdRng, statements: usize) {
+    for _ in 0..statements {
+        // Paced, so that the statements spread over several refreshes (and batches) of A and B.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let id = rng.random_range(1..400);
+        let user = rng.random_range(0..30);
+        match rng.random_range(0..6) {
+            0 | 1 => {
+                a.execute(
+                    "INSERT INTO orders VALUES ($1, $2, $3::int * 0.25) ON CONFLICT (id) DO UPDATE SET amount = EXCLUDED.amount",
+                    &[&id, &user, &rng.random_range(1..1000)],
+                )
+                .unwrap();
+            }
+            2 => {
+                a.execute("DELETE FROM orders WHERE id = $1", &[&id]).unwrap();
+            }
+            3 => {
+                a.execute("UPDATE orders SET user_id = $2 WHERE id = $1", &[&id, &user]).unwrap();
+            }
+            4 => {
+                b.execute(
+                    "INSERT INTO users VALUES ($1, 'user ' || $1::int, 'c' || ($1::int % 3), true) \
+                     ON CONFLICT (id) DO UPDATE SET active = NOT users.active",
+                    &[&user],
+                )
+                .unwrap();
+            }
+            _ => {
+                b.execute(
+                    "UPDATE users SET country = CASE WHEN country IS NULL THEN 'cx' ELSE NULL END WHERE id = $1",
+                    &[&user],
+                )
+                .unwrap();
+            }
+        }
+    }
+}
+
+/// Copies A's orders and B's users into C (schema `expected`) and counts rows that differ between the dashboard
+/// and the defining query evaluated over those copies.
+pub fn dashboard_difference(a: &mut postgres::Client, b: &mut postgres::Client, c: &mut postgres::Client) -> i64 {
+    let copy = |from: &mut postgres::Client, table: &str, columns: &str| -> String {
+        let rows: Vec<String> = from
+            .query(&format!("SELECT format('(%s)', concat_ws(',', {columns})) FROM {table}"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        rows.join(",")
+    };
+    let orders = copy(a, "orders", "id, user_id, amount");
+    let users =
+        copy(b, "users", "id, quote_literal(name), coalesce(quote_literal(country), 'NULL'), quote_literal(active)");
+    c.batch_execute(
+        "DROP SCHEMA IF EXISTS expected CASCADE; CREATE SCHEMA expected;
+         CREATE TABLE expected.orders (id int, user_id int, amount numeric(12,2));
+         CREATE TABLE expected.users (id int, name text, country text, active boolean);",
+    )
+    .unwrap();
+    if !orders.is_empty() {
+        c.batch_execute(&format!("INSERT INTO expected.orders VALUES {orders}")).unwrap();
+    }
+    if !users.is_empty() {
+        c.batch_execute(&format!("INSERT INTO expected.users VALUES {users}")).unwrap();
+    }
+    let expected = format!(
+        "SELECT u.name, u.country, o.orders, o.total FROM ({}) o JOIN ({}) u ON u.user_id = o.user_id",
+        ORDER_AGG.replace("FROM orders", "FROM expected.orders"),
+        USER_STATS.replace("FROM users", "FROM expected.users")
+    );
+    let actual = "SELECT name, country, orders, total FROM dashboard";
+    c.query_one(
+        &format!(
+            "SELECT count(*) FROM (({expected} EXCEPT ALL {actual}) UNION ALL ({actual} EXCEPT ALL {expected})) d"
+        ),
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Every source's applied seqs: a snapshot first, then each seq exactly once, in order, with no gap (a later
+/// snapshot may jump ahead). Returns the seqs per stream.
+pub fn check_apply_log(c: &mut postgres::Client) -> BTreeMap<String, Vec<i64>> {
+    let mut log: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for row in
+        c.query("SELECT stream_id, seq, kind FROM pgtrickle.pgt_apply_log ORDER BY applied_at, seq", &[]).unwrap()
+    {
+        log.entry(row.get(0)).or_default().push((row.get(1), row.get(2)));
+    }
+    let mut out = BTreeMap::new();
+    for (stream, entries) in log {
+        assert_eq!(entries[0].1, "snapshot", "{stream}: first apply is not a snapshot: {entries:?}");
+        for pair in entries.windows(2) {
+            let ((prev, _), (next, kind)) = (&pair[0], &pair[1]);
+            assert!(
+                *next == prev + 1 || (kind == "snapshot" && next > prev),
+                "{stream}: seq {next} ({kind}) applied after {prev}: {entries:?}"
+            );
+        }
+        out.insert(stream, entries.into_iter().map(|(s, _)| s).collect());
+    }
+    out
+}
+
+pub fn sources_view(c: &mut postgres::Client) -> String {
+    c.query(
+        "SELECT stream_id, committed_seq, applied_seq, lag_batches, state, coalesce(detail, '') FROM pgtrickle.federation_sources",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| {
+        format!(
+            "{} committed {} applied {} lag {} {} {}",
+            r.get::<_, String>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, i64>(3),
+            r.get::<_, String>(4),
+            r.get::<_, String>(5)
+        )
+    })
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+/// Waits until the dashboard equals its query over A's and B's current contents and C applied every committed
+/// batch.
+pub fn converge(
+    fed: &Federation,
+    a: &mut postgres::Client,
+    b: &mut postgres::Client,
+    c: &mut postgres::Client,
+    within: Duration,
+) {
+    let converged = wait_for(within, || {
+        let caught_up: bool = c
+            .query_one(
+                "SELECT bool_and(applied_seq = committed_seq AND committed_seq > 0) FROM pgtrickle.federation_sources",
+                &[],
+            )
+            .unwrap()
+            .get::<_, Option<bool>>(0)
+            .unwrap_or(false);
+        // The local refreshes on A and B must have run too: compare only then.
+        (caught_up && dashboard_difference(a, b, c) == 0).then_some(())
+    });
+    if converged.is_none() {
+        panic!(
+            "no convergence within {within:?}; difference {}\nsources:\n{}\nC log:\n{}\nA log:\n{}",
+            dashboard_difference(a, b, c),
+            sources_view(c),
+            tail(&fed.clusters[2].log()),
+            tail(&fed.clusters[0].log())
+        );
+    }
+}
+
+pub fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}

@@ -1,0 +1,143 @@
+//! Faults with real processes. Exactly once: C's apply log shows every source's seqs once, in order, with no gap,
+//! across SIGKILL of A's publisher, of C's postmaster, of the coordinator leader, and of a broker on persistent
+//! storage, each in the middle of a workload. Broker data loss: a broker restarted empty makes C ask for a
+//! REINITIALIZE, visible in the status view, and C converges. Coordinators down: the apply stalls with the reason
+//! in the view and resumes by itself.
+
+use std::time::Duration;
+
+use rand::SeedableRng;
+use testkit::broker::Broker;
+use testkit::federation::Federation;
+use testkit::seed::*;
+use testkit::wait_for;
+
+fn create_dashboard(c: &mut postgres::Client) {
+    c.query_one(
+        &format!("SELECT pgtrickle.create_federated_stream_table('dashboard', '{DASHBOARD}', {SOURCES}, schedule => '200ms')"),
+        &[],
+    )
+    .unwrap();
+}
+
+fn reconnect(fed: &Federation, index: usize) -> postgres::Client {
+    wait_for(Duration::from_secs(30), || fed.connect(index).ok()).expect("reconnect")
+}
+
+#[test]
+fn exactly_once_across_crashes() {
+    let fed = Federation::start_with(Broker::start_persistent().expect("broker"), 3, &[]).expect("federation");
+    let (mut a, mut b) = setup_sources(&fed);
+    let mut c = fed.connect(2).unwrap();
+    create_dashboard(&mut c);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut fed = fed;
+
+    // A's publisher dies mid-stream (the whole of A restarts its backends, as PostgreSQL does after a crash).
+    workload(&mut a, &mut b, &mut rng, 30);
+    let killed = fed.clusters[0].kill_backend("pg_trickle publisher").unwrap();
+    assert!(killed.is_some(), "A has no publisher running");
+    a = reconnect(&fed, 0);
+    workload(&mut a, &mut b, &mut rng, 30);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
+    println!("publisher SIGKILL: converged, apply log {:?}", check_apply_log(&mut c));
+
+    // C's postmaster dies mid-apply.
+    workload(&mut a, &mut b, &mut rng, 30);
+    std::thread::sleep(Duration::from_millis(100));
+    drop(c);
+    fed.clusters[2].crash_and_restart().unwrap();
+    c = reconnect(&fed, 2);
+    workload(&mut a, &mut b, &mut rng, 30);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
+    println!("C postmaster SIGKILL: converged, apply log {:?}", check_apply_log(&mut c));
+
+    // The coordinator leader dies; a new one is elected and the old one comes back.
+    workload(&mut a, &mut b, &mut rng, 30);
+    let leader = fed.coordinators.leader().expect("a leader");
+    fed.coordinators.kill(leader);
+    workload(&mut a, &mut b, &mut rng, 30);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
+    fed.coordinators.restart(leader).unwrap();
+    println!("coordinator leader {leader} SIGKILL: converged, apply log {:?}", check_apply_log(&mut c));
+
+    // The broker (persistent storage) dies and restarts mid-stream: nothing is lost, no snapshot is needed.
+    workload(&mut a, &mut b, &mut rng, 30);
+    fed.broker.restart().unwrap();
+    workload(&mut a, &mut b, &mut rng, 30);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(120));
+    let seqs = check_apply_log(&mut c);
+    println!("broker SIGKILL + restart (persistent): converged, apply log {seqs:?}");
+    let snapshots: i64 =
+        c.query_one("SELECT count(*) FROM pgtrickle.pgt_apply_log WHERE kind = 'snapshot'", &[]).unwrap().get(0);
+    assert_eq!(snapshots, 2, "only the two bootstrap snapshots: no data was lost anywhere");
+}
+
+#[test]
+fn broker_restarted_empty_is_detected_and_reinitialized() {
+    let mut fed = Federation::start(3, &[]).expect("federation");
+    let (mut a, mut b) = setup_sources(&fed);
+    let mut c = fed.connect(2).unwrap();
+    create_dashboard(&mut c);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    workload(&mut a, &mut b, &mut rng, 40);
+    // Lose everything the broker held, while batches are in flight.
+    fed.broker.restart().unwrap();
+    workload(&mut a, &mut b, &mut rng, 40);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(120))
+    }));
+    if outcome.is_err() {
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cp {}/core* /tmp/ 2>/dev/null; ls {}",
+                fed.clusters[2].data_dir.display(),
+                fed.clusters[2].data_dir.display()
+            ))
+            .status();
+        panic!("C log:\n{}", tail(&fed.clusters[2].log()));
+    }
+    let seqs = check_apply_log(&mut c);
+    let row = c
+        .query_one(
+            "SELECT sum(reinit_requests)::int8, (SELECT count(*) FROM pgtrickle.pgt_apply_log WHERE kind = 'snapshot') \
+             FROM pgtrickle.federation_sources",
+            &[],
+        )
+        .unwrap();
+    let (requests, snapshots): (i64, i64) = (row.get::<_, Option<i64>>(0).unwrap_or(0), row.get(1));
+    println!("broker restarted empty: {requests} reinitialize requests, {snapshots} snapshots applied; log {seqs:?}");
+    assert!(requests >= 1, "the loss was not noticed:\n{}", sources_view(&mut c));
+    assert!(snapshots >= 3, "no snapshot after the bootstrap ones:\n{}", sources_view(&mut c));
+}
+
+#[test]
+fn coordinators_down_stall_visibly_then_resume() {
+    let mut fed = Federation::start(3, &[]).expect("federation");
+    let (mut a, mut b) = setup_sources(&fed);
+    let mut c = fed.connect(2).unwrap();
+    create_dashboard(&mut c);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    for index in 0..3 {
+        fed.coordinators.kill(index);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    workload(&mut a, &mut b, &mut rng, 20);
+    let stalled = wait_for(Duration::from_secs(30), || {
+        let detail: Option<String> = c
+            .query_one("SELECT max(detail) FROM pgtrickle.federation_sources WHERE state = 'stalled'", &[])
+            .unwrap()
+            .get(0);
+        detail
+    });
+    let detail = stalled.unwrap_or_else(|| panic!("no stall shown:\n{}", sources_view(&mut c)));
+    assert!(detail.contains("coordinator unreachable"), "{detail}");
+    for index in 0..3 {
+        fed.coordinators.restart(index).unwrap();
+    }
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(120));
+    check_apply_log(&mut c);
+}
