@@ -79,7 +79,7 @@ proptest! {
     ) {
         let frontiers = build(n, &events);
         for frontier in frontiers.values() {
-            let mut progress = SourceProgress { received: received(frontier, &mask, extra), ..Default::default() };
+            let mut progress = SourceProgress { received: received(frontier, &mask, extra) };
             let everything = (1..=frontier.seq()).all(|s| progress.received.contains_key(&s));
             let mut rounds = 0;
             loop {
@@ -157,25 +157,14 @@ fn a_batch_the_broker_no_longer_has_asks_for_a_snapshot() {
     let frontier = one_stream(&[Snapshot, Delta, Delta, Delta]);
     let received: BTreeMap<u64, BatchKind> = [(4, Delta)].into_iter().collect();
     // Offset of seq 2 is 6; the broker now starts at 9.
-    let evicted = SourceProgress {
-        applied: 1,
-        received: received.clone(),
-        read_offset: None,
-        low_watermark: Some(9),
-        ..Default::default()
-    };
+    let evicted = SourceProgress { applied: 1, received: received.clone(), read_offset: None, low_watermark: Some(9) };
     assert_eq!(
         plan_source(&evicted, &frontier),
         SourceStep::Reinitialize(Loss::Evicted { seq: 2, offset: 6, low_watermark: 9 })
     );
     // The consumer already read offset 12 (seq 4) but never saw seq 2: the broker lost it.
-    let skipped = SourceProgress {
-        applied: 1,
-        received: received.clone(),
-        read_offset: Some(12),
-        low_watermark: Some(0),
-        ..Default::default()
-    };
+    let skipped =
+        SourceProgress { applied: 1, received: received.clone(), read_offset: Some(12), low_watermark: Some(0) };
     assert_eq!(
         plan_source(&skipped, &frontier),
         SourceStep::Reinitialize(Loss::Skipped { seq: 2, offset: 6, read_offset: 12 })
@@ -190,8 +179,7 @@ fn a_committed_snapshot_ends_the_wait_for_lost_deltas() {
     use BatchKind::*;
     let frontier = one_stream(&[Snapshot, Delta, Delta, Snapshot, Delta]);
     let received: BTreeMap<u64, BatchKind> = [(4, Snapshot), (5, Delta)].into_iter().collect();
-    let progress =
-        SourceProgress { applied: 1, received, read_offset: Some(15), low_watermark: Some(9), ..Default::default() };
+    let progress = SourceProgress { applied: 1, received, read_offset: Some(15), low_watermark: Some(9) };
     assert_eq!(plan_source(&progress, &frontier), SourceStep::Apply(vec![4, 5]));
 }
 
@@ -200,7 +188,7 @@ fn uncommitted_and_already_applied_batches_are_never_applied() {
     use BatchKind::*;
     let frontier = one_stream(&[Snapshot, Delta]);
     let received: BTreeMap<u64, BatchKind> = [(1, Snapshot), (2, Delta), (3, Delta), (4, Delta)].into_iter().collect();
-    let progress = SourceProgress { applied: 1, received, ..Default::default() };
+    let progress = SourceProgress { applied: 1, received };
     assert_eq!(plan_source(&progress, &frontier), SourceStep::Apply(vec![2]));
 }
 
@@ -222,7 +210,7 @@ proptest! {
         let mut tails = BTreeMap::new();
         for (id, frontier) in &frontiers {
             let applied = frontier.seq_at(t).unwrap();
-            let progress = SourceProgress { applied, received: received(frontier, &mask, 1), ..Default::default() };
+            let progress = SourceProgress { applied, received: received(frontier, &mask, 1) };
             let tail = frontier.tail_after(applied);
             let (floor_seq, floor_at, truncated, points) = tail.parts();
             let rebuilt = Frontier::from_parts(floor_seq, floor_at, truncated, points).unwrap();
