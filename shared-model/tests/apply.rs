@@ -79,7 +79,7 @@ proptest! {
     ) {
         let frontiers = build(n, &events);
         for frontier in frontiers.values() {
-            let mut progress = SourceProgress { received: received(frontier, &mask, extra) };
+            let mut progress = SourceProgress { received: received(frontier, &mask, extra), ..Default::default() };
             let everything = (1..=frontier.seq()).all(|s| progress.received.contains_key(&s));
             let mut rounds = 0;
             loop {
@@ -188,7 +188,7 @@ fn uncommitted_and_already_applied_batches_are_never_applied() {
     use BatchKind::*;
     let frontier = one_stream(&[Snapshot, Delta]);
     let received: BTreeMap<u64, BatchKind> = [(1, Snapshot), (2, Delta), (3, Delta), (4, Delta)].into_iter().collect();
-    let progress = SourceProgress { applied: 1, received };
+    let progress = SourceProgress { applied: 1, received, ..Default::default() };
     assert_eq!(plan_source(&progress, &frontier), SourceStep::Apply(vec![2]));
 }
 
@@ -210,7 +210,7 @@ proptest! {
         let mut tails = BTreeMap::new();
         for (id, frontier) in &frontiers {
             let applied = frontier.seq_at(t).unwrap();
-            let progress = SourceProgress { applied, received: received(frontier, &mask, 1) };
+            let progress = SourceProgress { applied, received: received(frontier, &mask, 1), ..Default::default() };
             let tail = frontier.tail_after(applied);
             let (floor_seq, floor_at, truncated, points) = tail.parts();
             let rebuilt = Frontier::from_parts(floor_seq, floor_at, truncated, points).unwrap();
