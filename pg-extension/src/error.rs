@@ -33,6 +33,9 @@ pub enum PgTrickleError {
     #[error("the defining query is not valid: {message}")]
     InvalidQuery { message: String, hint: String },
 
+    #[error("the defining query is not valid: {message}")]
+    QueryRejected { code: PgSqlErrorCode, message: String },
+
     #[error("the defining query cannot be maintained differentially: {reason}")]
     NotDifferential { reason: String },
 
@@ -76,9 +79,11 @@ impl PgTrickleError {
     pub fn class(&self) -> ErrorClass {
         use PgTrickleError::*;
         match self {
-            InvalidArgument { .. } | InvalidQuery { .. } | NotDifferential { .. } | VolatileFunction { .. } => {
-                ErrorClass::User
-            }
+            InvalidArgument { .. }
+            | InvalidQuery { .. }
+            | QueryRejected { .. }
+            | NotDifferential { .. }
+            | VolatileFunction { .. } => ErrorClass::User,
             UnknownStreamTable(_) | AlreadyExists(_) | UnsupportedSource { .. } | Cycle { .. } | InUse { .. } => {
                 ErrorClass::Schema
             }
@@ -97,6 +102,7 @@ impl PgTrickleError {
             UnknownStreamTable(_) => ERRCODE_UNDEFINED_TABLE,
             AlreadyExists(_) => ERRCODE_DUPLICATE_TABLE,
             InvalidQuery { .. } => ERRCODE_INVALID_OBJECT_DEFINITION,
+            QueryRejected { code, .. } => *code,
             NotDifferential { .. } | UnsupportedSource { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             VolatileFunction { .. } => ERRCODE_INVALID_OBJECT_DEFINITION,
             Cycle { .. } => ERRCODE_INVALID_RECURSION,
@@ -115,6 +121,9 @@ impl PgTrickleError {
         use PgTrickleError::*;
         Some(match self {
             InvalidArgument { hint, .. } | InvalidQuery { hint, .. } => hint.clone(),
+            QueryRejected { .. } => "The defining query must be a SELECT that runs in this database; a federated \
+                                     stream table reads the mirrors CLUSTER.STREAM_TABLE of its sources."
+                .into(),
             UnknownStreamTable(_) => "SELECT name FROM pgtrickle.stream_tables lists the stream tables.".into(),
             AlreadyExists(_) => "Choose another name, or drop the existing relation first.".into(),
             NotDifferential { .. } => {

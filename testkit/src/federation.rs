@@ -51,9 +51,11 @@ impl Federation {
 }
 
 impl Federation {
-    /// The whole retained frontier of a stream, as the coordinators' log records it.
-    pub fn frontier(&self, stream: &str) -> shared_model::Frontier {
-        let id = shared_model::StreamId::parse(stream).expect("a stream id");
+    /// Runs one call of the coordinator client library against the coordinators (as client `testkit`).
+    pub fn coordinator<T, F: std::future::Future<Output = T>>(
+        &self,
+        call: impl FnOnce(coordinator::client::Client) -> F,
+    ) -> T {
         let options = coordinator::client::ClientOptions {
             token: Some(TOKEN.into()),
             client_id: "testkit".into(),
@@ -61,8 +63,15 @@ impl Federation {
         };
         let client = coordinator::client::Client::new(&self.coordinators.endpoints(), options).expect("client");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let view =
-            runtime.block_on(client.frontier_history(&id, 0, std::time::Duration::ZERO)).expect("frontier history");
+        runtime.block_on(call(client))
+    }
+
+    /// The whole retained frontier of a stream, as the coordinators' log records it.
+    pub fn frontier(&self, stream: &str) -> shared_model::Frontier {
+        let id = shared_model::StreamId::parse(stream).expect("a stream id");
+        let view = self
+            .coordinator(|client| async move { client.frontier_history(&id, 0, std::time::Duration::ZERO).await })
+            .expect("frontier history");
         view.frontier().expect("a well-formed frontier")
     }
 }

@@ -73,10 +73,11 @@ fn build_storage(qualified: &str, query: &str, refresh_mode: &str) -> Result<Sto
             hint: "Pass a SELECT statement.".into(),
         });
     }
-    // PostgreSQL parses and plans the query here: an invalid query fails with its own SQLSTATE.
-    catalog::exec(&format!(
+    // PostgreSQL parses and plans the query here: an invalid query fails with its own SQLSTATE (plus our HINT).
+    catalog::exec_catching(&format!(
         "CREATE TABLE {qualified} AS SELECT NULL::bigint AS __pgt_row_id, __pgt_u.* FROM ({query}\n) __pgt_u WITH NO DATA"
-    ))?;
+    ))
+    .map_err(|(code, message)| PgTrickleError::QueryRejected { code, message })?;
     let relid = catalog::scalar::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[qualified.into()])?
         .ok_or_else(|| PgTrickleError::Internal(format!("{qualified} vanished after CREATE TABLE")))?;
     let reserved = catalog::scalar::<String>(

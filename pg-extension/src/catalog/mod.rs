@@ -15,6 +15,37 @@ pub fn exec_with(sql: &str, args: &[DatumWithOid]) -> Result<u64> {
     Spi::connect_mut(|client| Ok(client.update(sql, None, args)?.len() as u64))
 }
 
+/// Runs a statement in a subtransaction of its own; when PostgreSQL rejects it, returns the error's SQLSTATE and
+/// message instead of raising it (the subtransaction is rolled back, so nothing of it remains).
+pub fn exec_catching(sql: &str) -> std::result::Result<u64, (PgSqlErrorCode, String)> {
+    // SAFETY: the PL/pgSQL exception-block bracket: remember memory context and resource owner, open an internal
+    // subtransaction, release or roll it back, and restore both before returning.
+    let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe { pg_sys::BeginInternalSubTransaction(std::ptr::null()) };
+    let outcome = PgTryBuilder::new(|| {
+        let processed = Spi::connect_mut(|client| client.update(sql, None, &[]).map(|t| t.len() as u64));
+        // SAFETY: closes the subtransaction opened above.
+        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+        processed.map_err(|e| (PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))
+    })
+    .catch_others(|caught| {
+        // SAFETY: the statement raised an ERROR inside the subtransaction opened above; roll it back.
+        unsafe { pg_sys::RollbackAndReleaseCurrentSubTransaction() };
+        let report = match caught {
+            pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => r,
+            pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport,
+        };
+        Err((report.sql_error_code(), report.message().to_string()))
+    })
+    .execute();
+    // SAFETY: restores what was current before the subtransaction.
+    unsafe {
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+    }
+    outcome
+}
+
 /// The first column of the first row, if any.
 pub fn scalar<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Result<Option<T>> {
     Spi::connect_mut(|client| {

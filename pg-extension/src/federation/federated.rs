@@ -87,6 +87,19 @@ pub fn create(
         }
         urls.push(url);
     }
+    let plain = |part: &str| {
+        part.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+            && part.len() <= 63
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.is_empty() || parts.len() > 2 || !parts.iter().all(|p| plain(p)) {
+        return Err(invalid(
+            "name",
+            format!("\"{name}\" is not a lower-case identifier (or schema.identifier)"),
+            "Federated stream tables are named like their id at the coordinator: lower-case letters, digits and _.",
+        ));
+    }
     let (schema, table) = define::resolve_new_name(name)?;
     let table_id = FederatedTableId::parse(&format!("{}/{schema}.{table}", member.cluster_name)).map_err(|e| {
         invalid("name", e.to_string(), "Federated stream tables need lower-case identifier names (schema and table).")
@@ -99,6 +112,18 @@ pub fn create(
         match block_on(client.stream(&url.stream))? {
             Ok(view) => columns.push(view.columns),
             Err(ClientError::Api { status: 404, .. }) => {
+                let cluster = url.stream.cluster();
+                let registered =
+                    block_on(client.clusters())?.map_err(coordinator_error)?.iter().any(|c| &c.name == cluster);
+                if !registered {
+                    return Err(PgTrickleError::Coordinator {
+                        message: format!("cluster {cluster} is not registered with the federation (unknown_cluster)"),
+                        hint: "Register it first (pgtrickle.register_federation on that cluster), or check the URL; \
+                               `pgtrickle-coordinator clusters` lists the registered clusters."
+                            .into(),
+                        rejected: true,
+                    });
+                }
                 return Err(PgTrickleError::Coordinator {
                     message: format!("stream {} is not published (unknown_stream)", url.stream),
                     hint: "Publish it on its cluster first (pgtrickle.publish_stream_table), or check the URL; \
@@ -195,11 +220,29 @@ pub fn drop(name: &str) -> Result<()> {
         "SELECT mirror_relid::regclass::text FROM pgtrickle.pgt_federation_sources WHERE pgt_id = $1",
         &[st.pgt_id.into()],
     )?;
+    let schemas = catalog::column::<String>(
+        "SELECT DISTINCT c.relnamespace::regnamespace::text FROM pgtrickle.pgt_federation_sources s \
+         JOIN pg_class c ON c.oid = s.mirror_relid WHERE s.pgt_id = $1",
+        &[st.pgt_id.into()],
+    )?;
     catalog::exec_with("DELETE FROM pgtrickle.pgt_federated_tables WHERE pgt_id = $1", &[st.pgt_id.into()])?;
     define::drop(&st.qualified(), false)?;
     catalog::allow_internal_ddl()?;
     for mirror in mirrors {
         catalog::exec(&format!("DROP TABLE {mirror}"))?;
+    }
+    // A mirror schema this left empty goes too (one holding anything else stays).
+    for schema in schemas {
+        let empty = catalog::scalar::<bool>(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = $1::regnamespace) \
+             AND NOT EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = $1::regnamespace) \
+             AND NOT EXISTS (SELECT 1 FROM pg_type WHERE typnamespace = $1::regnamespace)",
+            &[schema.clone().into()],
+        )?
+        .unwrap_or(false);
+        if empty {
+            catalog::exec(&format!("DROP SCHEMA {schema}"))?;
+        }
     }
     catalog::end_internal_ddl()?;
     let id = FederatedTableId::parse(&table_id)

@@ -237,6 +237,16 @@ pub fn publish(name: &str) -> Result<String> {
         &[st.pgt_id.into()],
     )?;
     let mut upstream = BTreeSet::new();
+    // A federated stream table's output follows from its federated table (so a cycle through it is seen).
+    let federated = catalog::scalar::<String>(
+        "SELECT table_id FROM pgtrickle.pgt_federated_tables WHERE pgt_id = $1",
+        &[st.pgt_id.into()],
+    )?;
+    if let Some(table_id) = federated {
+        let parsed = shared_model::FederatedTableId::parse(&table_id)
+            .map_err(|e| PgTrickleError::Internal(format!("stored federated table id {table_id}: {e}")))?;
+        upstream.insert(NodeKey::Federated(parsed));
+    }
     for id in upstream_ids {
         let parsed =
             StreamId::parse(&id).map_err(|e| PgTrickleError::Internal(format!("stored stream id {id}: {e}")))?;
