@@ -16,12 +16,13 @@ fn binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("PGTRICKLE_COORDINATOR_BIN") {
         return Ok(PathBuf::from(path));
     }
-    // target/<profile>/deps/<test binary> → target/<profile>/pgtrickle-coordinator
+    // target/<profile>/deps/<test binary> or target/<profile>/<binary> → target/<profile>/pgtrickle-coordinator
     let exe = std::env::current_exe()?;
-    let candidate = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join("pgtrickle-coordinator"));
-    match candidate {
-        Some(path) if path.exists() => Ok(path),
-        _ => Err(HarnessError::Command {
+    let here = exe.parent().map(|dir| dir.join("pgtrickle-coordinator"));
+    let above = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join("pgtrickle-coordinator"));
+    match [here, above].into_iter().flatten().find(|path| path.exists()) {
+        Some(path) => Ok(path),
+        None => Err(HarnessError::Command {
             program: "pgtrickle-coordinator".into(),
             status: "missing".into(),
             stderr: "build it first: cargo build -p coordinator".into(),

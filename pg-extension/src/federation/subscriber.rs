@@ -195,6 +195,7 @@ fn apply_source(source: &Source, held: &Held, seqs: &[u64], cut_at: Option<u64>)
     // applying twice.
     let updated = catalog::exec_with(
         "UPDATE pgtrickle.pgt_federation_sources SET applied_seq = $2, applied_offset = $3, applied_at = now(), \
+         committed_seq = greatest(committed_seq, $2), lag_batches = greatest(committed_seq - $2, 0), \
          state = 'streaming', detail = NULL WHERE stream_id = $1 AND applied_seq = $4",
         &[source.stream.to_string().into(), applied.into(), last_offset.into(), (source.applied_seq as i64).into()],
     )?;
