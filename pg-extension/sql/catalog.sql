@@ -198,6 +198,7 @@ CREATE TABLE pgtrickle.pgt_apply_log (
     rows_written  bigint NOT NULL,
     broker_offset bigint NOT NULL,
     cut_at        bigint,
+    apply_ms      double precision NOT NULL,
     applied_at    timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX ON pgtrickle.pgt_apply_log (stream_id, seq);

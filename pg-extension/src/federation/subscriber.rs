@@ -2,7 +2,8 @@
 //! sources' topics (assign mode, from the positions stored with the last apply), reassembles batches, asks the
 //! coordinator for each source's committed frontier after what it applied, and applies only what the log has
 //! recorded ([`shared_model::apply`] decides):
-//! - eventual: each source up to its own frontier, one transaction per source;
+//! - eventual: each source up to its own frontier, one transaction per source, then a refresh of the federated
+//!   stream table (its schedule remains the bound when nothing arrives);
 //! - causal: every source up to the newest common cut, in ONE transaction that also refreshes the federated
 //!   stream table, so readers never see one source ahead of another.
 //!
@@ -174,11 +175,13 @@ fn apply_source(source: &Source, held: &Held, seqs: &[u64], cut_at: Option<u64>)
             .batches
             .get(seq)
             .ok_or_else(|| PgTrickleError::Internal(format!("batch {seq} of {} is not held", source.stream)))?;
+        let started = Instant::now();
         let rows = mirror::apply(source.mirror, &source.columns, batch)?;
+        let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         let kind = if batch.kind == BatchKind::Snapshot { "snapshot" } else { "delta" };
         catalog::exec_with(
-            "INSERT INTO pgtrickle.pgt_apply_log (stream_id, seq, kind, rows_written, broker_offset, cut_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO pgtrickle.pgt_apply_log (stream_id, seq, kind, rows_written, broker_offset, cut_at, apply_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 source.stream.to_string().into(),
                 (*seq as i64).into(),
@@ -186,6 +189,7 @@ fn apply_source(source: &Source, held: &Held, seqs: &[u64], cut_at: Option<u64>)
                 rows.into(),
                 (*offset).into(),
                 cut_at.map(|t| t as i64).into(),
+                apply_ms.into(),
             ],
         )?;
         last_offset = Some(last_offset.map_or(*offset, |o| o.max(*offset)));
@@ -357,7 +361,7 @@ impl Subscriber {
                 continue;
             }
             applied_any |= match consistency {
-                Consistency::Eventual => self.advance_eventual(&client, &mine, &frontiers)?,
+                Consistency::Eventual => self.advance_eventual(&client, *pgt_id, &mine, &frontiers)?,
                 Consistency::Causal => self.advance_causal(&client, *pgt_id, &mine, &frontiers)?,
             };
         }
@@ -367,6 +371,7 @@ impl Subscriber {
     fn advance_eventual(
         &mut self,
         client: &Client,
+        pgt_id: i64,
         sources: &[&Source],
         frontiers: &BTreeMap<StreamId, (Frontier, bool)>,
     ) -> std::result::Result<bool, String> {
@@ -387,6 +392,16 @@ impl Subscriber {
                 SourceStep::Wait(waiting) => self.note_wait(source, frontier, &waiting),
                 SourceStep::Reinitialize(loss) => self.reinitialize(client, source, frontier, *pending, &loss),
             }
+        }
+        if applied_any {
+            // Fresh data is refreshed into the federated stream table at once; its schedule stays as the bound
+            // for the quiet times. (A failure here is the scheduler's to record and retry.)
+            let _ = run_in_transaction(|| {
+                if let Some(st) = catalog::load(pgt_id, RowLock::SkipLocked)? {
+                    refresh::refresh(&st, Trigger::Subscriber, Request::UpToDate)?;
+                }
+                Ok(())
+            });
         }
         Ok(applied_any)
     }
