@@ -36,3 +36,50 @@ fn eventual_dashboard_converges_and_applies_each_batch_once() {
     let view = sources_view(&mut c);
     assert!(view.contains("streaming"), "{view}");
 }
+
+#[test]
+fn a_source_column_change_reinitializes_its_mirror() {
+    let fed = Federation::start(3, &[]).expect("start the federation");
+    let (mut a, mut b) = setup_sources(&fed);
+    let mut c = fed.connect(2).unwrap();
+    c.query_one(
+        &format!("SELECT pgtrickle.create_federated_stream_table('dashboard', '{DASHBOARD}', {SOURCES}, schedule => '200ms')"),
+        &[],
+    )
+    .unwrap();
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    // A new defining query with one more column; refused while batches are still unsent, so retried.
+    let new_query =
+        "SELECT user_id, count(*) AS orders, sum(amount) AS total, max(amount) AS biggest FROM orders GROUP BY user_id";
+    let altered = testkit::wait_for(Duration::from_secs(20), || {
+        a.execute("SELECT pgtrickle.alter_stream_table('order_agg', query => $1)", &[&new_query]).ok()
+    });
+    assert!(altered.is_some(), "alter_stream_table kept failing");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    workload(&mut a, &mut b, &mut rng, 30);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    let has_column: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'cluster_a.order_agg'::regclass AND attname = 'biggest')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(has_column, "the mirror did not get the new column");
+    let snapshots: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pgtrickle.pgt_apply_log WHERE stream_id = 'cluster_a/public.order_agg' AND kind = 'snapshot'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(snapshots >= 2, "no snapshot after the column change");
+    check_apply_log(&mut c);
+    let stream = fed
+        .coordinator(|client| async move {
+            client.stream(&shared_model::StreamId::parse("cluster_a/public.order_agg").unwrap()).await
+        })
+        .unwrap();
+    assert_eq!(stream.schema_version, 2);
+    assert!(stream.columns.iter().any(|c| c.name == "biggest"));
+}

@@ -172,6 +172,26 @@ pub fn alter(
     let st =
         catalog::load(found.pgt_id, RowLock::Wait)?.ok_or_else(|| PgTrickleError::UnknownStreamTable(name.into()))?;
     let refresh_mode = refresh_mode.map(validate_mode).transpose()?;
+    if query.is_some() {
+        // A new query rebuilds the change buffer: batches the publisher has not sent yet would be lost.
+        let unpublished = catalog::scalar::<i64>(
+            "SELECT $2 - published_seq FROM pgtrickle.pgt_publications WHERE pgt_id = $1",
+            &[st.pgt_id.into(), st.last_batch_seq.into()],
+        )?
+        .unwrap_or(0);
+        if unpublished > 0 {
+            return Err(PgTrickleError::InvalidArgument {
+                argument: "query",
+                message: format!(
+                    "{} is published and {unpublished} of its batches are not sent to the broker yet",
+                    st.qualified()
+                ),
+                hint: "Retry in a moment (the publisher sends them within its poll interval); \
+                       pgtrickle.pgt_publications.last_error says why if it cannot."
+                    .into(),
+            });
+        }
+    }
     if let Some(schedule) = schedule {
         let seconds = parse_schedule(Some(schedule))?;
         catalog::exec_with(

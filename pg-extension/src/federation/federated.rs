@@ -255,3 +255,60 @@ pub fn drop(name: &str) -> Result<()> {
         Err(error) => Err(coordinator_error(error)),
     }
 }
+
+/// A source's columns changed (its snapshot batch says so): rebuilds that mirror with the new columns and the
+/// federated stream table over it, in the caller's transaction (the subscriber's apply). The table keeps its id at
+/// the coordinator, its consistency and every source's applied position; its query is analysed again, so a query
+/// the new columns break fails here, visibly, and nothing changes. Returns the new mirror.
+pub fn rebuild_mirror(stream: &shared_model::StreamId, columns: &[ColumnDef]) -> Result<pgrx::pg_sys::Oid> {
+    let row = catalog::scalar::<pgrx::JsonB>(
+        "SELECT jsonb_build_object('pgt_id', st.pgt_id, 'query', st.defining_query, 'mode', st.refresh_mode, \
+           'schedule', extract(epoch FROM st.schedule)::text || 's', 'mirror', s.mirror_relid::regclass::text) \
+         FROM pgtrickle.pgt_federation_sources s JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+         WHERE s.stream_id = $1",
+        &[stream.to_string().into()],
+    )?
+    .ok_or_else(|| PgTrickleError::Internal(format!("{stream} is not mirrored here")))?
+    .0;
+    let pgt_id = row["pgt_id"].as_i64().unwrap_or_default();
+    let text = |key: &str| row[key].as_str().map(str::to_string);
+    let st = catalog::load(pgt_id, crate::catalog::RowLock::Wait)?
+        .ok_or_else(|| PgTrickleError::Internal(format!("federated stream table {pgt_id} vanished")))?;
+    // Keep the federation rows aside while the stream table is dropped and created again.
+    let saved_table = catalog::scalar::<pgrx::JsonB>(
+        "SELECT to_jsonb(t) FROM pgtrickle.pgt_federated_tables t WHERE pgt_id = $1",
+        &[pgt_id.into()],
+    )?;
+    let saved_sources = catalog::scalar::<pgrx::JsonB>(
+        "SELECT jsonb_agg(to_jsonb(s)) FROM pgtrickle.pgt_federation_sources s WHERE pgt_id = $1",
+        &[pgt_id.into()],
+    )?;
+    catalog::exec_with("DELETE FROM pgtrickle.pgt_federated_tables WHERE pgt_id = $1", &[pgt_id.into()])?;
+    define::drop(&st.qualified(), false)?;
+    catalog::allow_internal_ddl()?;
+    catalog::exec(&format!("DROP TABLE {}", text("mirror").unwrap_or_default()))?;
+    catalog::end_internal_ddl()?;
+    let mirror = mirror::create(stream, columns)?;
+    define::create(&st.qualified(), &st.defining_query, text("schedule").as_deref(), &st.refresh_mode)?;
+    let new_id = catalog::find_by_name(&st.qualified())?.pgt_id;
+    catalog::exec_with(
+        "INSERT INTO pgtrickle.pgt_federated_tables \
+         SELECT * FROM jsonb_populate_record(NULL::pgtrickle.pgt_federated_tables, $1 || jsonb_build_object('pgt_id', $2))",
+        &[saved_table.into(), new_id.into()],
+    )?;
+    catalog::exec_with(
+        "INSERT INTO pgtrickle.pgt_federation_sources \
+         SELECT * FROM jsonb_populate_recordset(NULL::pgtrickle.pgt_federation_sources, \
+           (SELECT jsonb_agg(CASE WHEN e->>'stream_id' = $3 \
+                 THEN e || jsonb_build_object('pgt_id', $2, 'mirror_relid', $4::oid, 'columns', $5::jsonb) \
+                 ELSE e || jsonb_build_object('pgt_id', $2) END) FROM jsonb_array_elements($1) e))",
+        &[
+            saved_sources.into(),
+            new_id.into(),
+            stream.to_string().into(),
+            mirror.into(),
+            pgrx::JsonB(serde_json::to_value(columns).unwrap_or_default()).into(),
+        ],
+    )?;
+    Ok(mirror)
+}

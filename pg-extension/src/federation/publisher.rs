@@ -199,8 +199,29 @@ impl Publisher {
             self.producer = None; // the broker connection was lost: reconnect with a fresh producer
             return Err("lost the connection to the broker; reconnecting".into());
         }
-        // 1. Recorded-but-unmarked batches and reinitialize requests.
+        // 1. Changed columns (a new defining query), recorded-but-unmarked batches and reinitialize requests.
         for publication in &publications {
+            let republished = run_in_transaction(|| {
+                let changed = catalog::scalar::<bool>(
+                    "SELECT p.columns IS DISTINCT FROM (SELECT coalesce(jsonb_agg(jsonb_build_object('name', attname::text, \
+                       'type_name', format_type(atttypid, atttypmod)) ORDER BY attnum), '[]') FROM pg_attribute \
+                       WHERE attrelid = st.pgt_relid AND attnum > 0 AND NOT attisdropped AND attname::text NOT LIKE '\\_\\_pgt\\_%') \
+                     FROM pgtrickle.pgt_publications p JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) WHERE p.pgt_id = $1",
+                    &[publication.pgt_id.into()],
+                )?
+                .unwrap_or(false);
+                if !changed {
+                    return Ok(false);
+                }
+                let Some(st) = catalog::load(publication.pgt_id, RowLock::None)? else { return Ok(false) };
+                // Tells the coordinators the new columns (schema version + 1); the snapshot batch the new query
+                // wrote carries them to the consumers, which rebuild their mirrors.
+                super::publish(&st.qualified())?;
+                Ok(true)
+            })?;
+            if republished {
+                pgrx::log!("pg_trickle publisher: {} changed its columns; published again", publication.stream);
+            }
             let client = self.client(&settings).map_err(|e| e.to_string())?.clone();
             let history = self
                 .runtime

@@ -170,13 +170,19 @@ fn loss_text(loss: &Loss) -> String {
 /// Applies `seqs` of one source (held batches) inside the caller's transaction.
 fn apply_source(source: &Source, held: &Held, seqs: &[u64], cut_at: Option<u64>) -> Result<()> {
     let mut last_offset = source.applied_offset;
+    let (mut mirror_oid, mut columns) = (source.mirror, source.columns.clone());
     for seq in seqs {
         let (batch, offset) = held
             .batches
             .get(seq)
             .ok_or_else(|| PgTrickleError::Internal(format!("batch {seq} of {} is not held", source.stream)))?;
+        if batch.kind == BatchKind::Snapshot && batch.columns != columns {
+            // The source's columns changed (a new defining query there): REINITIALIZE the mirror.
+            mirror_oid = super::federated::rebuild_mirror(&source.stream, &batch.columns)?;
+            columns = batch.columns.clone();
+        }
         let started = Instant::now();
-        let rows = mirror::apply(source.mirror, &source.columns, batch)?;
+        let rows = mirror::apply(mirror_oid, &columns, batch)?;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         let kind = if batch.kind == BatchKind::Snapshot { "snapshot" } else { "delta" };
         catalog::exec_with(
@@ -397,6 +403,11 @@ impl Subscriber {
             // Fresh data is refreshed into the federated stream table at once; its schedule stays as the bound
             // for the quiet times. (A failure here is the scheduler's to record and retry.)
             let _ = run_in_transaction(|| {
+                let pgt_id = catalog::scalar::<i64>(
+                    "SELECT pgt_id FROM pgtrickle.pgt_federation_sources WHERE stream_id = $1",
+                    &[sources[0].stream.to_string().into()],
+                )?
+                .unwrap_or(pgt_id);
                 if let Some(st) = catalog::load(pgt_id, RowLock::SkipLocked)? {
                     refresh::refresh(&st, Trigger::Subscriber, Request::UpToDate)?;
                 }
@@ -425,6 +436,12 @@ impl Subscriber {
                         apply_source(source, held.get(&source.stream).unwrap_or(&empty), seqs, Some(cut_at))?;
                     }
                 }
+                // A mirror rebuilt for new columns comes with a new stream table: find it by its sources.
+                let pgt_id = catalog::scalar::<i64>(
+                    "SELECT pgt_id FROM pgtrickle.pgt_federation_sources WHERE stream_id = $1",
+                    &[sources[0].stream.to_string().into()],
+                )?
+                .unwrap_or(pgt_id);
                 catalog::exec_with(
                     "UPDATE pgtrickle.pgt_federated_tables SET applied_cut_at = $2 WHERE pgt_id = $1",
                     &[pgt_id.into(), (cut_at as i64).into()],
