@@ -10,7 +10,11 @@ pub struct Federation {
     pub clusters: Clusters,
     pub broker: Broker,
     pub coordinators: Coordinators,
+    /// One federation at a time per test process: seven servers each are what two cores can take.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// `cluster_a`, `cluster_b`, … for cluster index 0, 1, …
 pub fn cluster_name(index: usize) -> String {
@@ -25,6 +29,7 @@ impl Federation {
 
     /// The same with a broker of the caller's choosing (e.g. [`Broker::start_persistent`]).
     pub fn start_with(broker: Broker, count: usize, settings: &[&str]) -> Result<Federation> {
+        let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let coordinators = Coordinators::start(3)?;
         coordinators.cli(&["federation", "--bootstrap-servers", &broker.address()])?;
         let token = format!("pg_trickle.coordinator_token={TOKEN}");
@@ -41,7 +46,7 @@ impl Federation {
                 &[&endpoints, &cluster_name(index)],
             )?;
         }
-        Ok(Federation { clusters, broker, coordinators })
+        Ok(Federation { clusters, broker, coordinators, _one_at_a_time: guard })
     }
 
     /// A connection to cluster `index`'s `postgres` database.
