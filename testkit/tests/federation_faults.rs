@@ -141,3 +141,47 @@ fn coordinators_down_stall_visibly_then_resume() {
     converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(120));
     check_apply_log(&mut c);
 }
+
+#[test]
+fn a_publisher_dying_between_broker_ack_and_frontier_advance_resends_the_same_seq() {
+    let fed = Federation::start(3, &[]).expect("federation");
+    let (mut a, mut b) = setup_sources(&fed);
+    let mut c = fed.connect(2).unwrap();
+    create_dashboard(&mut c);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    let stream = "cluster_a/public.order_agg";
+    let before = fed.frontier(stream).seq();
+    // Every publisher of A now exits right after the broker acknowledged, before the frontier advance; the
+    // scheduler starts a new one, which sends the same batch again, and exits again.
+    a.batch_execute("ALTER SYSTEM SET pg_trickle.debug_exit_after_send = on").unwrap();
+    a.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    a.execute("INSERT INTO orders VALUES (100000, 1, 5)", &[]).unwrap();
+    let resent = wait_for(Duration::from_secs(30), || {
+        fed.clusters[0].log().matches("exiting after the broker acknowledged").count().ge(&3).then_some(())
+    });
+    assert!(resent.is_some(), "the publisher did not exit after sending:\n{}", fed.clusters[0].log());
+    assert_eq!(fed.frontier(stream).seq(), before, "nothing may be recorded while the publisher dies before recording");
+    a.batch_execute("ALTER SYSTEM RESET pg_trickle.debug_exit_after_send").unwrap();
+    a.batch_execute("SELECT pg_reload_conf()").unwrap();
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    // The batch is in the topic several times (the recorded copy sits past the unrecorded ones) …
+    let frontier = fed.frontier(stream);
+    let offset = |seq: u64| frontier.point(seq).unwrap().unwrap().position.offset;
+    assert!(
+        offset(before + 1) - offset(before) >= 3,
+        "expected resent copies between offsets {} and {}",
+        offset(before),
+        offset(before + 1)
+    );
+    println!(
+        "seq {} recorded at offset {}, seq {before} at {}: {} unrecorded copies in between",
+        before + 1,
+        offset(before + 1),
+        offset(before),
+        offset(before + 1) - offset(before) - 1
+    );
+    // … and C applied it once.
+    let seqs = check_apply_log(&mut c);
+    assert_eq!(seqs[stream].iter().filter(|s| **s == (before + 1) as i64).count(), 1, "{seqs:?}");
+}

@@ -15,6 +15,9 @@ pub static COORDINATOR_TOKEN: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 /// Upper bound (seconds) of the retry backoff of a failing stream table.
 pub static MAX_BACKOFF_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
+/// Fault injection for tests: the publisher exits right after the broker acknowledged a round's batches, before
+/// it records them in the coordinators' log (a crash at the worst moment, on demand).
+pub static DEBUG_EXIT_AFTER_SEND: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// How often (milliseconds) the publisher and the subscriber look for new batches when idle.
 pub static FEDERATION_POLL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 
@@ -77,6 +80,14 @@ pub fn register() {
         60_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_trickle.debug_exit_after_send",
+        c"Fault injection: the publisher exits after the broker acknowledged, before the frontier advance.",
+        c"For tests of the publish protocol only; never set it in production.",
+        &DEBUG_EXIT_AFTER_SEND,
+        GucContext::Sighup,
+        GucFlags::NO_SHOW_ALL,
     );
     GucRegistry::define_string_guc(
         c"pg_trickle.coordinator_token",

@@ -283,6 +283,13 @@ impl Publisher {
         if advances.is_empty() {
             return Ok(false);
         }
+        if config::DEBUG_EXIT_AFTER_SEND.get() {
+            pgrx::log!(
+                "pg_trickle publisher: exiting after the broker acknowledged (pg_trickle.debug_exit_after_send)"
+            );
+            // SAFETY: ends this background worker the way PostgreSQL's own processes exit.
+            unsafe { pg_sys::proc_exit(1) };
+        }
         // 3. Record them in the log, then mark them published.
         let client = self.client(&settings).map_err(|e| e.to_string())?.clone();
         self.runtime
