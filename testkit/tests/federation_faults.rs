@@ -36,8 +36,14 @@ fn exactly_once_across_crashes() {
 
     // A's publisher dies mid-stream (the whole of A restarts its backends, as PostgreSQL does after a crash).
     workload(&mut a, &mut b, &mut rng, 30);
+    let ready =
+        |fed: &Federation| fed.clusters[0].log().matches("database system is ready to accept connections").count();
+    let ready_before = ready(&fed);
     let killed = fed.clusters[0].kill_backend("pg_trickle publisher").unwrap();
     assert!(killed.is_some(), "A has no publisher running");
+    // PostgreSQL answers a crashed child by ending every backend and recovering: wait for that to finish.
+    let recovered = wait_for(Duration::from_secs(60), || (ready(&fed) > ready_before).then_some(()));
+    assert!(recovered.is_some(), "A did not recover:\n{}", fed.clusters[0].log());
     a = reconnect(&fed, 0);
     workload(&mut a, &mut b, &mut rng, 30);
     converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
