@@ -57,9 +57,11 @@ fn run(consistency: &str, stop_at_first_violation: bool) -> (Federation, Observe
     // The checker: one statement per sample, so it sees one snapshot.
     let stop = Arc::new(AtomicBool::new(false));
     let violated = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
     let checker = {
         let stop = stop.clone();
         let violated = violated.clone();
+        let seen = seen.clone();
         let mut c = fed.connect(2).unwrap();
         std::thread::spawn(move || {
             let mut observed = Observed { pairs: Vec::new(), orphans: 0 };
@@ -81,6 +83,7 @@ fn run(consistency: &str, stop_at_first_violation: bool) -> (Federation, Observe
                 }
                 if observed.pairs.last() != Some(&pair) {
                     observed.pairs.push(pair);
+                    seen.lock().unwrap().push(pair);
                 }
             }
             observed
@@ -89,8 +92,17 @@ fn run(consistency: &str, stop_at_first_violation: bool) -> (Federation, Observe
 
     // The writer: each event on A, once A's batch carrying it is in the log, gets a derived row on B.
     let started = Instant::now();
+    let mut checked = Instant::now();
     let mut id = 0;
-    while started.elapsed() < Duration::from_secs(if stop_at_first_violation { 20 } else { 12 }) {
+    while started.elapsed() < Duration::from_secs(if stop_at_first_violation { 60 } else { 12 }) {
+        // Looking for a violation: check what was seen against the log every 2 s, and stop at the first.
+        if stop_at_first_violation && checked.elapsed() > Duration::from_secs(2) {
+            checked = Instant::now();
+            let pairs = seen.lock().unwrap().clone();
+            if !inconsistent(&fed, &pairs).is_empty() {
+                break;
+            }
+        }
         id += 1;
         a.execute("INSERT INTO events VALUES ($1, 'event ' || $1::int)", &[&id]).unwrap();
         // Several independent events on A too, so A's batches interleave with B's in the log.
