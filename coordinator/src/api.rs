@@ -180,6 +180,8 @@ pub struct FrontierHistoryView {
     pub truncated: bool,
     /// Committed batches after the floor, in seq order.
     pub points: Vec<FrontierPoint>,
+    /// The log index this answer reflects (the node's last applied entry): batches committed later are not in it.
+    pub as_of: LogIndex,
 }
 
 impl FrontierHistoryView {
@@ -376,6 +378,7 @@ pub mod views {
             floor_at,
             truncated,
             points,
+            as_of: state.last_applied(),
         })
     }
 

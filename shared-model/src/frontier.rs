@@ -139,6 +139,19 @@ impl Frontier {
         }
     }
 
+    /// The frontier as the log stood at index `t`: points committed after `t` dropped. Frontiers of several
+    /// streams read at different moments must be cut back to the oldest of those moments before a cut is taken
+    /// over them, or a newer batch of one stream could pair with an older state of another.
+    pub fn as_of(&self, t: LogIndex) -> Frontier {
+        let keep = self.points.partition_point(|p| p.at <= t);
+        Frontier {
+            floor_seq: self.floor_seq,
+            floor_at: self.floor_at,
+            truncated: self.truncated,
+            points: self.points.range(..keep).copied().collect(),
+        }
+    }
+
     /// The parts a frontier travels as: floor seq, floor time, whether history before the floor was dropped,
     /// and the retained points.
     pub fn parts(&self) -> (u64, LogIndex, bool, Vec<FrontierPoint>) {

@@ -237,3 +237,31 @@ fn parts_out_of_order_are_refused() {
     assert!(Frontier::from_parts(3, 10, true, vec![point(5, 11)]).is_err());
     assert!(Frontier::from_parts(3, 10, true, vec![point(4, 9)]).is_err());
 }
+
+/// Frontiers of two streams read at different moments: the causal plan over them as read can pair a newer batch
+/// of one with an older state of the other; cut back to the older moment (`as_of`), every plan is a cut.
+#[test]
+fn frontiers_read_at_different_moments_are_cut_back_before_planning() {
+    let ids = streams(2);
+    // Log: A1@1, B1@2, A2@3, B2@4.
+    let whole = build(2, &[(0, false), (1, false), (0, false), (1, false)]);
+    // A's frontier read when the log stood at 2, B's at 4.
+    let mut read: BTreeMap<StreamId, (SourceProgress, Frontier)> = BTreeMap::new();
+    for (id, frontier) in &whole {
+        let moment = if *id == ids[0] { 2 } else { 4 };
+        let progress = SourceProgress { received: received(frontier, &[true], 0), ..Default::default() };
+        read.insert(id.clone(), (progress, frontier.as_of(moment)));
+    }
+    let frontiers_of = |plan_at: &BTreeMap<StreamId, u64>| is_consistent(plan_at, &whole);
+    // As read: the newest time is 4, A looks like seq 1 there (A2@3 is missing from its read) — not a cut.
+    let (_, naive) = plan_causal(&read).unwrap();
+    let naive_seqs: BTreeMap<StreamId, u64> =
+        naive.iter().map(|(s, path)| (s.clone(), path.last().copied().unwrap_or(0))).collect();
+    assert!(!frontiers_of(&naive_seqs), "the hazard this guards against did not show: {naive_seqs:?}");
+    // Cut back to the older moment: a real cut.
+    let aligned: BTreeMap<StreamId, (SourceProgress, Frontier)> =
+        read.into_iter().map(|(id, (p, f))| (id, (p, f.as_of(2)))).collect();
+    let (_, plan) = plan_causal(&aligned).unwrap();
+    let seqs: BTreeMap<StreamId, u64> = plan.iter().map(|(s, p)| (s.clone(), p.last().copied().unwrap_or(0))).collect();
+    assert!(frontiers_of(&seqs), "{seqs:?}");
+}

@@ -342,11 +342,14 @@ impl Subscriber {
         // The committed frontier after what each source applied.
         let client = self.client(&settings).map_err(|e| e.to_string())?;
         let mut frontiers: BTreeMap<StreamId, (Frontier, bool)> = BTreeMap::new();
+        // Each answer reflects the log at its own index; causal cuts are taken as of the oldest of them.
+        let mut as_of: BTreeMap<StreamId, u64> = BTreeMap::new();
         for source in &sources {
             let answer =
                 self.runtime.block_on(client.frontier_history(&source.stream, source.applied_seq, Duration::ZERO));
             match answer.map_err(coordinator_error).and_then(|view| {
                 let pending = view.pending_reinit.is_some();
+                as_of.insert(source.stream.clone(), view.as_of);
                 view.frontier().map(|f| (f, pending)).map_err(PgTrickleError::Internal)
             }) {
                 Ok(found) => {
@@ -368,7 +371,17 @@ impl Subscriber {
             }
             applied_any |= match consistency {
                 Consistency::Eventual => self.advance_eventual(&client, *pgt_id, &mine, &frontiers)?,
-                Consistency::Causal => self.advance_causal(&client, *pgt_id, &mine, &frontiers)?,
+                Consistency::Causal => {
+                    let horizon = mine.iter().filter_map(|s| as_of.get(&s.stream)).min().copied().unwrap_or(0);
+                    let aligned: BTreeMap<StreamId, (Frontier, bool)> = mine
+                        .iter()
+                        .map(|s| {
+                            let (frontier, pending) = &frontiers[&s.stream];
+                            (s.stream.clone(), (frontier.as_of(horizon), *pending))
+                        })
+                        .collect();
+                    self.advance_causal(&client, *pgt_id, &mine, &aligned)?
+                }
             };
         }
         Ok(applied_any)
