@@ -10,7 +10,7 @@
 //! A crash anywhere repeats work, never loses it: a batch sent but not recorded is sent again with the same seq
 //! (consumers apply each seq once), and a batch recorded but not marked is recognised in step 1.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coordinator::api::AdvanceFrontiers;
 use coordinator::client::Client;
@@ -20,7 +20,7 @@ use shared_model::envelope::{Batch, RowAction, RowChange};
 use shared_model::{BatchKind, BrokerPosition, ColumnDef, FrontierAdvance, StreamId};
 
 use super::broker::{topic_name, KafkaProducer, MAX_MESSAGE_BYTES};
-use super::runtime::new_runtime;
+use super::runtime::{new_runtime, run_worker_loop};
 use super::{client_id, client_with_id, coordinator_error, membership};
 use crate::catalog::{self, RowLock};
 use crate::config;
@@ -30,9 +30,6 @@ use crate::scheduler::transaction::run_in_transaction;
 
 /// Batches sent per stream per round (a round ends with one frontier proposal for all of them).
 const BATCHES_PER_ROUND: i64 = 64;
-
-/// Longest wait between retries while the broker or the coordinators fail.
-const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Starts the publisher of `database` (called by that database's scheduler).
 pub fn launch(database: pg_sys::Oid, name: &str) -> Option<DynamicBackgroundWorker> {
@@ -325,41 +322,18 @@ pub extern "C-unwind" fn pg_trickle_publisher_main(arg: pg_sys::Datum) {
         }
     };
     let mut publisher = Publisher { runtime, client: None, producer: None };
-    let mut backoff = Duration::ZERO;
-    let mut idle_since = Instant::now();
-    loop {
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: called from the worker's main loop, outside any transaction.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
-        let wait = match publisher.round() {
-            Ok(true) => {
-                backoff = Duration::ZERO;
-                idle_since = Instant::now();
-                Duration::from_millis(1)
-            }
-            Ok(false) => {
-                backoff = Duration::ZERO;
-                // Nothing published here any more: stop; the scheduler starts a publisher when needed.
-                let nothing = run_in_transaction(|| {
-                    Ok(catalog::scalar::<bool>("SELECT NOT EXISTS (SELECT 1 FROM pgtrickle.pgt_publications)", &[])?
-                        .unwrap_or(true))
-                })
-                .unwrap_or(false);
-                if nothing && idle_since.elapsed() > Duration::from_secs(10) {
-                    return;
-                }
-                Duration::from_millis(config::FEDERATION_POLL_MS.get().max(1) as u64)
-            }
-            Err(message) => {
-                pgrx::log!("pg_trickle publisher: {message}");
-                record_error(&message);
-                backoff = (backoff * 2).clamp(Duration::from_millis(200), RETRY_BACKOFF_MAX);
-                backoff
-            }
-        };
-        if !BackgroundWorker::wait_latch(Some(wait)) {
-            return;
-        }
-    }
+    run_worker_loop(
+        "publisher",
+        || Duration::from_millis(config::FEDERATION_POLL_MS.get().max(1) as u64),
+        // Nothing published here any more: stop.
+        || {
+            run_in_transaction(|| {
+                Ok(catalog::scalar::<bool>("SELECT NOT EXISTS (SELECT 1 FROM pgtrickle.pgt_publications)", &[])?
+                    .unwrap_or(true))
+            })
+            .unwrap_or(false)
+        },
+        || publisher.round(),
+        record_error,
+    );
 }

@@ -40,3 +40,50 @@ pub fn new_runtime() -> Result<tokio::runtime::Runtime> {
 pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
     Ok(new_runtime()?.block_on(future))
 }
+
+/// The main loop the publisher and the subscriber share: reload configuration on SIGHUP, run a round, then wait —
+/// briefly after work, `idle` when there was none, with doubling backoff (200 ms … 5 s) after a failure, which
+/// `on_error` records. Returns when SIGTERM arrives, or when `nothing_to_do` has held for 10 s (the database's
+/// scheduler starts the worker again when needed).
+pub fn run_worker_loop(
+    name: &str,
+    idle: impl Fn() -> std::time::Duration,
+    nothing_to_do: impl Fn() -> bool,
+    mut round: impl FnMut() -> std::result::Result<bool, String>,
+    on_error: impl Fn(&str),
+) {
+    use pgrx::bgworkers::BackgroundWorker;
+    use std::time::{Duration, Instant};
+    const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+    let mut backoff = Duration::ZERO;
+    let mut idle_since = Instant::now();
+    loop {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: called from the worker's main loop, outside any transaction.
+            unsafe { pgrx::pg_sys::ProcessConfigFile(pgrx::pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let wait = match round() {
+            Ok(true) => {
+                backoff = Duration::ZERO;
+                idle_since = Instant::now();
+                Duration::from_millis(1)
+            }
+            Ok(false) => {
+                backoff = Duration::ZERO;
+                if idle_since.elapsed() > Duration::from_secs(10) && nothing_to_do() {
+                    return;
+                }
+                idle()
+            }
+            Err(message) => {
+                pgrx::log!("pg_trickle {name}: {message}");
+                on_error(&message);
+                backoff = (backoff * 2).clamp(Duration::from_millis(200), RETRY_BACKOFF_MAX);
+                backoff
+            }
+        };
+        if !BackgroundWorker::wait_latch(Some(wait)) {
+            return;
+        }
+    }
+}

@@ -23,7 +23,7 @@ use shared_model::envelope::{decode_envelope, Assembler, Batch};
 use shared_model::{BatchKind, ColumnDef, Consistency, Frontier, StreamId};
 
 use super::broker::{KafkaConsumer, Topics};
-use super::runtime::new_runtime;
+use super::runtime::{new_runtime, run_worker_loop};
 use super::{client_id, client_with_id, coordinator_error, mirror};
 use crate::catalog::{self, RowLock};
 use crate::config;
@@ -31,8 +31,6 @@ use crate::error::{PgTrickleError, Result};
 use crate::refresh::{self, Request, Trigger};
 use crate::scheduler::transaction::run_in_transaction;
 
-/// Longest wait between retries while the broker or the coordinators fail.
-const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a committed batch may fail to arrive while the consumer reads without errors before it counts as lost
 /// (then a snapshot is requested and the source is read again from the start of its topic).
 const LOSS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -213,6 +211,20 @@ fn apply_source(source: &Source, held: &Held, seqs: &[u64], cut_at: Option<u64>)
         return Err(PgTrickleError::Internal(format!("{} was applied by someone else meanwhile", source.stream)));
     }
     Ok(())
+}
+
+/// Refreshes the federated stream table `source` belongs to, in the caller's transaction; returns its id. The id
+/// is looked up by the source because rebuilding a mirror for new columns creates the stream table anew.
+fn refresh_federated(source: &Source, known_id: i64, lock: RowLock) -> Result<i64> {
+    let pgt_id = catalog::scalar::<i64>(
+        "SELECT pgt_id FROM pgtrickle.pgt_federation_sources WHERE stream_id = $1",
+        &[source.stream.to_string().into()],
+    )?
+    .unwrap_or(known_id);
+    if let Some(st) = catalog::load(pgt_id, lock)? {
+        refresh::refresh(&st, Trigger::Subscriber, Request::UpToDate)?;
+    }
+    Ok(pgt_id)
 }
 
 impl Subscriber {
@@ -415,17 +427,7 @@ impl Subscriber {
         if applied_any {
             // Fresh data is refreshed into the federated stream table at once; its schedule stays as the bound
             // for the quiet times. (A failure here is the scheduler's to record and retry.)
-            let _ = run_in_transaction(|| {
-                let pgt_id = catalog::scalar::<i64>(
-                    "SELECT pgt_id FROM pgtrickle.pgt_federation_sources WHERE stream_id = $1",
-                    &[sources[0].stream.to_string().into()],
-                )?
-                .unwrap_or(pgt_id);
-                if let Some(st) = catalog::load(pgt_id, RowLock::SkipLocked)? {
-                    refresh::refresh(&st, Trigger::Subscriber, Request::UpToDate)?;
-                }
-                Ok(())
-            });
+            let _ = run_in_transaction(|| refresh_federated(sources[0], pgt_id, RowLock::SkipLocked).map(|_| ()));
         }
         Ok(applied_any)
     }
@@ -449,19 +451,11 @@ impl Subscriber {
                         apply_source(source, held.get(&source.stream).unwrap_or(&empty), seqs, Some(cut_at))?;
                     }
                 }
-                // A mirror rebuilt for new columns comes with a new stream table: find it by its sources.
-                let pgt_id = catalog::scalar::<i64>(
-                    "SELECT pgt_id FROM pgtrickle.pgt_federation_sources WHERE stream_id = $1",
-                    &[sources[0].stream.to_string().into()],
-                )?
-                .unwrap_or(pgt_id);
+                let pgt_id = refresh_federated(sources[0], pgt_id, RowLock::Wait)?;
                 catalog::exec_with(
                     "UPDATE pgtrickle.pgt_federated_tables SET applied_cut_at = $2 WHERE pgt_id = $1",
                     &[pgt_id.into(), (cut_at as i64).into()],
                 )?;
-                if let Some(st) = catalog::load(pgt_id, RowLock::Wait)? {
-                    refresh::refresh(&st, Trigger::Subscriber, Request::UpToDate)?;
-                }
                 Ok(())
             });
             return match outcome {
@@ -611,43 +605,18 @@ pub extern "C-unwind" fn pg_trickle_subscriber_main(arg: pg_sys::Datum) {
         written: BTreeMap::new(),
         broker_error: None,
     };
-    let mut backoff = Duration::ZERO;
-    let mut idle_since = Instant::now();
-    loop {
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: called from the worker's main loop, outside any transaction.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
-        let wait = match subscriber.round() {
-            Ok(true) => {
-                backoff = Duration::ZERO;
-                idle_since = Instant::now();
-                Duration::from_millis(1)
-            }
-            Ok(false) => {
-                backoff = Duration::ZERO;
-                let nothing = run_in_transaction(|| {
-                    Ok(catalog::scalar::<bool>(
-                        "SELECT NOT EXISTS (SELECT 1 FROM pgtrickle.pgt_federation_sources)",
-                        &[],
-                    )?
+    run_worker_loop(
+        "subscriber",
+        // The broker poll inside the round already waited.
+        || Duration::from_millis(1),
+        || {
+            run_in_transaction(|| {
+                Ok(catalog::scalar::<bool>("SELECT NOT EXISTS (SELECT 1 FROM pgtrickle.pgt_federation_sources)", &[])?
                     .unwrap_or(true))
-                })
-                .unwrap_or(false);
-                if nothing && idle_since.elapsed() > Duration::from_secs(10) {
-                    return;
-                }
-                // The broker poll inside the round already waited.
-                Duration::from_millis(1)
-            }
-            Err(message) => {
-                pgrx::log!("pg_trickle subscriber: {message}");
-                backoff = (backoff * 2).clamp(Duration::from_millis(200), RETRY_BACKOFF_MAX);
-                backoff
-            }
-        };
-        if !BackgroundWorker::wait_latch(Some(wait)) {
-            return;
-        }
-    }
+            })
+            .unwrap_or(false)
+        },
+        || subscriber.round(),
+        |_| {},
+    );
 }

@@ -543,21 +543,33 @@ pub async fn cut(
     let id = FederatedTableId(relation(&cluster, &name)?);
     let after = q.after.unwrap_or(0);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    long_poll(&app, wait, |s| {
+        let t = s
+            .federated_tables()
+            .get(&id)
+            .ok_or_else(|| Failure::not_found(format!("federated table {id} does not exist")))?;
+        let view = CutView { table: id.clone(), consistency: t.consistency, cut: t.newest_cut.clone() };
+        let ready = view.cut.at > after;
+        Ok((view, ready))
+    })
+    .await
+}
+
+/// Answers with what `look` finds in the applied state as soon as it says the answer is ready, or when `wait`
+/// passed; wakes up on every applied entry in between.
+async fn long_poll<T>(
+    app: &AppState,
+    wait: Duration,
+    look: impl Fn(&shared_model::State) -> Result<(T, bool), Failure>,
+) -> Result<Json<T>, Failure> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut applied = app.sm.subscribe_applied();
     app.metrics.watchers.inc();
-    let _guard = WatcherGuard(&app);
+    let _guard = WatcherGuard(app);
     loop {
         applied.borrow_and_update();
-        let view = app.sm.with_state(|s| {
-            s.federated_tables().get(&id).map(|t| CutView {
-                table: id.clone(),
-                consistency: t.consistency,
-                cut: t.newest_cut.clone(),
-            })
-        });
-        let Some(view) = view else { return Err(Failure::not_found(format!("federated table {id} does not exist"))) };
-        if view.cut.at > after || wait.is_zero() || tokio::time::Instant::now() >= deadline {
+        let (view, ready) = app.sm.with_state(&look)?;
+        if ready || wait.is_zero() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(view));
         }
         if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
@@ -582,21 +594,11 @@ pub async fn frontier_history(
     let id = StreamId(relation(&cluster, &name)?);
     let after_seq = q.after_seq.unwrap_or(0);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut applied = app.sm.subscribe_applied();
-    app.metrics.watchers.inc();
-    let _guard = WatcherGuard(&app);
-    loop {
-        applied.borrow_and_update();
-        let Some(view) = app.sm.with_state(|s| views::frontier_history(s, &id, after_seq)) else {
-            return Err(Failure::not_found(format!("stream {id} is not published")));
-        };
+    long_poll(&app, wait, |s| {
+        let view = views::frontier_history(s, &id, after_seq)
+            .ok_or_else(|| Failure::not_found(format!("stream {id} is not published")))?;
         let news = view.points.last().is_some_and(|p| p.seq > after_seq) || view.pending_reinit.is_some();
-        if news || wait.is_zero() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(view));
-        }
-        if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
-            return Ok(Json(view));
-        }
-    }
+        Ok((view, news))
+    })
+    .await
 }
