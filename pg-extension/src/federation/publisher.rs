@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use coordinator::api::AdvanceFrontiers;
 use coordinator::client::Client;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use shared_model::envelope::{Batch, RowAction, RowChange};
 use shared_model::{BatchKind, BrokerPosition, ColumnDef, FrontierAdvance, StreamId};
@@ -30,21 +30,6 @@ use crate::scheduler::transaction::run_in_transaction;
 
 /// Batches sent per stream per round (a round ends with one frontier proposal for all of them).
 const BATCHES_PER_ROUND: i64 = 64;
-
-/// Starts the publisher of `database` (called by that database's scheduler).
-pub fn launch(database: pg_sys::Oid, name: &str) -> Option<DynamicBackgroundWorker> {
-    BackgroundWorkerBuilder::new(&format!("pg_trickle publisher {name}"))
-        .set_type("pg_trickle publisher")
-        .set_library("pg_trickle")
-        .set_function("pg_trickle_publisher_main")
-        .set_argument(Some(pg_sys::Datum::from(database)))
-        .enable_spi_access()
-        .set_restart_time(None)
-        // SAFETY: MyProcPid is set for every backend before any user code runs.
-        .set_notify_pid(unsafe { pg_sys::MyProcPid })
-        .load_dynamic()
-        .ok()
-}
 
 struct Publication {
     pgt_id: i64,

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use coordinator::client::Client;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use shared_model::apply::{plan_causal, plan_source, Loss, SourceProgress, SourceStep, Waiting};
 use shared_model::envelope::{decode_envelope, Assembler, Batch};
@@ -34,21 +34,6 @@ use crate::scheduler::transaction::run_in_transaction;
 /// How long a committed batch may fail to arrive while the consumer reads without errors before it counts as lost
 /// (then a snapshot is requested and the source is read again from the start of its topic).
 const LOSS_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Starts the subscriber of `database` (called by that database's scheduler).
-pub fn launch(database: pg_sys::Oid, name: &str) -> Option<DynamicBackgroundWorker> {
-    BackgroundWorkerBuilder::new(&format!("pg_trickle subscriber {name}"))
-        .set_type("pg_trickle subscriber")
-        .set_library("pg_trickle")
-        .set_function("pg_trickle_subscriber_main")
-        .set_argument(Some(pg_sys::Datum::from(database)))
-        .enable_spi_access()
-        .set_restart_time(None)
-        // SAFETY: MyProcPid is set for every backend before any user code runs.
-        .set_notify_pid(unsafe { pg_sys::MyProcPid })
-        .load_dynamic()
-        .ok()
-}
 
 /// A mirrored source as the catalog stores it.
 #[derive(Debug, Clone, PartialEq)]

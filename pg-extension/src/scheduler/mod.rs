@@ -80,17 +80,7 @@ pub extern "C-unwind" fn pg_trickle_launcher_main(_arg: pg_sys::Datum) {
             if running >= budget {
                 break;
             }
-            let handle = BackgroundWorkerBuilder::new(&format!("pg_trickle scheduler {name}"))
-                .set_type("pg_trickle scheduler")
-                .set_library("pg_trickle")
-                .set_function("pg_trickle_scheduler_main")
-                .set_argument(Some(pg_sys::Datum::from(oid)))
-                .enable_spi_access()
-                .set_restart_time(None)
-                // SAFETY: MyProcPid is set for every backend before any user code runs.
-                .set_notify_pid(unsafe { pg_sys::MyProcPid })
-                .load_dynamic()
-                .ok();
+            let handle = launch_database_worker("scheduler", oid.into(), &name);
             if handle.is_none() {
                 pgrx::log!("pg_trickle: no background worker slot for database {name}; raise max_worker_processes");
             }
@@ -100,6 +90,22 @@ pub extern "C-unwind" fn pg_trickle_launcher_main(_arg: pg_sys::Datum) {
             break;
         }
     }
+}
+
+/// Starts the dynamic worker `pg_trickle <kind>` (entry point `pg_trickle_<kind>_main`) for one database; not
+/// restarted by the postmaster (its starter watches it), and reporting to the starting process.
+pub fn launch_database_worker(kind: &str, database: pg_sys::Oid, name: &str) -> Option<DynamicBackgroundWorker> {
+    BackgroundWorkerBuilder::new(&format!("pg_trickle {kind} {name}"))
+        .set_type(&format!("pg_trickle {kind}"))
+        .set_library("pg_trickle")
+        .set_function(&format!("pg_trickle_{kind}_main"))
+        .set_argument(Some(pg_sys::Datum::from(database)))
+        .enable_spi_access()
+        .set_restart_time(None)
+        // SAFETY: MyProcPid is set for every backend before any user code runs.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic()
+        .ok()
 }
 
 /// Databases that accept connections, read from pg_database directly: the launcher is connected to
@@ -198,10 +204,10 @@ impl FederationWorkers {
             w.as_ref().is_some_and(|h| matches!(h.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)))
         };
         if needs["publish"].as_bool().unwrap_or(false) && !alive(&self.publisher) {
-            self.publisher = crate::federation::publisher::launch(database, &name);
+            self.publisher = launch_database_worker("publisher", database, &name);
         }
         if needs["subscribe"].as_bool().unwrap_or(false) && !alive(&self.subscriber) {
-            self.subscriber = crate::federation::subscriber::launch(database, &name);
+            self.subscriber = launch_database_worker("subscriber", database, &name);
         }
     }
 }
