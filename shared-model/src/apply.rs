@@ -139,9 +139,15 @@ pub fn plan_source(progress: &SourceProgress, frontier: &Frontier) -> SourceStep
 pub fn plan_causal(
     sources: &BTreeMap<StreamId, (SourceProgress, Frontier)>,
 ) -> Option<(LogIndex, BTreeMap<StreamId, Vec<u64>>)> {
-    // Candidate times: the commit times of every batch beyond what is applied, newest first.
+    // Candidate times: the commit times of every batch beyond what is applied, newest first — and the commit time
+    // of each source's applied batch: when the applied seqs are not themselves a cut (one source ahead of the
+    // others, say after a snapshot jump), the first time every source reaches what it applied is such a time, and
+    // it may be the only reachable one.
     let mut times = BTreeSet::new();
     for (progress, frontier) in sources.values() {
+        if let Ok(Some(at)) = frontier.timestamp_of(progress.applied) {
+            times.insert(at);
+        }
         for seq in progress.applied + 1..=frontier.seq() {
             if let Ok(Some(point)) = frontier.point(seq) {
                 times.insert(point.at);
