@@ -121,7 +121,9 @@ pub fn dashboard_difference(a: &mut postgres::Client, b: &mut postgres::Client, 
 }
 
 /// Every source's applied seqs: a snapshot first, then each seq exactly once, in order, with no gap (a later
-/// snapshot may jump ahead). Returns the seqs per stream.
+/// snapshot may jump ahead), and the last one logged is the source's `applied_seq` (the log and the position are
+/// written in the same transaction). Every mirrored source must have applied something: an empty log fails.
+/// Returns the seqs per stream.
 pub fn check_apply_log(c: &mut postgres::Client) -> BTreeMap<String, Vec<i64>> {
     let mut log: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
     for row in
@@ -129,6 +131,18 @@ pub fn check_apply_log(c: &mut postgres::Client) -> BTreeMap<String, Vec<i64>> {
     {
         log.entry(row.get(0)).or_default().push((row.get(1), row.get(2)));
     }
+    let applied: BTreeMap<String, i64> = c
+        .query("SELECT stream_id, applied_seq FROM pgtrickle.pgt_federation_sources", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(!applied.is_empty(), "C mirrors no source");
+    assert_eq!(
+        log.keys().collect::<Vec<_>>(),
+        applied.keys().collect::<Vec<_>>(),
+        "the apply log and the mirrored sources name different streams"
+    );
     let mut out = BTreeMap::new();
     for (stream, entries) in log {
         assert_eq!(entries[0].1, "snapshot", "{stream}: first apply is not a snapshot: {entries:?}");
@@ -139,9 +153,52 @@ pub fn check_apply_log(c: &mut postgres::Client) -> BTreeMap<String, Vec<i64>> {
                 "{stream}: seq {next} ({kind}) applied after {prev}: {entries:?}"
             );
         }
+        let last = entries.last().expect("an entry per logged stream").0;
+        assert_eq!(last, applied[&stream], "{stream}: the apply log ends at {last}, applied_seq is {}", applied[&stream]);
         out.insert(stream, entries.into_iter().map(|(s, _)| s).collect());
     }
     out
+}
+
+/// The apply log's length (the number of batches C applied so far).
+pub fn apply_log_len(c: &mut postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM pgtrickle.pgt_apply_log", &[]).unwrap().get(0)
+}
+
+/// Batches a producer made that its publisher has not yet had recorded (broker ack + frontier advance), as text.
+pub fn unpublished(producer: &mut postgres::Client) -> Option<String> {
+    producer
+        .query_one(
+            "SELECT string_agg(format('%s made %s, published %s', p.stream_id, st.last_batch_seq, p.published_seq), '; ') \
+             FROM pgtrickle.pgt_publications p JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+             WHERE st.last_batch_seq > p.published_seq",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Batches the coordinators' log recorded that C has not applied yet, as text. The frontier is read before C's
+/// position, so a positive difference means the batch was in flight at the moment C was read.
+pub fn unapplied(fed: &Federation, c: &mut postgres::Client) -> Option<String> {
+    let streams: Vec<String> = c
+        .query("SELECT stream_id FROM pgtrickle.pgt_federation_sources ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let committed: Vec<u64> = streams.iter().map(|s| fed.frontier(s).seq()).collect();
+    let mut behind = Vec::new();
+    for (stream, committed) in streams.iter().zip(committed) {
+        let applied: i64 = c
+            .query_one("SELECT applied_seq FROM pgtrickle.pgt_federation_sources WHERE stream_id = $1", &[stream])
+            .unwrap()
+            .get(0);
+        if committed as i64 > applied {
+            behind.push(format!("{stream} committed {committed}, applied {applied}"));
+        }
+    }
+    (!behind.is_empty()).then(|| behind.join("; "))
 }
 
 pub fn sources_view(c: &mut postgres::Client) -> String {

@@ -1,6 +1,8 @@
 //! Change capture across real transactions: buffers are pruned once every consumer has the rows,
 //! changes committed by other sessions while a refresh runs are neither lost nor applied twice.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use testkit::Clusters;
@@ -46,29 +48,42 @@ fn concurrent_writers_during_refreshes_lose_and_duplicate_nothing() {
              SELECT pgtrickle.create_stream_table('per_writer', 'SELECT writer, count(*) AS c, sum(n) AS s FROM ticks GROUP BY writer', schedule => 'manual');",
         )
         .unwrap();
-    // Writers commit small transactions (some held open across a refresh) while refreshes run.
+    // Writers commit small transactions (some held open across a refresh) while refreshes run. Each writer
+    // publishes the id of its open transaction (0: none) once it has inserted and until it commits, so the test
+    // can tell a refresh that ran entirely while a writing transaction was open.
+    let open: Arc<Vec<AtomicU64>> = Arc::new((0..3).map(|_| AtomicU64::new(0)).collect());
     let writers: Vec<_> = (0..3)
         .map(|writer| {
             let conninfo = clusters[0].conninfo("postgres");
+            let open = open.clone();
             std::thread::spawn(move || {
                 let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
                 for i in 0..200 {
                     let mut tx = c.transaction().unwrap();
                     tx.execute("INSERT INTO ticks VALUES ($1, $2)", &[&writer, &i]).unwrap();
+                    open[writer as usize].store(writer as u64 * 1000 + i as u64 + 1, Ordering::SeqCst);
                     if i % 20 == 0 {
                         std::thread::sleep(Duration::from_millis(30));
                     }
+                    open[writer as usize].store(0, Ordering::SeqCst);
                     tx.commit().unwrap();
                 }
             })
         })
         .collect();
+    let mut overlapped = 0;
     while writers.iter().any(|w| !w.is_finished()) {
+        let before: Vec<u64> = open.iter().map(|o| o.load(Ordering::SeqCst)).collect();
         client.batch_execute("SELECT pgtrickle.refresh_stream_table('per_writer')").unwrap();
+        if open.iter().zip(&before).any(|(o, b)| *b != 0 && o.load(Ordering::SeqCst) == *b) {
+            overlapped += 1;
+        }
     }
     for writer in writers {
         writer.join().unwrap();
     }
+    println!("{overlapped} refreshes ran while a writing transaction stayed open");
+    assert!(overlapped >= 1, "no refresh overlapped an open writing transaction: the test exercised nothing");
     client.batch_execute("SELECT pgtrickle.refresh_stream_table('per_writer')").unwrap();
     let wrong = count(
         &mut client,

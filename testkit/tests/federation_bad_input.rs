@@ -9,11 +9,14 @@ use shared_model::{ColumnDef, StreamId};
 use testkit::federation::Federation;
 use testkit::seed::*;
 
-fn refused(client: &mut postgres::Client, sql: &str, state: SqlState) -> String {
+/// Runs `sql`, which must be refused with `state`, a HINT, and a message containing `reason` (so a case refused
+/// for another reason than the one it tests fails).
+fn refused(client: &mut postgres::Client, sql: &str, state: SqlState, reason: &str) -> String {
     let error = client.batch_execute(sql).expect_err(sql);
     let db = error.as_db_error().unwrap_or_else(|| panic!("{sql}: {error}"));
     assert_eq!(db.code(), &state, "{sql}: {}", db.message());
     assert!(db.hint().is_some_and(|h| !h.is_empty()), "{sql}: no HINT");
+    assert!(db.message().contains(reason), "{sql}: refused for another reason than {reason:?}: {}", db.message());
     db.message().to_string()
 }
 
@@ -55,51 +58,79 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
     let mut c = fed.connect(2).unwrap();
     let before = footprint(&fed, &mut c);
     let good = "'kafka://coordinator/cluster_a/order_agg'";
-    let cases: Vec<(String, SqlState, &str)> = vec![
-        (create("d1", "'not a url'", ""), SqlState::INVALID_PARAMETER_VALUE, "malformed URL"),
+    // (statement, SQLSTATE, what the case tests, a fragment the message must contain)
+    let cases: Vec<(String, SqlState, &str, &str)> = vec![
+        (
+            create("d1", "'not a url'", ""),
+            SqlState::INVALID_PARAMETER_VALUE,
+            "malformed URL",
+            "expected SCHEME://FEDERATION/CLUSTER/STREAM_TABLE",
+        ),
         (
             create("d1", "'kafka://elsewhere/cluster_a/order_agg'", ""),
             SqlState::INVALID_PARAMETER_VALUE,
             "other federation",
+            "names federation \"elsewhere\"",
         ),
         (
             create("d1", "'nats://coordinator/cluster_a/order_agg'", ""),
             SqlState::INVALID_PARAMETER_VALUE,
             "other backend",
+            "asks for backend nats",
         ),
         (
             create("d1", "'kafka://coordinator/cluster_z/order_agg'", ""),
             SqlState::INVALID_PARAMETER_VALUE,
             "unregistered cluster",
+            "cluster cluster_z is not registered",
         ),
         (
             create("d1", "'kafka://coordinator/cluster_a/no_such_st'", ""),
             SqlState::INVALID_PARAMETER_VALUE,
             "unknown stream",
+            "no_such_st is not published",
         ),
-        (create("d1", &format!("{good}, {good}"), ""), SqlState::INVALID_PARAMETER_VALUE, "duplicate source"),
+        (
+            create("d1", &format!("{good}, {good}"), ""),
+            SqlState::INVALID_PARAMETER_VALUE,
+            "duplicate source",
+            "is listed twice",
+        ),
         (
             "SELECT pgtrickle.create_federated_stream_table('d1', 'SELECT 1', ARRAY[]::text[])".into(),
             SqlState::INVALID_PARAMETER_VALUE,
             "no source",
+            "no source given",
         ),
-        (create("d1", good, ", consistency => 'strong'"), SqlState::INVALID_PARAMETER_VALUE, "unknown consistency"),
+        (
+            create("d1", good, ", consistency => 'strong'"),
+            SqlState::INVALID_PARAMETER_VALUE,
+            "unknown consistency",
+            "\"strong\"",
+        ),
         (
             create("d1", good, ", consistency => 'causal', schedule => '1s'"),
             SqlState::INVALID_PARAMETER_VALUE,
             "causal with a schedule",
+            "a causal federated stream table has no schedule",
         ),
-        (create("Bad Name", good, ""), SqlState::INVALID_PARAMETER_VALUE, "name not an identifier"),
+        (
+            create("Bad Name", good, ""),
+            SqlState::INVALID_PARAMETER_VALUE,
+            "name not an identifier",
+            "\"Bad Name\" is not a lower-case identifier",
+        ),
         (
             "SELECT pgtrickle.create_federated_stream_table('d1', 'SELECT * FROM cluster_a.nope', \
              ARRAY['kafka://coordinator/cluster_a/order_agg'])"
                 .into(),
             SqlState::UNDEFINED_TABLE,
             "query over a table that is not a mirror",
+            "cluster_a.nope",
         ),
     ];
-    for (sql, state, what) in &cases {
-        let message = refused(&mut c, sql, state.clone());
+    for (sql, state, what, reason) in &cases {
+        let message = refused(&mut c, sql, state.clone(), reason);
         println!("{what}: {message}");
         assert_eq!(footprint(&fed, &mut c), before, "{what} left something behind");
     }
@@ -110,10 +141,22 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
     // A duplicate name: the second create is refused and the first stays intact.
     c.batch_execute(&create("d1", good, "")).unwrap();
     let after_first = footprint(&fed, &mut c);
-    refused(&mut c, &create("d1", good, ""), SqlState::DUPLICATE_TABLE);
+    // (Over another source, so that the name is what clashes, not the mirror.)
+    refused(
+        &mut c,
+        "SELECT pgtrickle.create_federated_stream_table('d1', 'SELECT user_id, name FROM cluster_b.user_stats', \
+         ARRAY['kafka://coordinator/cluster_b/user_stats'])",
+        SqlState::DUPLICATE_TABLE,
+        "\"public.d1\" already exists",
+    );
     assert_eq!(footprint(&fed, &mut c), after_first, "duplicate name left something behind");
     // A second federated table over an already mirrored stream.
-    refused(&mut c, &create("d2", good, ""), SqlState::DUPLICATE_TABLE);
+    refused(
+        &mut c,
+        &create("d2", good, ""),
+        SqlState::DUPLICATE_TABLE,
+        "mirror of cluster_a/public.order_agg (read by federated table",
+    );
     assert_eq!(footprint(&fed, &mut c), after_first);
     c.batch_execute("SELECT pgtrickle.drop_federated_stream_table('d1')").unwrap();
     assert_eq!(footprint(&fed, &mut c), before, "drop left something behind");
@@ -145,7 +188,8 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
         "SELECT pgtrickle.create_federated_stream_table('loopy', 'SELECT a_fed.user_id FROM cluster_a.a_fed', \
          ARRAY['kafka://coordinator/cluster_a/a_fed'])",
         SqlState::INVALID_PARAMETER_VALUE,
+        "cycle",
     );
-    assert!(message.contains("cycle"), "{message}");
+    println!("cycle: {message}");
     assert_eq!(footprint(&fed, &mut c), before, "the refused cycle left something behind");
 }

@@ -24,6 +24,41 @@ fn reconnect(fed: &Federation, index: usize) -> postgres::Client {
     wait_for(Duration::from_secs(30), || fed.connect(index).ok()).expect("reconnect")
 }
 
+/// Where a kill must find work in flight.
+#[derive(Clone, Copy, Debug)]
+enum InFlight {
+    /// A made a batch its publisher has not yet had recorded.
+    OnA,
+    /// The log recorded a batch C has not applied.
+    OnC,
+    /// Either.
+    Anywhere,
+}
+
+/// Writes one statement at a time until work is in flight where `at` says, and returns what was found; the caller
+/// kills at once. A kill that lands on an idle federation proves nothing, so not finding any fails the test.
+fn drive_until_in_flight(
+    fed: &Federation,
+    a: &mut postgres::Client,
+    b: &mut postgres::Client,
+    c: &mut postgres::Client,
+    rng: &mut rand::rngs::StdRng,
+    at: InFlight,
+) -> String {
+    for _ in 0..2000 {
+        workload(a, b, rng, 1);
+        let found = match at {
+            InFlight::OnA => unpublished(a),
+            InFlight::OnC => unapplied(fed, c),
+            InFlight::Anywhere => unpublished(a).or_else(|| unpublished(b)).or_else(|| unapplied(fed, c)),
+        };
+        if let Some(found) = found {
+            return found;
+        }
+    }
+    panic!("no work in flight ({at:?}) after 2000 statements:\n{}", sources_view(c));
+}
+
 #[test]
 fn exactly_once_across_crashes() {
     let fed = Federation::start_with(Broker::start_persistent().expect("broker"), 3, &[]).expect("federation");
@@ -34,13 +69,16 @@ fn exactly_once_across_crashes() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut fed = fed;
 
-    // A's publisher dies mid-stream (the whole of A restarts its backends, as PostgreSQL does after a crash).
+    // A's publisher dies mid-stream, with a batch of A's not yet recorded (the whole of A restarts its backends,
+    // as PostgreSQL does after a crash).
     workload(&mut a, &mut b, &mut rng, 30);
     let ready =
         |fed: &Federation| fed.clusters[0].log().matches("database system is ready to accept connections").count();
     let ready_before = ready(&fed);
+    let in_flight = drive_until_in_flight(&fed, &mut a, &mut b, &mut c, &mut rng, InFlight::OnA);
     let killed = fed.clusters[0].kill_backend("pg_trickle publisher").unwrap();
     assert!(killed.is_some(), "A has no publisher running");
+    println!("publisher SIGKILL with {in_flight}");
     // PostgreSQL answers a crashed child by ending every backend and recovering: wait for that to finish.
     let recovered = wait_for(Duration::from_secs(60), || (ready(&fed) > ready_before).then_some(()));
     assert!(recovered.is_some(), "A did not recover:\n{}", fed.clusters[0].log());
@@ -49,11 +87,12 @@ fn exactly_once_across_crashes() {
     converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
     println!("publisher SIGKILL: converged, apply log {:?}", check_apply_log(&mut c));
 
-    // C's postmaster dies mid-apply.
+    // C's postmaster dies mid-apply: with batches recorded that C has not applied.
     workload(&mut a, &mut b, &mut rng, 30);
-    std::thread::sleep(Duration::from_millis(100));
+    let in_flight = drive_until_in_flight(&fed, &mut a, &mut b, &mut c, &mut rng, InFlight::OnC);
     drop(c);
     fed.clusters[2].crash_and_restart().unwrap();
+    println!("C postmaster SIGKILL with {in_flight}");
     c = reconnect(&fed, 2);
     workload(&mut a, &mut b, &mut rng, 30);
     converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
@@ -62,7 +101,9 @@ fn exactly_once_across_crashes() {
     // The coordinator leader dies; a new one is elected and the old one comes back.
     workload(&mut a, &mut b, &mut rng, 30);
     let leader = fed.coordinators.leader().expect("a leader");
+    let in_flight = drive_until_in_flight(&fed, &mut a, &mut b, &mut c, &mut rng, InFlight::Anywhere);
     fed.coordinators.kill(leader);
+    println!("coordinator leader SIGKILL with {in_flight}");
     workload(&mut a, &mut b, &mut rng, 30);
     converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
     fed.coordinators.restart(leader).unwrap();
@@ -70,7 +111,9 @@ fn exactly_once_across_crashes() {
 
     // The broker (persistent storage) dies and restarts mid-stream: nothing is lost, no snapshot is needed.
     workload(&mut a, &mut b, &mut rng, 30);
+    let in_flight = drive_until_in_flight(&fed, &mut a, &mut b, &mut c, &mut rng, InFlight::Anywhere);
     fed.broker.restart().unwrap();
+    println!("broker SIGKILL with {in_flight}");
     workload(&mut a, &mut b, &mut rng, 30);
     converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(120));
     let seqs = check_apply_log(&mut c);
@@ -127,6 +170,11 @@ fn coordinators_down_stall_visibly_then_resume() {
     let mut c = fed.connect(2).unwrap();
     create_dashboard(&mut c);
     converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    // C has applied everything the log recorded; with the coordinators gone nothing more can be recorded, so
+    // nothing more may be applied until they are back, however many batches reach the broker meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(unapplied(&fed, &mut c), None);
+    let applied_before = apply_log_len(&mut c);
     for index in 0..3 {
         fed.coordinators.kill(index);
     }
@@ -141,6 +189,15 @@ fn coordinators_down_stall_visibly_then_resume() {
     });
     let detail = stalled.unwrap_or_else(|| panic!("no stall shown:\n{}", sources_view(&mut c)));
     assert!(detail.contains("coordinator unreachable"), "{detail}");
+    // Stalled, and it stays so while A and B keep writing and publishing to the broker.
+    let made_before: i64 = a.query_one("SELECT max(last_batch_seq) FROM pgtrickle.pgt_stream_tables", &[]).unwrap().get(0);
+    for _ in 0..6 {
+        workload(&mut a, &mut b, &mut rng, 10);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(apply_log_len(&mut c), applied_before, "C applied batches the log never recorded:\n{}", sources_view(&mut c));
+    }
+    let made_after: i64 = a.query_one("SELECT max(last_batch_seq) FROM pgtrickle.pgt_stream_tables", &[]).unwrap().get(0);
+    assert!(made_after > made_before, "A made no batch during the stall (its publisher sends them and cannot record them): the check above tested nothing");
     for index in 0..3 {
         fed.coordinators.restart(index).unwrap();
     }

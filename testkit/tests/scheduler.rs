@@ -52,7 +52,8 @@ fn workers_refresh_on_schedule_and_isolate_a_failing_stream_table() {
     assert!(by_scheduler >= 1);
 
     // One stream table starts failing (division by zero in its query); it goes to ERROR with the
-    // message kept, while the other keeps being refreshed.
+    // message kept, and is retried by the scheduler alone (nothing else is written meanwhile, so no change can
+    // trigger the retry): at least two failures, with the backoff capped at max_backoff = 2 s.
     client.batch_execute("UPDATE readings SET divisor = 0 WHERE id = 7").unwrap();
     let failed = wait_for(Duration::from_secs(20), || {
         let row = client
@@ -63,9 +64,15 @@ fn workers_refresh_on_schedule_and_isolate_a_failing_stream_table() {
             )
             .unwrap();
         let (status, error, failures): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
-        (status == "ERROR" && error.contains("division by zero") && failures >= 1).then_some(failures)
+        (status == "ERROR" && error.contains("division by zero") && failures >= 2).then_some(failures)
     });
-    assert!(failed.is_some(), "ratios did not go to ERROR; log:\n{}", cluster.log());
+    assert!(failed.is_some(), "ratios did not go to ERROR and get retried; log:\n{}", cluster.log());
+    let attempts = scalar_i64(
+        &mut client,
+        "SELECT count(*) FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
+         WHERE st.pgt_name = 'ratios' AND h.status = 'ERROR' AND h.triggered_by = 'scheduler'",
+    );
+    assert!(attempts >= 2, "{attempts} failed attempts by the scheduler in the history");
     client.batch_execute("INSERT INTO readings VALUES (1001, 's10', 6, 1)").unwrap();
     let others_go_on = wait_for(Duration::from_secs(20), || {
         (scalar_i64(&mut client, "SELECT count(*) FROM per_sensor WHERE sensor = 's10'") == 1).then_some(())
