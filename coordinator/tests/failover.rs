@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,9 @@ fn stream_of(i: usize) -> StreamId {
     StreamId::parse(&format!("c{i}/public.s")).unwrap()
 }
 
-/// One client: advances its own stream's frontier 1, 2, 3… and records what was acknowledged.
-async fn writer(client: coordinator::client::Client, i: usize, stop: Arc<AtomicBool>) -> u64 {
+/// One client: advances its own stream's frontier 1, 2, 3… and publishes each acknowledged seq in `progress`, so
+/// the test can see the load move (or stall) at any moment.
+async fn writer(client: coordinator::client::Client, i: usize, stop: Arc<AtomicBool>, progress: Arc<Vec<AtomicU64>>) {
     let mut acked = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let seq = acked + 1;
@@ -36,14 +37,36 @@ async fn writer(client: coordinator::client::Client, i: usize, stop: Arc<AtomicB
             }],
         };
         match client.advance_frontiers(&body).await {
-            Ok(_) => acked = seq,
+            Ok(_) => {
+                acked = seq;
+                progress[i].store(acked, Ordering::SeqCst);
+            }
             // The deadline passed without an answer (no leader for a while): the write may or may not have
-            // committed; resending the same batch is an identical repeat, so just try again.
+            // committed; resending the same batch is an identical repeat, so just try again. A client that never
+            // gets through again shows as progress that stops growing, which the test checks.
             Err(ClientError::Unavailable { .. }) => {}
             Err(e) => panic!("client {i}: write of seq {seq} failed: {e}"),
         }
     }
-    acked
+}
+
+/// The writers' acknowledged writes so far.
+fn total(progress: &[AtomicU64]) -> u64 {
+    progress.iter().map(|p| p.load(Ordering::SeqCst)).sum()
+}
+
+/// Waits until the writers' acknowledged total passes `from` by at least `by` (the load moves), or fails.
+fn assert_progress(progress: &[AtomicU64], from: u64, by: u64, what: &str) -> u64 {
+    let started = Instant::now();
+    loop {
+        let now = total(progress);
+        if now >= from + by {
+            println!("{what}: {} more writes acknowledged in {} ms", now - from, started.elapsed().as_millis());
+            return now;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{what}: writes stalled at {now} (from {from})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn leader_of_survivors(cluster: &TestCluster, dead: u64) -> Option<u64> {
@@ -95,9 +118,12 @@ fn leader_failover_and_membership_changes_under_load_lose_nothing() {
     };
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> =
-        (0..CLIENTS).map(|i| rt.spawn(writer(cluster.client_as(&format!("w{i}")), i, stop.clone()))).collect();
+    let progress: Arc<Vec<AtomicU64>> = Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
+    let writers: Vec<_> = (0..CLIENTS)
+        .map(|i| rt.spawn(writer(cluster.client_as(&format!("w{i}")), i, stop.clone(), progress.clone())))
+        .collect();
     std::thread::sleep(Duration::from_millis(1500));
+    let before_kill = assert_progress(&progress, 0, 100, "load before the kill");
 
     // Kill the leader and time the election.
     let old = cluster.wait_leader(Duration::from_secs(5));
@@ -113,7 +139,16 @@ fn leader_failover_and_membership_changes_under_load_lose_nothing() {
     let election = killed_at.elapsed();
     println!("leader {old} killed with SIGKILL; node {new_leader} leads after {} ms", election.as_millis());
     assert!(election < Duration::from_secs(2), "new leader after {election:?}");
-    std::thread::sleep(Duration::from_millis(1500));
+    // The clients must get through to the new leader: the load moves on after the kill, by every client.
+    let at_kill = total(&progress);
+    assert!(at_kill >= before_kill);
+    let per_client_at_kill: Vec<u64> = progress.iter().map(|p| p.load(Ordering::SeqCst)).collect();
+    let after_kill = assert_progress(&progress, at_kill, 100, "load after the leader's SIGKILL");
+    let started = Instant::now();
+    while progress.iter().zip(&per_client_at_kill).any(|(p, at)| p.load(Ordering::SeqCst) <= *at) {
+        assert!(started.elapsed() < Duration::from_secs(15), "a client made no progress after the leader changed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Restart the killed node from its data directory; it must catch up.
     cluster.restart(old);
@@ -142,14 +177,18 @@ fn leader_failover_and_membership_changes_under_load_lose_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     let out = cluster.cli(&["change-membership", "--voters", "1,2,3"]);
     assert!(out.status.success(), "4 -> 3: {}", String::from_utf8_lossy(&out.stderr));
-    std::thread::sleep(Duration::from_millis(500));
+    let members = cluster.status(cluster.wait_leader(Duration::from_secs(5))).unwrap().members;
+    let voters: BTreeSet<u64> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    assert_eq!(voters, BTreeSet::from([1, 2, 3]), "{members:?}");
+    // And the load still moves with the three voters.
+    assert_progress(&progress, total(&progress), 50, "load after 4 -> 3");
 
     stop.store(true, Ordering::Relaxed);
-    let acked: Vec<u64> =
-        rt.block_on(async { futures::future::join_all(writers).await }).into_iter().map(|r| r.unwrap()).collect();
+    rt.block_on(async { futures::future::join_all(writers).await }).into_iter().for_each(|r| r.unwrap());
+    let acked: Vec<u64> = progress.iter().map(|p| p.load(Ordering::SeqCst)).collect();
     let total: u64 = acked.iter().sum();
-    println!("{CLIENTS} clients acknowledged {total} frontier advances");
-    assert!(total > 100, "the load was too light to mean anything: {total}");
+    println!("{CLIENTS} clients acknowledged {total} frontier advances ({} after the kill)", total - at_kill);
+    assert!(total > after_kill);
 
     // Every acknowledged write is present: each stream's frontier is at its client's last acknowledged seq (or
     // one beyond, when the last attempt committed but its answer was lost).
@@ -178,6 +217,8 @@ fn leader_failover_and_membership_changes_under_load_lose_nothing() {
         let url = format!("{}/v1/frontiers?consistency=stale", cluster.nodes[&id].url());
         let mine: Vec<FrontierView> = serde_json::from_str(&ureq_get(&url).unwrap()).unwrap();
         let mine: BTreeMap<StreamId, u64> = mine.into_iter().map(|f| (f.stream, f.seq)).collect();
+        assert_eq!(mine.len(), frontiers.len(), "node {id} holds other streams than the leader");
+        assert_eq!(mine.len(), CLIENTS, "node {id}");
         assert!(mine.iter().all(|(s, q)| *q >= frontiers[s]), "node {id} is behind the leader's read");
     }
 

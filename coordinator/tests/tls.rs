@@ -40,9 +40,22 @@ fn a_tls_cluster_replicates_and_serves_only_https() {
         let err = untrusting.clusters().await.unwrap_err();
         assert!(matches!(err, ClientError::Unavailable { .. }), "{err}");
     });
-    // Plain HTTP to a TLS node gets no answer.
+    // Plain HTTP to a TLS node gets no answer — from a node that is alive and listening: HTTPS answers just
+    // before and just after, and the port accepts the plain connection (so "no answer" is the TLS refusal, not a
+    // dead node).
+    let alive = |what: &str| {
+        let status = cluster.status(1).unwrap_or_else(|| panic!("node 1 does not answer HTTPS {what}"));
+        assert_eq!(status.node_id, 1);
+    };
+    alive("before the plain HTTP request");
     let plain = cluster.nodes[&1].url().replace("https://", "http://");
-    assert!(ureq_get(&format!("{plain}/healthz")).is_none());
+    let addr: std::net::SocketAddr = cluster.nodes[&1].addr().parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).is_ok(),
+        "node 1 does not accept connections"
+    );
+    assert!(ureq_get(&format!("{plain}/healthz")).is_none(), "plain HTTP was answered");
+    alive("after the plain HTTP request");
     // The CLI with --ca-file works.
     let out = cluster.cli(&["clusters"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
