@@ -154,7 +154,11 @@ pub fn check_apply_log(c: &mut postgres::Client) -> BTreeMap<String, Vec<i64>> {
             );
         }
         let last = entries.last().expect("an entry per logged stream").0;
-        assert_eq!(last, applied[&stream], "{stream}: the apply log ends at {last}, applied_seq is {}", applied[&stream]);
+        assert_eq!(
+            last, applied[&stream],
+            "{stream}: the apply log ends at {last}, applied_seq is {}",
+            applied[&stream]
+        );
         out.insert(stream, entries.into_iter().map(|(s, _)| s).collect());
     }
     out
