@@ -3,8 +3,8 @@
 //! No I/O and no async runtime: everything here is a deterministic function of its inputs, so the coordinator
 //! (through `raft-store`), the extension and the simulations share one tested model. The pieces:
 //! [`ids`] (validated names), [`command`] → [`decide`] → [`event`] → [`state`] (the fold), [`dag`] (the global
-//! DAG), [`frontier`] (frontiers and consistent cuts), [`idempotency`], [`codec`] (the versioned binary form) [`envelope`] (batches on the broker) and [`apply`] (which
-//! committed batches a consumer may apply).
+//! DAG), [`frontier`] (frontiers and consistent cuts), [`idempotency`], [`codec`] (the versioned binary form) [`envelope`] (batches on the broker), [`apply`] (which
+//! committed batches a consumer may apply) and [`protocol`] (the producer's state machine; the consumer's follows).
 
 pub mod apply;
 pub mod codec;
@@ -18,6 +18,7 @@ pub mod frontier;
 pub mod idempotency;
 pub mod ids;
 pub mod model;
+pub mod protocol;
 pub mod state;
 
 pub use command::{Command, FrontierAdvance, Request};

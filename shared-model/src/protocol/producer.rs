@@ -1,0 +1,340 @@
+//! The producer's side of the publish protocol as a pure state machine, in the style of raft-rs's `RawNode` /
+//! `Ready`: the publisher worker feeds it [`Input`]s (what its catalog says at the start of a round, and the result
+//! of every action it performed) and performs the [`Action`]s it returns, one at a time, in order. Every protocol
+//! decision is taken here; the worker only does I/O. The deterministic simulation runs the same machine.
+//!
+//! Per stream, one round goes:
+//! 1. publish the columns again if the defining query changed them;
+//! 2. ask the log for the stream's committed frontier after `published_seq`:
+//!    - a frontier ahead of this server's newest batch stops the stream (a restored or promoted server must never
+//!      adopt another history's position);
+//!    - batches the log recorded but this server has not marked (a crash between proposal and local commit) are
+//!      marked now;
+//!    - a pending reinitialize request without an unpublished snapshot makes a snapshot batch;
+//! 3. send the batches after what is published and already sent, one by one, each acknowledged by the broker;
+//! 4. propose them all in one request, and only once the log accepted them mark them published.
+//!
+//! The order makes every crash repeat work instead of losing it: a batch sent but not recorded is sent again with
+//! the same seq; a batch recorded but not marked is recognised in step 2. Batches the broker acknowledged stay
+//! held between rounds until the log records them, so a failed proposal never sends them again. Streams are
+//! independent: one stream's failure backs off that stream alone (200 ms doubling to 5 s, on the time the worker
+//! passes in) and never stops the others.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::{BatchKind, BrokerPosition, FrontierAdvance, StreamId};
+
+/// Batches sent per stream before they are proposed (one proposal per stream per round).
+pub const BATCHES_PER_PROPOSAL: u64 = 64;
+/// First retry delay of a failing stream.
+pub const RETRY_MIN_MS: u64 = 200;
+/// Longest retry delay of a failing stream.
+pub const RETRY_MAX_MS: u64 = 5_000;
+
+/// A published stream as the producer's catalog shows it at the start of a round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalStream {
+    pub stream: StreamId,
+    /// The newest batch the broker acknowledged AND the log recorded AND this server marked.
+    pub published_seq: u64,
+    /// The newest batch the stream table's refreshes wrote.
+    pub last_batch_seq: u64,
+    /// A snapshot batch after `published_seq` is waiting in the change buffer.
+    pub unpublished_snapshot: bool,
+    /// The defining query's columns differ from the published ones.
+    pub columns_changed: bool,
+}
+
+/// What the log says about one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogView {
+    /// The newest batch the log recorded.
+    pub committed_seq: u64,
+    /// A reinitialize request waits for a snapshot batch.
+    pub pending_reinit: bool,
+}
+
+/// A batch copy the broker acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentCopy {
+    pub kind: BatchKind,
+    /// Offset of the batch's last message.
+    pub offset: i64,
+}
+
+/// What the worker tells the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A new round, with the catalog as read now and the worker's monotonic clock.
+    Round { now_ms: u64, streams: Vec<LocalStream> },
+    /// [`Action::Republish`] done.
+    Republished { stream: StreamId, result: Result<(), String> },
+    /// [`Action::FetchFrontier`] answered.
+    Frontier { stream: StreamId, result: Result<LogView, String> },
+    /// [`Action::WriteSnapshot`] done: the stream's newest batch seq afterwards.
+    SnapshotWritten { stream: StreamId, result: Result<u64, String> },
+    /// [`Action::Send`] acknowledged (or refused) by the broker.
+    Sent { stream: StreamId, seq: u64, result: Result<SentCopy, String> },
+    /// [`Action::Propose`] accepted (or refused) by the log.
+    Proposed { stream: StreamId, result: Result<(), String> },
+    /// [`Action::MarkPublished`] committed locally.
+    Marked { stream: StreamId, seq: u64, result: Result<(), String> },
+}
+
+/// What the machine asks the worker to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Publish the stream's (changed) columns again.
+    Republish { stream: StreamId },
+    /// Ask the log for the stream's committed frontier after `after_seq`.
+    FetchFrontier { stream: StreamId, after_seq: u64 },
+    /// Record locally that batches up to `seq` are published (the change buffer may then be pruned).
+    MarkPublished { stream: StreamId, seq: u64 },
+    /// Write a snapshot batch (REINITIALIZE refresh) for a pending reinitialize request.
+    WriteSnapshot { stream: StreamId },
+    /// Send batch `seq` to the broker and wait for its acknowledgement.
+    Send { stream: StreamId, seq: u64 },
+    /// Record these batches in the log.
+    Propose { stream: StreamId, advances: Vec<FrontierAdvance> },
+    /// The stream failed this round (it is retried after its backoff); show the error.
+    ReportError { stream: StreamId, error: String },
+}
+
+impl Action {
+    /// The stream the action is about.
+    pub fn stream(&self) -> &StreamId {
+        match self {
+            Action::Republish { stream }
+            | Action::FetchFrontier { stream, .. }
+            | Action::MarkPublished { stream, .. }
+            | Action::WriteSnapshot { stream }
+            | Action::Send { stream, .. }
+            | Action::Propose { stream, .. }
+            | Action::ReportError { stream, .. } => stream,
+        }
+    }
+}
+
+/// What one stream learned in the current round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RoundFacts {
+    active: bool,
+    republished: bool,
+    view: Option<LogView>,
+    snapshot_written: bool,
+    proposed: bool,
+}
+
+/// One stream's state, kept between rounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StreamState {
+    local: LocalStream,
+    /// Acknowledged by the broker, not yet known to be recorded: kept so that a failed proposal is retried
+    /// without sending them again.
+    sent: BTreeMap<u64, SentCopy>,
+    round: RoundFacts,
+    retry_at_ms: u64,
+    backoff_ms: u64,
+}
+
+/// The producer state machine.
+#[derive(Debug, Clone, Default)]
+pub struct Producer {
+    streams: BTreeMap<StreamId, StreamState>,
+    ready: VecDeque<Action>,
+    now_ms: u64,
+    sent_this_round: bool,
+}
+
+impl Producer {
+    /// A producer that holds nothing (a worker that just started).
+    pub fn new() -> Self {
+        Producer::default()
+    }
+
+    /// Feeds one input; the actions it leads to are queued for [`Producer::next_action`].
+    pub fn step(&mut self, input: Input) {
+        match input {
+            Input::Round { now_ms, streams } => self.start_round(now_ms, streams),
+            Input::Republished { stream, result } => {
+                self.on_result(&stream, result.map(|()| |s: &mut StreamState| s.round.republished = true))
+            }
+            Input::Frontier { stream, result } => {
+                self.on_result(&stream, result.map(|view| move |s: &mut StreamState| s.round.view = Some(view)))
+            }
+            Input::SnapshotWritten { stream, result } => self.on_result(
+                &stream,
+                result.map(|last| {
+                    move |s: &mut StreamState| {
+                        s.round.snapshot_written = true;
+                        s.local.unpublished_snapshot = true;
+                        s.local.last_batch_seq = s.local.last_batch_seq.max(last);
+                    }
+                }),
+            ),
+            Input::Sent { stream, seq, result } => {
+                let ok = result.is_ok();
+                self.on_result(
+                    &stream,
+                    result.map(|copy| {
+                        move |s: &mut StreamState| {
+                            s.sent.insert(seq, copy);
+                        }
+                    }),
+                );
+                self.sent_this_round |= ok;
+            }
+            Input::Proposed { stream, result } => {
+                self.on_result(&stream, result.map(|()| |s: &mut StreamState| s.round.proposed = true))
+            }
+            Input::Marked { stream, seq, result } => self.on_result(
+                &stream,
+                result.map(|()| {
+                    move |s: &mut StreamState| {
+                        s.local.published_seq = s.local.published_seq.max(seq);
+                        s.sent.retain(|held, _| *held > seq);
+                        s.backoff_ms = 0;
+                    }
+                }),
+            ),
+        }
+    }
+
+    /// The next action to perform, if any; the round is over when there is none.
+    pub fn next_action(&mut self) -> Option<Action> {
+        self.ready.pop_front()
+    }
+
+    /// Whether any batch was sent in the current round.
+    pub fn sent_this_round(&self) -> bool {
+        self.sent_this_round
+    }
+
+    /// Batches acknowledged by the broker and not yet known to be recorded, per stream.
+    pub fn held(&self, stream: &StreamId) -> Vec<u64> {
+        self.streams.get(stream).map(|s| s.sent.keys().copied().collect()).unwrap_or_default()
+    }
+
+    fn start_round(&mut self, now_ms: u64, streams: Vec<LocalStream>) {
+        self.now_ms = now_ms;
+        self.sent_this_round = false;
+        self.ready.clear();
+        let mut next = BTreeMap::new();
+        for local in streams {
+            let mut state = self.streams.remove(&local.stream).unwrap_or_else(|| StreamState {
+                local: local.clone(),
+                sent: BTreeMap::new(),
+                round: RoundFacts::default(),
+                retry_at_ms: 0,
+                backoff_ms: 0,
+            });
+            // Copies at or below what is now marked are recorded: drop them.
+            state.sent.retain(|seq, _| *seq > local.published_seq);
+            state.local = local;
+            state.round = RoundFacts { active: now_ms >= state.retry_at_ms, ..RoundFacts::default() };
+            next.insert(state.local.stream.clone(), state);
+        }
+        self.streams = next; // streams no longer published are forgotten
+        let ids: Vec<StreamId> = self.streams.keys().cloned().collect();
+        for id in ids {
+            self.advance(&id);
+        }
+    }
+
+    /// Applies a result to its stream and queues the stream's next action; an error ends the stream's round.
+    fn on_result<F: FnOnce(&mut StreamState)>(&mut self, stream: &StreamId, result: Result<F, String>) {
+        let Some(state) = self.streams.get_mut(stream) else { return };
+        if !state.round.active {
+            return;
+        }
+        match result {
+            Ok(update) => {
+                update(state);
+                self.advance(stream);
+            }
+            Err(error) => self.fail(stream, error),
+        }
+    }
+
+    fn fail(&mut self, stream: &StreamId, error: String) {
+        let Some(state) = self.streams.get_mut(stream) else { return };
+        state.round.active = false;
+        state.backoff_ms = (state.backoff_ms * 2).clamp(RETRY_MIN_MS, RETRY_MAX_MS);
+        state.retry_at_ms = self.now_ms + state.backoff_ms;
+        self.ready.push_back(Action::ReportError { stream: stream.clone(), error });
+    }
+
+    /// Queues what the stream does next this round, from what it learned so far.
+    fn advance(&mut self, id: &StreamId) {
+        let Some(state) = self.streams.get(id) else { return };
+        if !state.round.active {
+            return;
+        }
+        match next_step(state) {
+            Next::Do(action) => self.ready.push_back(action),
+            Next::Fail(error) => self.fail(id, error),
+            Next::Done => {
+                let state = self.streams.get_mut(id).expect("present");
+                state.round.active = false;
+            }
+        }
+    }
+}
+
+enum Next {
+    Do(Action),
+    Fail(String),
+    Done,
+}
+
+/// The protocol's order for one stream (see the module documentation).
+fn next_step(state: &StreamState) -> Next {
+    let local = &state.local;
+    let round = &state.round;
+    let stream = local.stream.clone();
+    if local.columns_changed && !round.republished {
+        return Next::Do(Action::Republish { stream });
+    }
+    let Some(view) = round.view else {
+        return Next::Do(Action::FetchFrontier { stream, after_seq: local.published_seq });
+    };
+    if view.committed_seq > local.last_batch_seq {
+        return Next::Fail(format!(
+            "the coordinators' log records batch {} of {stream} but this server's newest batch is {}: this \
+             server is behind the log (restored from a backup, or a promoted standby?); publishing of this stream \
+             is stopped so that consumers never apply another history",
+            view.committed_seq, local.last_batch_seq
+        ));
+    }
+    if view.committed_seq > local.published_seq && !round.proposed {
+        // Recorded by the log before a crash, never marked here.
+        return Next::Do(Action::MarkPublished { stream, seq: view.committed_seq });
+    }
+    if view.pending_reinit && !local.unpublished_snapshot && !round.snapshot_written && !round.proposed {
+        return Next::Do(Action::WriteSnapshot { stream });
+    }
+    let last_sent = state.sent.keys().next_back().copied().unwrap_or(0).max(local.published_seq);
+    let limit = local.last_batch_seq.min(local.published_seq + BATCHES_PER_PROPOSAL);
+    if !round.proposed && last_sent < limit {
+        return Next::Do(Action::Send { stream, seq: last_sent + 1 });
+    }
+    if !round.proposed && !state.sent.is_empty() {
+        let advances = state
+            .sent
+            .iter()
+            .map(|(seq, copy)| FrontierAdvance {
+                stream: stream.clone(),
+                seq: *seq,
+                kind: copy.kind,
+                position: BrokerPosition { partition: 0, offset: copy.offset },
+            })
+            .collect();
+        return Next::Do(Action::Propose { stream, advances });
+    }
+    if round.proposed {
+        if let Some(last) = state.sent.keys().next_back() {
+            return Next::Do(Action::MarkPublished { stream, seq: *last });
+        }
+    }
+    Next::Done
+}

@@ -1,0 +1,272 @@
+//! The producer machine against a simulated world: the real coordinator state (the fold) as the log, a broker
+//! topic, the local catalog and change buffer, and a fault tape that fails frontier requests, sends, proposals
+//! (also with the reply lost after the log recorded them) and marks, raises reinitialize requests and restarts
+//! the worker (a fresh machine; the catalog survives, as a committed transaction does).
+//!
+//! Checked after every step: the log records only copies the broker acknowledged, at their offsets, with their
+//! kind; nothing is marked published that the log has not recorded; within one worker's life no batch is
+//! acknowledged twice (a failed proposal does not resend); and once the faults stop, a few rounds publish
+//! everything and answer every reinitialize request with a recorded snapshot.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use shared_model::protocol::producer::{Action, Input, LocalStream, LogView, Producer, SentCopy};
+use shared_model::*;
+
+struct World {
+    log: State,
+    index: u64,
+    requests: u64,
+    stream: StreamId,
+    /// Local change buffer: seq → kind; the catalog's published seq.
+    buffer: BTreeMap<u64, BatchKind>,
+    published_seq: u64,
+    /// The topic: (seq, kind) per offset.
+    topic: Vec<(u64, BatchKind)>,
+    /// Seqs acknowledged by the broker during the current worker's life.
+    acked_this_life: BTreeSet<u64>,
+    tape: Vec<u8>,
+    at: usize,
+    faults: bool,
+    now_ms: u64,
+    /// The server was restored from a backup older than the log (its buffer lacks recorded batches).
+    restored: bool,
+}
+
+impl World {
+    fn new(tape: Vec<u8>) -> Self {
+        let mut world = World {
+            log: State::default(),
+            index: 0,
+            requests: 0,
+            stream: StreamId::parse("cluster_a/public.t").unwrap(),
+            buffer: BTreeMap::new(),
+            published_seq: 0,
+            topic: Vec::new(),
+            acked_this_life: BTreeSet::new(),
+            tape,
+            at: 0,
+            faults: true,
+            now_ms: 0,
+            restored: false,
+        };
+        world
+            .command(Command::RegisterCluster {
+                name: ClusterName::parse("cluster_a").unwrap(),
+                endpoint: "a".into(),
+                capabilities: BTreeSet::new(),
+            })
+            .unwrap();
+        world
+            .command(Command::PublishStream {
+                stream: world.stream.clone(),
+                columns: vec![ColumnDef::new("k", "int")],
+                upstream: BTreeSet::new(),
+                base_seq: 0,
+            })
+            .unwrap();
+        world
+    }
+
+    fn command(&mut self, command: Command) -> Result<Applied, CommandError> {
+        self.index += 1;
+        self.requests += 1;
+        let key = IdempotencyKey::new("producer-test", &self.requests.to_string()).unwrap();
+        let request = Request { key, command, proposed_at_unix_ms: self.index };
+        self.log.execute(self.index, &request).result
+    }
+
+    /// The next byte of the fault tape (0 once it is used up or faults are off).
+    fn roll(&mut self) -> u8 {
+        if !self.faults {
+            return 0;
+        }
+        let byte = self.tape.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        byte
+    }
+
+    fn fails(&mut self, one_in: u8) -> bool {
+        let byte = self.roll();
+        byte != 0 && byte.is_multiple_of(one_in)
+    }
+
+    fn committed(&self) -> u64 {
+        self.log.frontier(&self.stream).map_or(0, |f| f.seq())
+    }
+
+    fn local(&self) -> LocalStream {
+        LocalStream {
+            stream: self.stream.clone(),
+            published_seq: self.published_seq,
+            last_batch_seq: self.buffer.keys().next_back().copied().unwrap_or(0),
+            unpublished_snapshot: self.buffer.range(self.published_seq + 1..).any(|(_, k)| *k == BatchKind::Snapshot),
+            columns_changed: false,
+        }
+    }
+
+    fn refresh(&mut self, kind: BatchKind) -> u64 {
+        let seq = self.buffer.keys().next_back().copied().unwrap_or(0) + 1;
+        self.buffer.insert(seq, kind);
+        seq
+    }
+
+    /// Performs one action as the worker would, with faults from the tape.
+    fn perform(&mut self, action: &Action) -> Option<Input> {
+        let stream = self.stream.clone();
+        Some(match action {
+            Action::Republish { .. } => Input::Republished { stream, result: Ok(()) },
+            Action::FetchFrontier { after_seq, .. } => {
+                assert_eq!(*after_seq, self.published_seq);
+                let result = if self.fails(5) {
+                    Err("coordinator unreachable".to_string())
+                } else {
+                    let pending = self.log.streams()[&self.stream].pending_reinit.is_some();
+                    Ok(LogView { committed_seq: self.committed(), pending_reinit: pending })
+                };
+                Input::Frontier { stream, result }
+            }
+            Action::MarkPublished { seq, .. } => {
+                assert!(*seq <= self.committed(), "marked {seq}, the log recorded only {}", self.committed());
+                let result = if self.fails(9) {
+                    Err("could not commit".to_string())
+                } else {
+                    self.published_seq = self.published_seq.max(*seq);
+                    Ok(())
+                };
+                Input::Marked { stream, seq: *seq, result }
+            }
+            Action::WriteSnapshot { .. } => {
+                let last = self.refresh(BatchKind::Snapshot);
+                Input::SnapshotWritten { stream, result: Ok(last) }
+            }
+            Action::Send { seq, .. } => {
+                let kind = *self.buffer.get(seq).unwrap_or_else(|| panic!("send of {seq}, not in the buffer"));
+                let result = if self.fails(6) {
+                    Err("broker connection lost".to_string())
+                } else {
+                    assert!(self.acked_this_life.insert(*seq), "batch {seq} acknowledged twice in one worker's life");
+                    self.topic.push((*seq, kind));
+                    Ok(SentCopy { kind, offset: self.topic.len() as i64 - 1 })
+                };
+                Input::Sent { stream, seq: *seq, result }
+            }
+            Action::Propose { advances, .. } => {
+                for a in advances {
+                    let (seq, kind) = self.topic[a.position.offset as usize];
+                    assert_eq!((seq, kind), (a.seq, a.kind), "proposed a copy the broker does not hold there");
+                }
+                let result = if self.fails(5) {
+                    Err("no coordinator answered".to_string())
+                } else {
+                    let applied = self.command(Command::AdvanceFrontier { advances: advances.clone() });
+                    // The reply may be lost after the log recorded it.
+                    match applied {
+                        Ok(_) if self.fails(4) => Err("reply lost".to_string()),
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+                Input::Proposed { stream, result }
+            }
+            Action::ReportError { .. } => return None,
+        })
+    }
+
+    /// One worker round: the catalog in, then every action performed until none is left.
+    fn round(&mut self, machine: &mut Producer) {
+        self.now_ms += 150;
+        machine.step(Input::Round { now_ms: self.now_ms, streams: vec![self.local()] });
+        let mut steps = 0;
+        while let Some(action) = machine.next_action() {
+            steps += 1;
+            assert!(steps < 1_000, "a round does not end");
+            if let Some(result) = self.perform(&action) {
+                machine.step(result);
+            }
+            self.check();
+        }
+    }
+
+    fn check(&self) {
+        assert!(self.published_seq <= self.committed());
+        let frontier = self.log.frontier(&self.stream).unwrap();
+        for seq in frontier.oldest_retained()..=frontier.seq() {
+            let point = frontier.point(seq).unwrap().unwrap();
+            let (copy_seq, kind) = self.topic[point.position.offset as usize];
+            assert_eq!((copy_seq, kind), (seq, point.kind), "the log records a copy the broker does not hold");
+            if !self.restored {
+                assert_eq!(self.buffer[&seq], point.kind, "the log records a batch this server never made");
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn the_producer_publishes_everything_once_whatever_fails(
+        tape in prop::collection::vec(any::<u8>(), 0..400),
+        events in prop::collection::vec(0u8..10, 1..60),
+    ) {
+        let mut world = World::new(tape);
+        let mut machine = Producer::new();
+        for event in events {
+            match event {
+                0..=4 => {
+                    world.refresh(BatchKind::Delta);
+                }
+                5 => {
+                    let _ = world.command(Command::RequestReinitialize { stream: world.stream.clone(), reason: "test".into() });
+                }
+                6 => {
+                    // The worker restarts: a fresh machine, the catalog as committed.
+                    machine = Producer::new();
+                    world.acked_this_life.clear();
+                }
+                _ => {}
+            }
+            world.round(&mut machine);
+        }
+        // The faults stop: everything is published and every request answered, within a few rounds (after the
+        // longest backoff).
+        world.faults = false;
+        world.now_ms += 5_000;
+        for _ in 0..5 {
+            world.round(&mut machine);
+        }
+        let last = world.buffer.keys().next_back().copied().unwrap_or(0);
+        prop_assert_eq!(world.committed(), last);
+        prop_assert_eq!(world.published_seq, last);
+        prop_assert!(world.log.streams()[&world.stream].pending_reinit.is_none(), "a reinitialize request is unanswered");
+    }
+}
+
+#[test]
+fn a_log_ahead_of_the_server_is_never_adopted() {
+    let mut world = World::new(Vec::new());
+    world.faults = false;
+    let mut machine = Producer::new();
+    for _ in 0..3 {
+        world.refresh(BatchKind::Delta);
+    }
+    world.round(&mut machine);
+    assert_eq!(world.published_seq, 3);
+    // The server is restored from a backup taken when it had made one batch.
+    world.buffer.retain(|seq, _| *seq <= 1);
+    world.restored = true;
+    world.published_seq = 1;
+    let mut machine = Producer::new();
+    world.now_ms += 1_000;
+    world.round(&mut machine);
+    machine.step(Input::Round { now_ms: world.now_ms + 10_000, streams: vec![world.local()] });
+    let fetch = machine.next_action().unwrap();
+    machine.step(world.perform(&fetch).unwrap());
+    match machine.next_action() {
+        Some(Action::ReportError { error, .. }) => assert!(error.contains("behind the log"), "{error}"),
+        other => panic!("expected the stream to stop, got {other:?}"),
+    }
+    assert_eq!(world.published_seq, 1, "the restored server adopted the log's position");
+}
