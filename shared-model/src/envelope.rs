@@ -153,7 +153,7 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
     Ok(envelope)
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Partial {
     kind: BatchKind,
     chunks: u32,
@@ -162,7 +162,7 @@ struct Partial {
 }
 
 /// Reassembles batches from chunks arriving in any order, any number of times.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Assembler {
     partial: BTreeMap<(StreamId, u64), Partial>,
 }

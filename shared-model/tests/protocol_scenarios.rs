@@ -4,8 +4,11 @@
 
 use std::path::Path;
 
+use shared_model::envelope::Batch;
+use shared_model::frontier::{Frontier, FrontierPoint};
+use shared_model::protocol::consumer::{self, Consumer, FrontierAnswer, Message, SourceConfig};
 use shared_model::protocol::producer::{Action, Input, LocalStream, LogView, Producer, SentCopy};
-use shared_model::{BatchKind, StreamId};
+use shared_model::{BatchKind, BrokerPosition, Consistency, StreamId};
 
 fn stream(text: &str) -> StreamId {
     StreamId::parse(text).unwrap_or_else(|e| panic!("stream {text:?}: {e}"))
@@ -107,11 +110,25 @@ fn matches(expected: &str, actual: &str) -> bool {
     }
 }
 
+/// A machine a scenario drives: feed one input line, drain the queued actions as text.
+trait Machine {
+    fn feed(&mut self, line: &str);
+    fn drain(&mut self) -> Vec<String>;
+}
+
+impl Machine for Producer {
+    fn feed(&mut self, line: &str) {
+        self.step(parse_input(line));
+    }
+    fn drain(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.next_action()).map(|a| render(&a)).collect()
+    }
+}
+
 /// Runs one scenario file; returns the number of steps checked.
-fn run_producer_scenario(path: &Path) -> usize {
+fn run_scenario(path: &Path, machine: &mut dyn Machine) -> usize {
     let text = std::fs::read_to_string(path).unwrap();
     let name = path.file_name().unwrap().to_string_lossy();
-    let mut machine = Producer::new();
     let mut queued: Vec<String> = Vec::new();
     let mut steps = 0;
     let flush = |queued: &mut Vec<String>, line_no: usize| {
@@ -131,28 +148,166 @@ fn run_producer_scenario(path: &Path) -> usize {
             continue;
         }
         flush(&mut queued, line_no);
-        machine.step(parse_input(line));
+        machine.feed(line);
         steps += 1;
-        while let Some(action) = machine.next_action() {
-            queued.push(render(&action));
-        }
+        queued.extend(machine.drain());
     }
     flush(&mut queued, text.lines().count());
     steps
 }
 
-#[test]
-fn producer_scenarios() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/producer");
+fn scenario_files(machine: &str) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(machine);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "txt"))
         .collect();
     files.sort();
-    assert!(files.len() >= 8, "scenario files missing in {}", dir.display());
+    files
+}
+
+// ----- consumer -------------------------------------------------------------------------------------------------
+
+fn parse_consumer_input(line: &str) -> consumer::Input {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut parts = line.split('|');
+    let head: Vec<&str> = parts.next().unwrap().split_whitespace().collect();
+    let items: Vec<Vec<&str>> =
+        parts.map(|p| p.split_whitespace().collect()).filter(|w: &Vec<&str>| !w.is_empty()).collect();
+    match words[0] {
+        "round" => consumer::Input::Round {
+            now_ms: number(&head, "now"),
+            wall_ms: 0,
+            connected: !head.contains(&"disconnected"),
+            sources: items
+                .iter()
+                .map(|w| SourceConfig {
+                    stream: stream(w[0]),
+                    table: number(w, "table") as i64,
+                    consistency: if w.contains(&"causal") { Consistency::Causal } else { Consistency::Eventual },
+                    applied_seq: number(w, "applied"),
+                    applied_offset: value(w, "offset").map(|o| o.parse().unwrap()),
+                })
+                .collect(),
+        },
+        "assigned" => consumer::Input::Assigned { result: outcome(line) },
+        "polled" => consumer::Input::Polled {
+            messages: items
+                .iter()
+                .map(|w| {
+                    let seq = number(w, "seq");
+                    let batch = Batch { stream: stream(w[0]), seq, kind: kind(w[3]), columns: vec![], rows: vec![] };
+                    let payload = batch.encode_chunks(1 << 20).unwrap().remove(0);
+                    Message { stream: stream(w[0]), offset: number(w, "offset") as i64, payload }
+                })
+                .collect(),
+            error: value(&head, "err").map(str::to_string),
+            disconnected: head.contains(&"disconnected"),
+        },
+        "frontiers" => consumer::Input::Frontiers {
+            answers: line
+                .split('|')
+                .skip(1)
+                .map(|part| {
+                    let w: Vec<&str> = part.split_whitespace().collect();
+                    let id = stream(w[0]);
+                    if let Some((_, error)) = part.split_once(" err=") {
+                        return (id, Err(error.trim().to_string()));
+                    }
+                    let points: Vec<FrontierPoint> = value(&w, "points")
+                        .unwrap_or("")
+                        .split(',')
+                        .filter(|p| !p.is_empty())
+                        .map(|p| {
+                            let f: Vec<&str> = p.split(':').collect();
+                            FrontierPoint {
+                                seq: f[0].parse().unwrap(),
+                                kind: kind(f[1]),
+                                position: BrokerPosition { partition: 0, offset: f[2].parse().unwrap() },
+                                at: f[3].parse().unwrap(),
+                                proposed_at_unix_ms: 0,
+                            }
+                        })
+                        .collect();
+                    let frontier = Frontier::from_parts(number(&w, "after"), 0, false, points).unwrap();
+                    let answer =
+                        FrontierAnswer { frontier, pending_reinit: w.contains(&"reinit"), as_of: number(&w, "as_of") };
+                    (id, Ok(answer))
+                })
+                .collect(),
+        },
+        "applied" => consumer::Input::Applied {
+            table: number(&words, "table") as i64,
+            applied: words[2..]
+                .iter()
+                .filter_map(|w| w.split_once(':'))
+                .map(|(s, last)| (stream(s), last.parse().unwrap()))
+                .collect(),
+            result: outcome(line),
+        },
+        "reinit-requested" => consumer::Input::ReinitRequested { stream: stream(words[1]), result: outcome(line) },
+        other => panic!("unknown consumer input {other:?}"),
+    }
+}
+
+fn render_consumer(action: &consumer::Action) -> String {
+    use consumer::Action::*;
+    match action {
+        Assign { positions } => {
+            let list: Vec<String> = positions
+                .iter()
+                .map(|(s, next)| format!("{s}@{}", next.map_or("start".to_string(), |o| o.to_string())))
+                .collect();
+            format!("assign {}", list.join(" "))
+        }
+        Poll => "poll".into(),
+        FetchFrontiers { after } => {
+            let list: Vec<String> = after.iter().map(|(s, a)| format!("{s}>{a}")).collect();
+            format!("fetch {}", list.join(" "))
+        }
+        Apply { table, cut_at, seqs } => {
+            let cut = cut_at.map(|c| format!(" cut={c}")).unwrap_or_default();
+            let list: Vec<String> = seqs
+                .iter()
+                .map(|(s, q)| format!("{s}:{}", q.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")))
+                .collect();
+            format!("apply table={table}{cut} {}", list.join(" "))
+        }
+        RefreshFederated { table } => format!("refresh table={table}"),
+        RequestReinitialize { stream, reason } => format!("reinit {stream}: {reason}"),
+        SetStatus { stream, status } => {
+            let log =
+                status.log.map(|l| format!(" committed={} lag={}", l.committed_seq, l.lag_batches)).unwrap_or_default();
+            let detail = status.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default();
+            format!("status {stream} {}{log}{detail}", status.state.as_str())
+        }
+    }
+}
+
+impl Machine for Consumer {
+    fn feed(&mut self, line: &str) {
+        self.step(parse_consumer_input(line));
+    }
+    fn drain(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.next_action()).map(|a| render_consumer(&a)).collect()
+    }
+}
+
+#[test]
+fn consumer_scenarios() {
+    let files = scenario_files("consumer");
+    assert!(files.len() >= 6, "consumer scenario files missing");
     for file in &files {
-        let steps = run_producer_scenario(file);
-        assert!(steps > 0, "{} has no steps", file.display());
+        assert!(run_scenario(file, &mut Consumer::new()) > 0, "{} has no steps", file.display());
+    }
+}
+
+#[test]
+fn producer_scenarios() {
+    let files = scenario_files("producer");
+    assert!(files.len() >= 8, "producer scenario files missing");
+    for file in &files {
+        assert!(run_scenario(file, &mut Producer::new()) > 0, "{} has no steps", file.display());
     }
 }
