@@ -134,6 +134,17 @@ pub fn plan_source(progress: &SourceProgress, frontier: &Frontier) -> SourceStep
     }
 }
 
+/// The first committed batch a source cannot go past with what it holds (after the best snapshot jump), and
+/// whether it is lost. Causal mode asks this when no cut can be reached: a source may be able to apply a few
+/// batches on its own while a lost one further on blocks every cut, and that loss must be found too.
+pub fn blocking_batch(progress: &SourceProgress, frontier: &Frontier) -> Option<(u64, Option<Loss>)> {
+    if progress.applied >= frontier.seq() {
+        return None;
+    }
+    let (_, missing) = path_to(progress, frontier, frontier.seq());
+    missing.map(|seq| (seq, loss_of(progress, frontier, seq)))
+}
+
 /// Causal mode: the newest cut (log index and seq per source) whose batches are all at hand, with the seqs to apply
 /// per source; `None` when no cut newer than what is applied can be reached now.
 pub fn plan_causal(

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::apply::{plan_causal, plan_source, Loss, SourceProgress, SourceStep, Waiting};
+use crate::apply::{blocking_batch, plan_causal, plan_source, Loss, SourceProgress, SourceStep, Waiting};
 use crate::envelope::{decode_envelope, Assembler, Batch};
 use crate::frontier::Frontier;
 use crate::{Consistency, LogIndex, StreamId};
@@ -444,16 +444,19 @@ impl Consumer {
             self.ready.push_back(Action::Apply { table, cut_at: Some(cut_at), seqs });
             return;
         }
-        // No cut can be reached now: say why per source (and ask for snapshots of lost batches).
+        // No cut can be reached now: say why per source, and ask for snapshots of lost batches — including one
+        // that lies beyond batches the source could apply on its own (it blocks every cut all the same).
         for stream in streams {
             let (_, pending) = self.frontier_of(stream);
-            let frontier = inputs[stream].1.clone();
-            match self.plan_eventual_source(stream, &frontier) {
-                SourceStep::Reinitialize(loss) => self.reinitialize(stream, pending, &loss),
-                SourceStep::Wait(waiting) => self.note_wait(stream, &waiting),
-                SourceStep::Apply(_) => {
-                    self.show(stream, SourceState::Waiting, Some("for the other sources to reach a cut".into()))
-                }
+            let frontier = &inputs[stream].1;
+            match blocking_batch(&inputs[stream].0, frontier) {
+                Some((_, Some(loss))) => self.reinitialize(stream, pending, &loss),
+                Some((seq, None)) => match self.overdue(stream, seq) {
+                    Some(loss) => self.reinitialize(stream, pending, &loss),
+                    None => self.note_wait(stream, &Waiting::ForBroker { seq }),
+                },
+                None if inputs[stream].0.applied >= frontier.seq() => self.note_wait(stream, &Waiting::UpToDate),
+                None => self.show(stream, SourceState::Waiting, Some("for the other sources to reach a cut".into())),
             }
         }
     }
