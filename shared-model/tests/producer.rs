@@ -5,7 +5,7 @@
 //!
 //! Checked after every step: the log records only copies the broker acknowledged, at their offsets, with their
 //! kind; nothing is marked published that the log has not recorded; within one worker's life no batch is
-//! acknowledged twice (a failed proposal does not resend); and once the faults stop, a few rounds publish
+//! acknowledged twice while the broker connection holds (a failed proposal does not resend); and once the faults stop, a few rounds publish
 //! everything and answer every reinitialize request with a recorded snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +32,8 @@ struct World {
     now_ms: u64,
     /// The server was restored from a backup older than the log (its buffer lacks recorded batches).
     restored: bool,
+    /// The last send lost the broker connection.
+    broker_lost: bool,
 }
 
 impl World {
@@ -50,6 +52,7 @@ impl World {
             faults: true,
             now_ms: 0,
             restored: false,
+            broker_lost: false,
         };
         world
             .command(Command::RegisterCluster {
@@ -144,6 +147,10 @@ impl World {
             Action::Send { seq, .. } => {
                 let kind = *self.buffer.get(seq).unwrap_or_else(|| panic!("send of {seq}, not in the buffer"));
                 let result = if self.fails(6) {
+                    // The worker drops its producer on every send error and tells the machine; what that broker
+                    // acknowledged may be sent again from now on.
+                    self.broker_lost = true;
+                    self.acked_this_life.clear();
                     Err("broker connection lost".to_string())
                 } else {
                     assert!(self.acked_this_life.insert(*seq), "batch {seq} acknowledged twice in one worker's life");
@@ -183,6 +190,9 @@ impl World {
             steps += 1;
             assert!(steps < 1_000, "a round does not end");
             if let Some(result) = self.perform(&action) {
+                if std::mem::take(&mut self.broker_lost) {
+                    machine.step(Input::BrokerLost);
+                }
                 machine.step(result);
             }
             self.check();

@@ -78,6 +78,7 @@ fn parse_input(line: &str) -> Input {
         },
         "proposed" => Input::Proposed { stream: target(), result: outcome(line) },
         "marked" => Input::Marked { stream: target(), seq: number(&words, "seq"), result: outcome(line) },
+        "broker-lost" => Input::BrokerLost,
         other => panic!("unknown input {other:?}"),
     }
 }

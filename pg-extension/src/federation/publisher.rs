@@ -184,10 +184,12 @@ impl Publisher {
     }
 
     /// A fresh idempotent producer next time: after a broker restart the old producer id may be unknown to it,
-    /// which librdkafka treats as fatal, and librdkafka must not ask about topics the broker lost.
+    /// which librdkafka treats as fatal, and librdkafka must not ask about topics the broker lost. The machine is
+    /// told, so that copies the lost broker acknowledged are sent again.
     fn drop_producer(&mut self) {
         self.producer = None;
         self.topics.clear();
+        self.machine.step(Input::BrokerLost);
     }
 
     /// One round: the catalog in, every action the machine asks for performed; returns whether anything was sent.

@@ -16,7 +16,9 @@
 //!
 //! The order makes every crash repeat work instead of losing it: a batch sent but not recorded is sent again with
 //! the same seq; a batch recorded but not marked is recognised in step 2. Batches the broker acknowledged stay
-//! held between rounds until the log records them, so a failed proposal never sends them again. Streams are
+//! held between rounds until the log records them, so a failed proposal never sends them again — unless the
+//! broker connection was lost meanwhile ([`Input::BrokerLost`]): what a restarted broker acknowledged last may be
+//! gone, and recording a copy it lost would cost every consumer a snapshot. Streams are
 //! independent: one stream's failure backs off that stream alone (200 ms doubling to 5 s, on the time the worker
 //! passes in) and never stops the others.
 
@@ -79,6 +81,10 @@ pub enum Input {
     Proposed { stream: StreamId, result: Result<(), String> },
     /// [`Action::MarkPublished`] committed locally.
     Marked { stream: StreamId, seq: u64, result: Result<(), String> },
+    /// The worker lost its broker connection (and made a new producer): copies that broker acknowledged but the
+    /// log has not recorded are no longer trusted (a broker that restarted may not have kept what it acknowledged
+    /// last), so they are sent again.
+    BrokerLost,
 }
 
 /// What the machine asks the worker to do.
@@ -186,6 +192,11 @@ impl Producer {
             }
             Input::Proposed { stream, result } => {
                 self.on_result(&stream, result.map(|()| |s: &mut StreamState| s.round.proposed = true))
+            }
+            Input::BrokerLost => {
+                for state in self.streams.values_mut() {
+                    state.sent.clear();
+                }
             }
             Input::Marked { stream, seq, result } => self.on_result(
                 &stream,
