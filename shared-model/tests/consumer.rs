@@ -10,6 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod common;
+
+use common::{FaultTape, Harness};
 use proptest::prelude::*;
 use shared_model::apply::is_consistent;
 use shared_model::envelope::Batch;
@@ -34,14 +37,11 @@ struct Source {
 }
 
 struct World {
-    log: State,
-    index: u64,
-    requests: u64,
+    /// The coordinators' log: the real fold.
+    log: Harness,
     sources: Vec<Source>,
     consistency: Consistency,
-    tape: Vec<u8>,
-    at: usize,
-    faults: bool,
+    tape: FaultTape,
     now_ms: u64,
     applies: usize,
 }
@@ -51,9 +51,7 @@ impl World {
         let ids: Vec<StreamId> =
             ["cluster_a/public.s", "cluster_b/public.t"].iter().map(|s| StreamId::parse(s).unwrap()).collect();
         let mut world = World {
-            log: State::default(),
-            index: 0,
-            requests: 0,
+            log: Harness::new(),
             sources: ids
                 .iter()
                 .map(|id| Source {
@@ -67,15 +65,14 @@ impl World {
                 })
                 .collect(),
             consistency: if causal { Consistency::Causal } else { Consistency::Eventual },
-            tape,
-            at: 0,
-            faults: true,
+            tape: FaultTape::new(tape),
             now_ms: 0,
             applies: 0,
         };
         for cluster in ["cluster_a", "cluster_b", "cluster_c"] {
             world
-                .command(Command::RegisterCluster {
+                .log
+                .run(Command::RegisterCluster {
                     name: ClusterName::parse(cluster).unwrap(),
                     endpoint: cluster.into(),
                     capabilities: BTreeSet::new(),
@@ -84,7 +81,8 @@ impl World {
         }
         for id in &ids {
             world
-                .command(Command::PublishStream {
+                .log
+                .run(Command::PublishStream {
                     stream: id.clone(),
                     columns: vec![ColumnDef::new("k", "int")],
                     upstream: BTreeSet::new(),
@@ -100,7 +98,8 @@ impl World {
             })
             .collect();
         world
-            .command(Command::CreateFederatedTable {
+            .log
+            .run(Command::CreateFederatedTable {
                 table: FederatedTableId::parse("cluster_c/public.dash").unwrap(),
                 sources,
                 consistency: world.consistency,
@@ -113,30 +112,8 @@ impl World {
         world
     }
 
-    fn command(&mut self, command: Command) -> Result<Applied, CommandError> {
-        self.index += 1;
-        self.requests += 1;
-        let key = IdempotencyKey::new("consumer-test", &self.requests.to_string()).unwrap();
-        let request = Request { key, command, proposed_at_unix_ms: self.index };
-        self.log.execute(self.index, &request).result
-    }
-
-    fn roll(&mut self) -> u8 {
-        if !self.faults {
-            return 0;
-        }
-        let byte = self.tape.get(self.at).copied().unwrap_or(0);
-        self.at += 1;
-        byte
-    }
-
-    fn fails(&mut self, one_in: u8) -> bool {
-        let byte = self.roll();
-        byte != 0 && byte.is_multiple_of(one_in)
-    }
-
     fn frontier(&self, i: usize) -> &Frontier {
-        self.log.frontier(&self.sources[i].id).unwrap()
+        self.log.state.frontier(&self.sources[i].id).unwrap()
     }
 
     /// The producer makes a batch and sends it; it is recorded now, or later (`record_pending`).
@@ -175,7 +152,7 @@ impl World {
                 position: BrokerPosition { partition: 0, offset: *offset },
             })
             .collect();
-        self.command(Command::AdvanceFrontier { advances }).expect("the producer's advances are valid");
+        self.log.run(Command::AdvanceFrontier { advances }).expect("the producer's advances are valid");
         self.sources[i].unrecorded.clear();
     }
 
@@ -192,7 +169,8 @@ impl World {
     /// Answers pending reinitialize requests with a snapshot batch, as the producer does.
     fn answer_reinit(&mut self) {
         for i in 0..2 {
-            if self.log.streams()[&self.sources[i].id].pending_reinit.is_some() && self.sources[i].unrecorded.is_empty()
+            if self.log.state.streams()[&self.sources[i].id].pending_reinit.is_some()
+                && self.sources[i].unrecorded.is_empty()
             {
                 self.produce(i, BatchKind::Snapshot, true);
             }
@@ -219,7 +197,7 @@ impl World {
     fn perform(&mut self, machine: &Consumer, action: Action) -> Option<Input> {
         Some(match action {
             Action::Assign { positions } => {
-                if self.fails(11) {
+                if self.tape.fails(11) {
                     return Some(Input::Assigned { result: Err("broker unreachable".into()) });
                 }
                 for (id, next) in positions {
@@ -231,7 +209,7 @@ impl World {
             Action::Poll => {
                 let mut messages = Vec::new();
                 for i in 0..2 {
-                    let limit = if self.fails(3) { 1 } else { usize::MAX };
+                    let limit = if self.tape.fails(3) { 1 } else { usize::MAX };
                     let source = &mut self.sources[i];
                     let mut taken = 0;
                     while source.read_next < source.topic.len() && taken < limit {
@@ -253,20 +231,20 @@ impl World {
             Action::FetchFrontiers { after } => {
                 let mut answers = Vec::new();
                 for (id, after_seq) in after {
-                    if self.fails(7) {
+                    if self.tape.fails(7) {
                         answers.push((id, Err("no coordinator answered".to_string())));
                         break;
                     }
                     let i = self.source_index(&id);
                     let view = FrontierAnswer {
                         frontier: self.frontier(i).tail_after(after_seq),
-                        pending_reinit: self.log.streams()[&id].pending_reinit.is_some(),
-                        as_of: self.log.last_applied(),
+                        pending_reinit: self.log.state.streams()[&id].pending_reinit.is_some(),
+                        as_of: self.log.state.last_applied(),
                     };
                     answers.push((id, Ok(view)));
                     // The next answers may reflect a later log: batches already sent are recorded meanwhile,
                     // this source's first (so that a cut over the answers as read would not be one).
-                    if self.fails(3) {
+                    if self.tape.fails(3) {
                         self.record_pending(i);
                         self.record_pending(1 - i);
                     }
@@ -277,7 +255,7 @@ impl World {
                 assert_eq!(table, TABLE);
                 let applied: Vec<(StreamId, u64)> =
                     seqs.iter().filter_map(|(s, q)| q.last().map(|l| (s.clone(), *l))).collect();
-                if self.fails(8) {
+                if self.tape.fails(8) {
                     return Some(Input::Applied { table, applied, result: Err("could not serialize access".into()) });
                 }
                 for (id, path) in &seqs {
@@ -320,10 +298,11 @@ impl World {
                 Input::Applied { table, applied, result: Ok(()) }
             }
             Action::RequestReinitialize { stream, reason } => {
-                let result = if self.fails(5) {
+                let result = if self.tape.fails(5) {
                     Err("no coordinator answered".to_string())
                 } else {
-                    self.command(Command::RequestReinitialize { stream: stream.clone(), reason })
+                    self.log
+                        .run(Command::RequestReinitialize { stream: stream.clone(), reason })
                         .map(|_| ())
                         .map_err(|e| e.to_string())
                 };
@@ -373,7 +352,7 @@ fn run(tape: Vec<u8>, events: Vec<u8>, causal: bool) -> Result<(), TestCaseError
         world.round(&mut machine);
     }
     // The faults stop (losses are answered by snapshots, which takes rounds and the loss timeout).
-    world.faults = false;
+    world.tape.on = false;
     world.record_pending(0);
     world.record_pending(1);
     for _ in 0..40 {

@@ -10,14 +10,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod common;
+
+use common::{FaultTape, Harness};
 use proptest::prelude::*;
 use shared_model::protocol::producer::{Action, Input, LocalStream, LogView, Producer, SentCopy};
 use shared_model::*;
 
 struct World {
-    log: State,
-    index: u64,
-    requests: u64,
+    /// The coordinators' log: the real fold.
+    log: Harness,
     stream: StreamId,
     /// Local change buffer: seq → kind; the catalog's published seq.
     buffer: BTreeMap<u64, BatchKind>,
@@ -26,9 +28,7 @@ struct World {
     topic: Vec<(u64, BatchKind)>,
     /// Seqs acknowledged by the broker during the current worker's life.
     acked_this_life: BTreeSet<u64>,
-    tape: Vec<u8>,
-    at: usize,
-    faults: bool,
+    tape: FaultTape,
     now_ms: u64,
     /// The server was restored from a backup older than the log (its buffer lacks recorded batches).
     restored: bool,
@@ -39,30 +39,28 @@ struct World {
 impl World {
     fn new(tape: Vec<u8>) -> Self {
         let mut world = World {
-            log: State::default(),
-            index: 0,
-            requests: 0,
+            log: Harness::new(),
             stream: StreamId::parse("cluster_a/public.t").unwrap(),
             buffer: BTreeMap::new(),
             published_seq: 0,
             topic: Vec::new(),
             acked_this_life: BTreeSet::new(),
-            tape,
-            at: 0,
-            faults: true,
+            tape: FaultTape::new(tape),
             now_ms: 0,
             restored: false,
             broker_lost: false,
         };
         world
-            .command(Command::RegisterCluster {
+            .log
+            .run(Command::RegisterCluster {
                 name: ClusterName::parse("cluster_a").unwrap(),
                 endpoint: "a".into(),
                 capabilities: BTreeSet::new(),
             })
             .unwrap();
         world
-            .command(Command::PublishStream {
+            .log
+            .run(Command::PublishStream {
                 stream: world.stream.clone(),
                 columns: vec![ColumnDef::new("k", "int")],
                 upstream: BTreeSet::new(),
@@ -72,31 +70,8 @@ impl World {
         world
     }
 
-    fn command(&mut self, command: Command) -> Result<Applied, CommandError> {
-        self.index += 1;
-        self.requests += 1;
-        let key = IdempotencyKey::new("producer-test", &self.requests.to_string()).unwrap();
-        let request = Request { key, command, proposed_at_unix_ms: self.index };
-        self.log.execute(self.index, &request).result
-    }
-
-    /// The next byte of the fault tape (0 once it is used up or faults are off).
-    fn roll(&mut self) -> u8 {
-        if !self.faults {
-            return 0;
-        }
-        let byte = self.tape.get(self.at).copied().unwrap_or(0);
-        self.at += 1;
-        byte
-    }
-
-    fn fails(&mut self, one_in: u8) -> bool {
-        let byte = self.roll();
-        byte != 0 && byte.is_multiple_of(one_in)
-    }
-
     fn committed(&self) -> u64 {
-        self.log.frontier(&self.stream).map_or(0, |f| f.seq())
+        self.log.state.frontier(&self.stream).map_or(0, |f| f.seq())
     }
 
     fn local(&self) -> LocalStream {
@@ -122,17 +97,17 @@ impl World {
             Action::Republish { .. } => Input::Republished { stream, result: Ok(()) },
             Action::FetchFrontier { after_seq, .. } => {
                 assert_eq!(*after_seq, self.published_seq);
-                let result = if self.fails(5) {
+                let result = if self.tape.fails(5) {
                     Err("coordinator unreachable".to_string())
                 } else {
-                    let pending = self.log.streams()[&self.stream].pending_reinit.is_some();
+                    let pending = self.log.state.streams()[&self.stream].pending_reinit.is_some();
                     Ok(LogView { committed_seq: self.committed(), pending_reinit: pending })
                 };
                 Input::Frontier { stream, result }
             }
             Action::MarkPublished { seq, .. } => {
                 assert!(*seq <= self.committed(), "marked {seq}, the log recorded only {}", self.committed());
-                let result = if self.fails(9) {
+                let result = if self.tape.fails(9) {
                     Err("could not commit".to_string())
                 } else {
                     self.published_seq = self.published_seq.max(*seq);
@@ -146,7 +121,7 @@ impl World {
             }
             Action::Send { seq, .. } => {
                 let kind = *self.buffer.get(seq).unwrap_or_else(|| panic!("send of {seq}, not in the buffer"));
-                let result = if self.fails(6) {
+                let result = if self.tape.fails(6) {
                     // The worker drops its producer on every send error and tells the machine; what that broker
                     // acknowledged may be sent again from now on.
                     self.broker_lost = true;
@@ -164,13 +139,13 @@ impl World {
                     let (seq, kind) = self.topic[a.position.offset as usize];
                     assert_eq!((seq, kind), (a.seq, a.kind), "proposed a copy the broker does not hold there");
                 }
-                let result = if self.fails(5) {
+                let result = if self.tape.fails(5) {
                     Err("no coordinator answered".to_string())
                 } else {
-                    let applied = self.command(Command::AdvanceFrontier { advances: advances.clone() });
+                    let applied = self.log.run(Command::AdvanceFrontier { advances: advances.clone() });
                     // The reply may be lost after the log recorded it.
                     match applied {
-                        Ok(_) if self.fails(4) => Err("reply lost".to_string()),
+                        Ok(_) if self.tape.fails(4) => Err("reply lost".to_string()),
                         Ok(_) => Ok(()),
                         Err(e) => Err(e.to_string()),
                     }
@@ -201,7 +176,7 @@ impl World {
 
     fn check(&self) {
         assert!(self.published_seq <= self.committed());
-        let frontier = self.log.frontier(&self.stream).unwrap();
+        let frontier = self.log.state.frontier(&self.stream).unwrap();
         for seq in frontier.oldest_retained()..=frontier.seq() {
             let point = frontier.point(seq).unwrap().unwrap();
             let (copy_seq, kind) = self.topic[point.position.offset as usize];
@@ -229,7 +204,7 @@ proptest! {
                     world.refresh(BatchKind::Delta);
                 }
                 5 => {
-                    let _ = world.command(Command::RequestReinitialize { stream: world.stream.clone(), reason: "test".into() });
+                    let _ = world.log.run(Command::RequestReinitialize { stream: world.stream.clone(), reason: "test".into() });
                 }
                 6 => {
                     // The worker restarts: a fresh machine, the catalog as committed.
@@ -242,7 +217,7 @@ proptest! {
         }
         // The faults stop: everything is published and every request answered, within a few rounds (after the
         // longest backoff).
-        world.faults = false;
+        world.tape.on = false;
         world.now_ms += 5_000;
         for _ in 0..5 {
             world.round(&mut machine);
@@ -250,14 +225,14 @@ proptest! {
         let last = world.buffer.keys().next_back().copied().unwrap_or(0);
         prop_assert_eq!(world.committed(), last);
         prop_assert_eq!(world.published_seq, last);
-        prop_assert!(world.log.streams()[&world.stream].pending_reinit.is_none(), "a reinitialize request is unanswered");
+        prop_assert!(world.log.state.streams()[&world.stream].pending_reinit.is_none(), "a reinitialize request is unanswered");
     }
 }
 
 #[test]
 fn a_log_ahead_of_the_server_is_never_adopted() {
     let mut world = World::new(Vec::new());
-    world.faults = false;
+    world.tape.on = false;
     let mut machine = Producer::new();
     for _ in 0..3 {
         world.refresh(BatchKind::Delta);

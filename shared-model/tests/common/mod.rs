@@ -106,3 +106,28 @@ pub fn seed() -> Harness {
     h.run(federate("cluster_c/dashboard", &["cluster_a/order_agg", "cluster_b/user_stats"])).unwrap();
     h
 }
+
+/// A fault tape for simulations driven by proptest: one byte per decision, a fault when the byte is a non-zero
+/// multiple of the decision's divisor; no faults once the tape is used up or switched off (so that shrinking
+/// towards zeros and short tapes means fewer faults).
+pub struct FaultTape {
+    bytes: Vec<u8>,
+    at: usize,
+    pub on: bool,
+}
+
+impl FaultTape {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        FaultTape { bytes, at: 0, on: true }
+    }
+
+    /// Whether this decision fails (about one time in `one_in`).
+    pub fn fails(&mut self, one_in: u8) -> bool {
+        if !self.on {
+            return false;
+        }
+        let byte = self.bytes.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        byte != 0 && byte.is_multiple_of(one_in)
+    }
+}
