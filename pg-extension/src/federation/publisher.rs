@@ -198,17 +198,21 @@ impl Publisher {
         if self.producer.as_ref().is_some_and(|(_, producer)| !producer.healthy()) {
             self.drop_producer(); // the broker connection was lost: sends reconnect with a fresh producer
         }
-        let mut streams = Vec::new();
-        for publication in &publications {
-            let unpublished_snapshot = run_in_transaction(|| unpublished_snapshot(publication))?;
-            streams.push(LocalStream {
-                stream: publication.stream.clone(),
-                published_seq: publication.published_seq as u64,
-                last_batch_seq: publication.last_batch_seq as u64,
-                unpublished_snapshot,
-                columns_changed: publication.columns_changed,
-            });
-        }
+        // Whether a snapshot waits unsent, for every stream in one transaction (not one transaction per stream).
+        let streams = run_in_transaction(|| {
+            publications
+                .iter()
+                .map(|publication| {
+                    Ok(LocalStream {
+                        stream: publication.stream.clone(),
+                        published_seq: publication.published_seq as u64,
+                        last_batch_seq: publication.last_batch_seq as u64,
+                        unpublished_snapshot: unpublished_snapshot(publication)?,
+                        columns_changed: publication.columns_changed,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
         let by_stream: BTreeMap<StreamId, &Publication> = publications.iter().map(|p| (p.stream.clone(), p)).collect();
         self.machine.step(Input::Round { now_ms: self.started.elapsed().as_millis() as u64, streams });
         while let Some(action) = self.machine.next_action() {
