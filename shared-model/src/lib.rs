@@ -18,6 +18,7 @@ pub mod frontier;
 pub mod idempotency;
 pub mod ids;
 pub mod model;
+pub mod planted;
 pub mod protocol;
 pub mod state;
 

@@ -5,7 +5,8 @@
 //!
 //! Checked at every apply, against the real log (not the answers the machine saw): every applied batch is
 //! committed, each seq once and in order (or a jump to a committed snapshot), the applied copy is the one the
-//! log recorded when the producer sent one copy per seq, and in causal mode every applied state is a cut. Once
+//! log recorded (offset and kind) even when the producer sent several, and in causal mode every applied state is
+//! a cut. Once
 //! the faults stop, a few rounds apply everything the log recorded.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -275,6 +276,11 @@ impl World {
                         let held = machine.held(id, *seq).expect("applied from a held batch");
                         assert_eq!(held.batch.seq, *seq);
                         assert_eq!(held.batch.kind, point.kind, "{id}: applied a copy of another kind");
+                        assert_eq!(
+                            held.offset, point.position.offset,
+                            "{id}: applied the copy of {seq} at offset {}; the log recorded the one at {}",
+                            held.offset, point.position.offset
+                        );
                         current = *seq;
                         offset = Some(offset.map_or(held.offset, |o| o.max(held.offset)));
                     }

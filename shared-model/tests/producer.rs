@@ -24,6 +24,8 @@ struct World {
     /// Local change buffer: seq → kind; the catalog's published seq.
     buffer: BTreeMap<u64, BatchKind>,
     published_seq: u64,
+    /// The catalog's newest seq stored as about to be proposed.
+    proposed_seq: u64,
     /// The topic: (seq, kind) per offset.
     topic: Vec<(u64, BatchKind)>,
     /// Seqs acknowledged by the broker during the current worker's life.
@@ -43,6 +45,7 @@ impl World {
             stream: StreamId::parse("cluster_a/public.t").unwrap(),
             buffer: BTreeMap::new(),
             published_seq: 0,
+            proposed_seq: 0,
             topic: Vec::new(),
             acked_this_life: BTreeSet::new(),
             tape: FaultTape::new(tape),
@@ -78,6 +81,7 @@ impl World {
         LocalStream {
             stream: self.stream.clone(),
             published_seq: self.published_seq,
+            proposed_seq: self.proposed_seq,
             last_batch_seq: self.buffer.keys().next_back().copied().unwrap_or(0),
             unpublished_snapshot: self.buffer.range(self.published_seq + 1..).any(|(_, k)| *k == BatchKind::Snapshot),
             columns_changed: false,
@@ -134,7 +138,22 @@ impl World {
                 };
                 Input::Sent { stream, seq: *seq, result }
             }
+            Action::RecordProposal { seq, .. } => {
+                let result = if self.tape.fails(9) {
+                    Err("could not commit".to_string())
+                } else {
+                    self.proposed_seq = self.proposed_seq.max(*seq);
+                    Ok(())
+                };
+                Input::ProposalRecorded { stream, seq: *seq, result }
+            }
             Action::Propose { advances, .. } => {
+                let last = advances.last().map_or(0, |a| a.seq);
+                assert!(
+                    last <= self.proposed_seq,
+                    "proposed up to {last} before storing the intent ({})",
+                    self.proposed_seq
+                );
                 for a in advances {
                     let (seq, kind) = self.topic[a.position.offset as usize];
                     assert_eq!((seq, kind), (a.seq, a.kind), "proposed a copy the broker does not hold there");
@@ -243,10 +262,42 @@ fn a_log_ahead_of_the_server_is_never_adopted() {
     world.buffer.retain(|seq, _| *seq <= 1);
     world.restored = true;
     world.published_seq = 1;
+    world.proposed_seq = 1;
     let mut machine = Producer::new();
     world.now_ms += 1_000;
     world.round(&mut machine);
     machine.step(Input::Round { now_ms: world.now_ms + 10_000, streams: vec![world.local()] });
+    let fetch = machine.next_action().unwrap();
+    machine.step(world.perform(&fetch).unwrap());
+    match machine.next_action() {
+        Some(Action::ReportError { error, .. }) => assert!(error.contains("behind the log"), "{error}"),
+        other => panic!("expected the stream to stop, got {other:?}"),
+    }
+    assert_eq!(world.published_seq, 1, "the restored server adopted the log's position");
+}
+
+#[test]
+fn a_restored_server_with_newer_batches_of_its_own_does_not_adopt_the_log_either() {
+    let mut world = World::new(Vec::new());
+    world.tape.on = false;
+    let mut machine = Producer::new();
+    for _ in 0..3 {
+        world.refresh(BatchKind::Delta);
+    }
+    world.round(&mut machine);
+    assert_eq!(world.published_seq, 3);
+    // Restored from a backup taken after batch 1 was proposed; it then made 4 batches of its own (2..=5) before
+    // it reached the coordinators, whose log holds the old server's 2 and 3.
+    world.buffer.retain(|seq, _| *seq <= 1);
+    world.restored = true;
+    world.published_seq = 1;
+    world.proposed_seq = 1;
+    for _ in 0..4 {
+        world.refresh(BatchKind::Delta);
+    }
+    let mut machine = Producer::new();
+    world.now_ms += 1_000;
+    machine.step(Input::Round { now_ms: world.now_ms, streams: vec![world.local()] });
     let fetch = machine.next_action().unwrap();
     machine.step(world.perform(&fetch).unwrap());
     match machine.next_action() {

@@ -52,6 +52,7 @@ fn parse_input(line: &str) -> Input {
                     LocalStream {
                         stream: stream(w[0]),
                         published_seq: number(&w, "p"),
+                        proposed_seq: value(&w, "proposed").map_or(number(&w, "p"), |v| v.parse().expect("a number")),
                         last_batch_seq: number(&w, "last"),
                         unpublished_snapshot: w.contains(&"snapshot"),
                         columns_changed: w.contains(&"changed"),
@@ -76,6 +77,9 @@ fn parse_input(line: &str) -> Input {
             seq: number(&words, "seq"),
             result: outcome(line).map(|()| SentCopy { kind: kind(words[3]), offset: number(&words, "offset") as i64 }),
         },
+        "proposal-recorded" => {
+            Input::ProposalRecorded { stream: target(), seq: number(&words, "seq"), result: outcome(line) }
+        }
         "proposed" => Input::Proposed { stream: target(), result: outcome(line) },
         "marked" => Input::Marked { stream: target(), seq: number(&words, "seq"), result: outcome(line) },
         "broker-lost" => Input::BrokerLost,
@@ -90,6 +94,7 @@ fn render(action: &Action) -> String {
         Action::MarkPublished { stream, seq } => format!("mark {stream} seq={seq}"),
         Action::WriteSnapshot { stream } => format!("write-snapshot {stream}"),
         Action::Send { stream, seq } => format!("send {stream} seq={seq}"),
+        Action::RecordProposal { stream, seq } => format!("record-proposal {stream} seq={seq}"),
         Action::Propose { stream, advances } => {
             let list: Vec<String> = advances
                 .iter()

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::apply::{blocking_batch, plan_causal, plan_source, Loss, SourceProgress, SourceStep, Waiting};
 use crate::envelope::{decode_envelope, Assembler, Batch};
 use crate::frontier::Frontier;
+use crate::planted::{planted, Bug};
 use crate::{Consistency, LogIndex, StreamId};
 
 /// How long a committed batch may fail to arrive, while the consumer reads without errors, before it counts as
@@ -149,10 +150,39 @@ pub struct HeldBatch {
     pub offset: i64,
 }
 
+impl SourceMemory {
+    /// For every held seq the log recorded, keeps the recorded copy (same offset and kind) and drops the others:
+    /// another copy of the seq may hold other rows (a server restored from a backup sends its own batch under a
+    /// seq the old server had sent too), and applying it would apply a history the log never recorded. A recorded
+    /// copy not read yet is waited for (or found lost, like any missing batch).
+    fn keep_recorded_copies(&mut self) {
+        let Some(answer) = &self.answer else { return };
+        let seqs: Vec<u64> = self.held.keys().copied().collect();
+        for seq in seqs {
+            let Ok(Some(point)) = answer.frontier.point(seq) else { continue };
+            let recorded = (point.position.offset, point.kind);
+            let held = &self.held[&seq];
+            if (held.offset, held.batch.kind) == recorded {
+                continue;
+            }
+            let displaced = self.held.remove(&seq).expect("held");
+            self.other_copies.insert((seq, displaced.offset), displaced);
+            if let Some(copy) = self.other_copies.remove(&(seq, recorded.0)) {
+                if copy.batch.kind == recorded.1 {
+                    self.held.insert(seq, copy);
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct SourceMemory {
     config: Option<SourceConfig>,
     held: BTreeMap<u64, HeldBatch>,
+    /// Other copies of held seqs (a producer that sent a seq again, or another server's copy), by (seq, offset):
+    /// the log's answer says which copy was recorded, and only that one is applied.
+    other_copies: BTreeMap<(u64, i64), HeldBatch>,
     read_offset: Option<i64>,
     /// Read again from the start of the topic (a batch went missing) until something applies.
     rewind: bool,
@@ -228,6 +258,7 @@ impl Consumer {
                     self.assembler = Assembler::default();
                     for memory in self.sources.values_mut() {
                         memory.held.clear();
+                        memory.other_copies.clear();
                         memory.read_offset = None;
                     }
                     self.assigned_at_ms = self.now_ms;
@@ -282,6 +313,7 @@ impl Consumer {
         for config in sources {
             let mut memory = self.sources.remove(&config.stream).unwrap_or_default();
             memory.held.retain(|seq, _| *seq > config.applied_seq);
+            memory.other_copies.retain(|(seq, _), _| *seq > config.applied_seq);
             memory.first_committed_ms.retain(|seq, _| *seq > config.applied_seq);
             memory.answer = None;
             memory.asking = None;
@@ -332,7 +364,16 @@ impl Consumer {
             }
             match self.assembler.add(envelope) {
                 Ok(Some(batch)) => {
-                    memory.held.entry(batch.seq).or_insert(HeldBatch { batch, offset: message.offset });
+                    let copy = HeldBatch { batch, offset: message.offset };
+                    match memory.held.get(&copy.batch.seq) {
+                        None => {
+                            memory.held.insert(copy.batch.seq, copy);
+                        }
+                        Some(held) if held.offset != copy.offset => {
+                            memory.other_copies.insert((copy.batch.seq, copy.offset), copy);
+                        }
+                        Some(_) => {} // the same copy, delivered again
+                    }
                 }
                 Ok(None) => {}
                 Err(error) => self.rejected_messages.push(format!("{}: {error}", message.stream)),
@@ -364,6 +405,14 @@ impl Consumer {
     }
 
     fn plan_eventual_source(&self, stream: &StreamId, frontier: &Frontier) -> SourceStep {
+        if planted(Bug::ApplyPastFrontier) {
+            let memory = &self.sources[stream];
+            let applied = memory.config.as_ref().map_or(0, |c| c.applied_seq);
+            let seqs: Vec<u64> = (applied + 1..).take_while(|seq| memory.held.contains_key(seq)).collect();
+            if !seqs.is_empty() {
+                return SourceStep::Apply(seqs);
+            }
+        }
         match plan_source(&self.progress(stream), frontier) {
             SourceStep::Wait(Waiting::ForBroker { seq }) => match self.overdue(stream, seq) {
                 Some(loss) => SourceStep::Reinitialize(loss),
@@ -384,6 +433,9 @@ impl Consumer {
                             memory.first_committed_ms.entry(seq).or_insert(now);
                         }
                         memory.answer = Some(answer);
+                        if !planted(Bug::ApplyOtherCopy) {
+                            memory.keep_recorded_copies();
+                        }
                     }
                 }
                 Err(error) => failure = Some(error),

@@ -6,13 +6,15 @@
 //! Per stream, one round goes:
 //! 1. publish the columns again if the defining query changed them;
 //! 2. ask the log for the stream's committed frontier after `published_seq`:
-//!    - a frontier ahead of this server's newest batch stops the stream (a restored or promoted server must never
-//!      adopt another history's position);
+//!    - a frontier ahead of the newest batch this server ever proposed stops the stream (a restored or promoted
+//!      server must never adopt another history's position, even when it has made batches of its own up to and
+//!      past that seq since: the simulation found a restored server that did so and applied another history);
 //!    - batches the log recorded but this server has not marked (a crash between proposal and local commit) are
 //!      marked now;
 //!    - a pending reinitialize request without an unpublished snapshot makes a snapshot batch;
 //! 3. send the batches after what is published and already sent, one by one, each acknowledged by the broker;
-//! 4. propose them all in one request, and only once the log accepted them mark them published.
+//! 4. store locally that they are about to be proposed (`proposed_seq`), propose them all in one request, and
+//!    only once the log accepted them mark them published.
 //!
 //! The order makes every crash repeat work instead of losing it: a batch sent but not recorded is sent again with
 //! the same seq; a batch recorded but not marked is recognised in step 2. Batches the broker acknowledged stay
@@ -39,6 +41,9 @@ pub struct LocalStream {
     pub stream: StreamId,
     /// The newest batch the broker acknowledged AND the log recorded AND this server marked.
     pub published_seq: u64,
+    /// The newest batch this server ever proposed to the log (stored before each proposal): a log that recorded
+    /// more holds another server's history (a backup restored here, a promoted standby).
+    pub proposed_seq: u64,
     /// The newest batch the stream table's refreshes wrote.
     pub last_batch_seq: u64,
     /// A snapshot batch after `published_seq` is waiting in the change buffer.
@@ -77,6 +82,8 @@ pub enum Input {
     SnapshotWritten { stream: StreamId, result: Result<u64, String> },
     /// [`Action::Send`] acknowledged (or refused) by the broker.
     Sent { stream: StreamId, seq: u64, result: Result<SentCopy, String> },
+    /// [`Action::RecordProposal`] committed locally.
+    ProposalRecorded { stream: StreamId, seq: u64, result: Result<(), String> },
     /// [`Action::Propose`] accepted (or refused) by the log.
     Proposed { stream: StreamId, result: Result<(), String> },
     /// [`Action::MarkPublished`] committed locally.
@@ -100,6 +107,8 @@ pub enum Action {
     WriteSnapshot { stream: StreamId },
     /// Send batch `seq` to the broker and wait for its acknowledgement.
     Send { stream: StreamId, seq: u64 },
+    /// Store locally, durably, that batches up to `seq` are about to be proposed (before [`Action::Propose`]).
+    RecordProposal { stream: StreamId, seq: u64 },
     /// Record these batches in the log.
     Propose { stream: StreamId, advances: Vec<FrontierAdvance> },
     /// The stream failed this round (it is retried after its backoff); show the error.
@@ -115,6 +124,7 @@ impl Action {
             | Action::MarkPublished { stream, .. }
             | Action::WriteSnapshot { stream }
             | Action::Send { stream, .. }
+            | Action::RecordProposal { stream, .. }
             | Action::Propose { stream, .. }
             | Action::ReportError { stream, .. } => stream,
         }
@@ -190,6 +200,10 @@ impl Producer {
                 );
                 self.sent_this_round |= ok;
             }
+            Input::ProposalRecorded { stream, seq, result } => self.on_result(
+                &stream,
+                result.map(|()| move |s: &mut StreamState| s.local.proposed_seq = s.local.proposed_seq.max(seq)),
+            ),
             Input::Proposed { stream, result } => {
                 self.on_result(&stream, result.map(|()| |s: &mut StreamState| s.round.proposed = true))
             }
@@ -241,7 +255,9 @@ impl Producer {
             });
             // Copies at or below what is now marked are recorded: drop them.
             state.sent.retain(|seq, _| *seq > local.published_seq);
-            state.local = local;
+            // A proposal recorded in this worker's life committed, whatever the catalog read shows.
+            let proposed_seq = local.proposed_seq.max(state.local.proposed_seq);
+            state.local = LocalStream { proposed_seq, ..local };
             state.round = RoundFacts { active: now_ms >= state.retry_at_ms, ..RoundFacts::default() };
             next.insert(state.local.stream.clone(), state);
         }
@@ -309,11 +325,13 @@ fn next_step(state: &StreamState) -> Next {
     let Some(view) = round.view else {
         return Next::Do(Action::FetchFrontier { stream, after_seq: local.published_seq });
     };
-    if view.committed_seq > local.last_batch_seq {
+    let own = local.proposed_seq.max(local.published_seq);
+    if view.committed_seq > own && !crate::planted::planted(crate::planted::Bug::AdoptLogAhead) {
         return Next::Fail(format!(
-            "the coordinators' log records batch {} of {stream} but this server's newest batch is {}: this \
-             server is behind the log (restored from a backup, or a promoted standby?); publishing of this stream \
-             is stopped so that consumers never apply another history",
+            "the coordinators' log records batch {} of {stream}, but this server never proposed past batch {own} \
+             (its newest batch is {}): the log holds another server's history, so this server is behind the log \
+             (restored from a backup, or a promoted standby?); publishing of this stream is stopped so that \
+             consumers never apply another history",
             view.committed_seq, local.last_batch_seq
         ));
     }
@@ -330,6 +348,10 @@ fn next_step(state: &StreamState) -> Next {
         return Next::Do(Action::Send { stream, seq: last_sent + 1 });
     }
     if !round.proposed && !state.sent.is_empty() {
+        let last = *state.sent.keys().next_back().expect("not empty");
+        if local.proposed_seq < last {
+            return Next::Do(Action::RecordProposal { stream, seq: last });
+        }
         let advances = state
             .sent
             .iter()
