@@ -149,6 +149,9 @@ CREATE TABLE pgtrickle.pgt_publications (
     -- The newest batch the broker acknowledged AND the coordinator's log recorded: change-buffer rows up to it
     -- may be pruned; the publisher sends what follows.
     published_seq   bigint NOT NULL,
+    -- The newest batch this server stored as about to be proposed, before each proposal: a log that recorded
+    -- more holds another server's history (this server was restored from a backup, or is a promoted standby).
+    proposed_seq    bigint NOT NULL DEFAULT 0,
     columns         jsonb NOT NULL DEFAULT '[]',
     last_sent_at    timestamptz,
     last_error      text

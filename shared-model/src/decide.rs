@@ -352,6 +352,12 @@ fn decide_advances(state: &State, _index: LogIndex, advances: &[FrontierAdvance]
     let mut staged: BTreeMap<&StreamId, BTreeMap<u64, &FrontierAdvance>> = BTreeMap::new();
     let mut events = Vec::new();
     for adv in advances {
+        if adv.position.offset < 0 || adv.position.partition < 0 {
+            return Err(invalid(
+                "advances.position",
+                format!("partition and offset must be >= 0, not {}:{}", adv.position.partition, adv.position.offset),
+            ));
+        }
         let info = state
             .streams()
             .get(&adv.stream)

@@ -75,7 +75,10 @@ fn parse_input(line: &str) -> Input {
         "sent" => Input::Sent {
             stream: target(),
             seq: number(&words, "seq"),
-            result: outcome(line).map(|()| SentCopy { kind: kind(words[3]), offset: number(&words, "offset") as i64 }),
+            result: outcome(line).map(|()| SentCopy {
+                kind: kind(words[3]),
+                offset: value(&words, "offset").expect("offset=").parse().expect("an offset"),
+            }),
         },
         "proposal-recorded" => {
             Input::ProposalRecorded { stream: target(), seq: number(&words, "seq"), result: outcome(line) }

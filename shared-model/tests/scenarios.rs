@@ -61,6 +61,12 @@ fn frontier_gaps_repeats_and_conflicts() {
     assert_eq!(e.code(), "frontier_gap");
     assert_eq!(h.state.frontier(&stream("cluster_b/user_stats")).unwrap().seq(), 0);
     assert_eq!(h.rejected(Command::AdvanceFrontier { advances: vec![] }).code(), "invalid_argument");
+    // A position the broker never gave (librdkafka's -1 for "unknown") cannot be recorded.
+    let mut unknown = advance("cluster_a/order_agg", 4);
+    unknown.position.offset = -1;
+    let e = h.rejected(Command::AdvanceFrontier { advances: vec![unknown] });
+    assert_eq!(e.code(), "invalid_argument");
+    assert!(e.to_string().contains("must be >= 0"), "{e}");
 }
 
 #[test]

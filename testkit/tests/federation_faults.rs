@@ -20,6 +20,26 @@ fn create_dashboard(c: &mut postgres::Client) {
     .unwrap();
 }
 
+/// `converge`, and on failure the three clusters' logs (a worker that crashed shows there).
+fn converge_or_show(
+    fed: &Federation,
+    a: &mut postgres::Client,
+    b: &mut postgres::Client,
+    c: &mut postgres::Client,
+    within: Duration,
+) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| converge(fed, a, b, c, within)));
+    if let Err(panic) = outcome {
+        let what = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        panic!(
+            "did not converge: {what}\nA log:\n{}\nB log:\n{}\nC log:\n{}",
+            tail(&fed.clusters[0].log()),
+            tail(&fed.clusters[1].log()),
+            tail(&fed.clusters[2].log())
+        );
+    }
+}
+
 fn reconnect(fed: &Federation, index: usize) -> postgres::Client {
     wait_for(Duration::from_secs(30), || fed.connect(index).ok()).expect("reconnect")
 }
@@ -65,7 +85,7 @@ fn exactly_once_across_crashes() {
     let (mut a, mut b) = setup_sources(&fed);
     let mut c = fed.connect(2).unwrap();
     create_dashboard(&mut c);
-    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    converge_or_show(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut fed = fed;
 
@@ -84,7 +104,7 @@ fn exactly_once_across_crashes() {
     assert!(recovered.is_some(), "A did not recover:\n{}", fed.clusters[0].log());
     a = reconnect(&fed, 0);
     workload(&mut a, &mut b, &mut rng, 30);
-    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
+    converge_or_show(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
     println!("publisher SIGKILL: converged, apply log {:?}", check_apply_log(&mut c));
 
     // C's postmaster dies mid-apply: with batches recorded that C has not applied.
@@ -95,7 +115,7 @@ fn exactly_once_across_crashes() {
     println!("C postmaster SIGKILL with {in_flight}");
     c = reconnect(&fed, 2);
     workload(&mut a, &mut b, &mut rng, 30);
-    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
+    converge_or_show(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
     println!("C postmaster SIGKILL: converged, apply log {:?}", check_apply_log(&mut c));
 
     // The coordinator leader dies; a new one is elected and the old one comes back.
@@ -105,7 +125,7 @@ fn exactly_once_across_crashes() {
     fed.coordinators.kill(leader);
     println!("coordinator leader SIGKILL with {in_flight}");
     workload(&mut a, &mut b, &mut rng, 30);
-    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
+    converge_or_show(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
     fed.coordinators.restart(leader).unwrap();
     println!("coordinator leader {leader} SIGKILL: converged, apply log {:?}", check_apply_log(&mut c));
 
@@ -115,12 +135,24 @@ fn exactly_once_across_crashes() {
     fed.broker.restart().unwrap();
     println!("broker SIGKILL with {in_flight}");
     workload(&mut a, &mut b, &mut rng, 30);
-    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(120));
+    converge_or_show(&fed, &mut a, &mut b, &mut c, Duration::from_secs(120));
     let seqs = check_apply_log(&mut c);
     println!("broker SIGKILL + restart (persistent): converged, apply log {seqs:?}");
     let snapshots: i64 =
         c.query_one("SELECT count(*) FROM pgtrickle.pgt_apply_log WHERE kind = 'snapshot'", &[]).unwrap().get(0);
-    assert_eq!(snapshots, 2, "only the two bootstrap snapshots: no data was lost anywhere");
+    if snapshots != 2 {
+        // Why the consumer asked for a snapshot, and what the publisher did around the broker's restart.
+        let grep = |log: String, words: &[&str]| -> String {
+            log.lines().filter(|l| words.iter().any(|w| l.contains(w))).collect::<Vec<_>>().join("\n")
+        };
+        panic!(
+            "{snapshots} snapshots applied, expected only the two bootstrap ones: no data was lost anywhere\n\
+             C:\n{}\nA:\n{}\nbroker:\n{}",
+            grep(fed.clusters[2].log(), &["snapshot", "lost", "missing", "reinit"]),
+            grep(fed.clusters[0].log(), &["publisher", "snapshot"]),
+            tail(&fed.broker.log())
+        );
+    }
 }
 
 #[test]

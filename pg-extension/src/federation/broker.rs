@@ -189,7 +189,14 @@ impl KafkaProducer {
         }
         let mut last = -1;
         for report in reports {
-            last = last.max(report.map_err(|e| format!("{topic}: not acknowledged: {e}"))?);
+            let offset = report.map_err(|e| format!("{topic}: not acknowledged: {e}"))?;
+            if offset < 0 {
+                // librdkafka reports a retried message the broker already had (DUPLICATE_SEQUENCE_NUMBER after a
+                // broker restart) as delivered at offset -1: the copy's position is unknown, so it cannot be
+                // recorded; the batch is sent again as a new copy.
+                return Err(format!("{topic}: a message was acknowledged without its offset (a retry the broker had)"));
+            }
+            last = last.max(offset);
         }
         Ok(last)
     }

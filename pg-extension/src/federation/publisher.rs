@@ -1,23 +1,22 @@
-//! The publisher: a background worker per database with published stream tables. Each round it
-//! 1. asks the coordinator for each stream's committed frontier: a batch the log recorded that this cluster has
-//!    not marked published (a crash between the proposal and the local commit) is marked now, and a pending
-//!    reinitialize request (a new subscriber, or a consumer that lost data) is answered with a snapshot batch;
-//! 2. sends every batch after `published_seq` from the stream table's change buffer to the stream's topic as
-//!    envelopes (chunked under the message limit) and waits for the broker's acknowledgement;
-//! 3. proposes `FrontierAdvanced` for all of them in one request, and only after the log accepted it marks them
-//!    published (in `pgt_publications`), which lets the change buffer be pruned.
-//!
-//! A crash anywhere repeats work, never loses it: a batch sent but not recorded is sent again with the same seq
-//! (consumers apply each seq once), and a batch recorded but not marked is recognised in step 1.
+//! The publisher: a background worker per database with published stream tables, executing the producer state
+//! machine ([`shared_model::protocol::producer`]), which takes every protocol decision: each round it feeds the
+//! machine the catalog (per stream: published seq, newest batch, an unpublished snapshot waiting, changed
+//! columns) and performs the actions it returns — publish columns again, ask the coordinator for a frontier,
+//! write a snapshot batch, send a batch from the change buffer to the stream's topic (envelopes chunked under the
+//! message limit, acknowledged by the broker), propose frontier advances, mark batches published (which lets the
+//! change buffer be pruned), record a stream's error — feeding each result back. Streams are independent: one
+//! stream's failure is recorded on its own row and retried after its own backoff.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use coordinator::api::AdvanceFrontiers;
 use coordinator::client::Client;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use shared_model::envelope::{Batch, RowAction, RowChange};
-use shared_model::{BatchKind, BrokerPosition, ColumnDef, FrontierAdvance, StreamId};
+use shared_model::protocol::producer::{Action, Input, LocalStream, LogView, Producer, SentCopy};
+use shared_model::{BatchKind, ColumnDef, StreamId};
 
 use super::broker::{topic_name, KafkaProducer, MAX_MESSAGE_BYTES};
 use super::runtime::{new_runtime, run_worker_loop};
@@ -28,15 +27,14 @@ use crate::error::{PgTrickleError, Result};
 use crate::refresh::{self, Request, Trigger};
 use crate::scheduler::transaction::run_in_transaction;
 
-/// Batches sent per stream per round (a round ends with one frontier proposal for all of them).
-const BATCHES_PER_ROUND: i64 = 64;
-
 struct Publication {
     pgt_id: i64,
     relid: pg_sys::Oid,
     stream: StreamId,
     published_seq: i64,
+    proposed_seq: i64,
     last_batch_seq: i64,
+    columns_changed: bool,
 }
 
 struct Settings {
@@ -61,7 +59,12 @@ fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
         client_id: client_id()?,
     };
     let publications = Spi::connect(|client| {
-        let sql = "SELECT p.pgt_id, st.pgt_relid, p.stream_id, p.published_seq, st.last_batch_seq \
+        // columns_changed: the defining query's columns differ from the published ones (a new query).
+        let sql = "SELECT p.pgt_id, st.pgt_relid, p.stream_id, p.published_seq, st.last_batch_seq, p.proposed_seq, \
+                     p.columns IS DISTINCT FROM (SELECT coalesce(jsonb_agg(jsonb_build_object('name', attname::text, \
+                       'type_name', format_type(atttypid, atttypmod)) ORDER BY attnum), '[]') FROM pg_attribute \
+                       WHERE attrelid = st.pgt_relid AND attnum > 0 AND NOT attisdropped \
+                         AND attname::text NOT LIKE '\\_\\_pgt\\_%') \
                    FROM pgtrickle.pgt_publications p JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
                    ORDER BY p.pgt_id";
         let mut found = Vec::new();
@@ -73,6 +76,8 @@ fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
                 stream: StreamId::parse(&id).map_err(|e| PgTrickleError::Internal(format!("stream id {id}: {e}")))?,
                 published_seq: row.get(4)?.unwrap_or_default(),
                 last_batch_seq: row.get(5)?.unwrap_or_default(),
+                proposed_seq: row.get(6)?.unwrap_or_default(),
+                columns_changed: row.get(7)?.unwrap_or(false),
             });
         }
         Ok::<_, PgTrickleError>(found)
@@ -154,136 +159,190 @@ struct Publisher {
     runtime: tokio::runtime::Runtime,
     client: Option<(String, Client)>,
     producer: Option<(String, KafkaProducer)>,
+    /// Topics known to exist on the broker the producer is connected to.
+    topics: BTreeSet<String>,
+    machine: Producer,
+    /// The worker's monotonic clock (backoffs are times on it).
+    started: Instant,
 }
 
 impl Publisher {
-    fn client(&mut self, settings: &Settings) -> Result<&Client> {
+    fn client(&mut self, settings: &Settings) -> Result<Client> {
         if self.client.as_ref().is_none_or(|(url, _)| *url != settings.coordinator_url) {
             let client =
                 client_with_id(&settings.coordinator_url, Duration::from_secs(10), settings.client_id.clone())?;
             self.client = Some((settings.coordinator_url.clone(), client));
         }
-        Ok(&self.client.as_ref().expect("set above").1)
+        Ok(self.client.as_ref().expect("set above").1.clone())
     }
 
     fn producer(&mut self, settings: &Settings) -> std::result::Result<&mut KafkaProducer, String> {
         if self.producer.as_ref().is_none_or(|(servers, _)| *servers != settings.bootstrap_servers) {
+            self.topics.clear();
             self.producer =
                 Some((settings.bootstrap_servers.clone(), KafkaProducer::connect(&settings.bootstrap_servers)?));
         }
         Ok(&mut self.producer.as_mut().expect("set above").1)
     }
 
-    /// One round; returns whether anything was sent.
+    /// A fresh idempotent producer next time: after a broker restart the old producer id may be unknown to it,
+    /// which librdkafka treats as fatal, and librdkafka must not ask about topics the broker lost. The machine is
+    /// told, so that copies the lost broker acknowledged are sent again.
+    fn drop_producer(&mut self) {
+        self.producer = None;
+        self.topics.clear();
+        self.machine.step(Input::BrokerLost);
+    }
+
+    /// One round: the catalog in, every action the machine asks for performed; returns whether anything was sent.
     fn round(&mut self) -> std::result::Result<bool, String> {
         let Some((settings, publications)) = run_in_transaction(load)? else { return Ok(false) };
         if self.producer.as_ref().is_some_and(|(_, producer)| !producer.healthy()) {
-            self.producer = None; // the broker connection was lost: reconnect with a fresh producer
-            return Err("lost the connection to the broker; reconnecting".into());
+            self.drop_producer(); // the broker connection was lost: sends reconnect with a fresh producer
         }
-        // 1. Changed columns (a new defining query), recorded-but-unmarked batches and reinitialize requests.
-        for publication in &publications {
-            let republished = run_in_transaction(|| {
-                let changed = catalog::scalar::<bool>(
-                    "SELECT p.columns IS DISTINCT FROM (SELECT coalesce(jsonb_agg(jsonb_build_object('name', attname::text, \
-                       'type_name', format_type(atttypid, atttypmod)) ORDER BY attnum), '[]') FROM pg_attribute \
-                       WHERE attrelid = st.pgt_relid AND attnum > 0 AND NOT attisdropped AND attname::text NOT LIKE '\\_\\_pgt\\_%') \
-                     FROM pgtrickle.pgt_publications p JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) WHERE p.pgt_id = $1",
-                    &[publication.pgt_id.into()],
-                )?
-                .unwrap_or(false);
-                if !changed {
-                    return Ok(false);
+        // Whether a snapshot waits unsent, for every stream in one transaction (not one transaction per stream).
+        let streams = run_in_transaction(|| {
+            publications
+                .iter()
+                .map(|publication| {
+                    Ok(LocalStream {
+                        stream: publication.stream.clone(),
+                        published_seq: publication.published_seq as u64,
+                        proposed_seq: publication.proposed_seq as u64,
+                        last_batch_seq: publication.last_batch_seq as u64,
+                        unpublished_snapshot: unpublished_snapshot(publication)?,
+                        columns_changed: publication.columns_changed,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let by_stream: BTreeMap<StreamId, &Publication> = publications.iter().map(|p| (p.stream.clone(), p)).collect();
+        self.machine.step(Input::Round { now_ms: self.started.elapsed().as_millis() as u64, streams });
+        while let Some(action) = self.machine.next_action() {
+            let publication = by_stream[action.stream()];
+            if let Some(result) = self.perform(&settings, publication, action) {
+                self.machine.step(result);
+            }
+        }
+        Ok(self.machine.sent_this_round())
+    }
+
+    /// Performs one action of the machine; returns its result as the machine's next input.
+    fn perform(&mut self, settings: &Settings, publication: &Publication, action: Action) -> Option<Input> {
+        let stream = publication.stream.clone();
+        Some(match action {
+            Action::Republish { .. } => {
+                let result = run_in_transaction(|| {
+                    let Some(st) = catalog::load(publication.pgt_id, RowLock::None)? else { return Ok(()) };
+                    // Tells the coordinators the new columns (schema version + 1); the snapshot batch the new
+                    // query wrote carries them to the consumers, which rebuild their mirrors.
+                    super::publish(&st.qualified()).map(|_| ())
+                });
+                if result.is_ok() {
+                    pgrx::log!("pg_trickle publisher: {stream} changed its columns; published again");
                 }
-                let Some(st) = catalog::load(publication.pgt_id, RowLock::None)? else { return Ok(false) };
-                // Tells the coordinators the new columns (schema version + 1); the snapshot batch the new query
-                // wrote carries them to the consumers, which rebuild their mirrors.
-                super::publish(&st.qualified())?;
-                Ok(true)
-            })?;
-            if republished {
-                pgrx::log!("pg_trickle publisher: {} changed its columns; published again", publication.stream);
+                Input::Republished { stream, result }
             }
-            let client = self.client(&settings).map_err(|e| e.to_string())?.clone();
-            let history = self
-                .runtime
-                .block_on(client.frontier_history(
-                    &publication.stream,
-                    publication.published_seq as u64,
-                    Duration::ZERO,
-                ))
-                .map_err(|e| format!("coordinator: {}", coordinator_error(e)))?;
-            let committed = history.points.last().map_or(history.floor_seq, |p| p.seq) as i64;
-            if committed > publication.published_seq {
-                run_in_transaction(|| mark_published(publication.pgt_id, publication.relid, committed))?;
+            Action::FetchFrontier { after_seq, .. } => {
+                let result = self.client(settings).map_err(|e| e.to_string()).and_then(|client| {
+                    let history = self
+                        .runtime
+                        .block_on(client.frontier_history(&stream, after_seq, Duration::ZERO))
+                        .map_err(|e| format!("coordinator: {}", coordinator_error(e)))?;
+                    Ok(LogView {
+                        committed_seq: history.points.last().map_or(history.floor_seq, |p| p.seq),
+                        pending_reinit: history.pending_reinit.is_some(),
+                    })
+                });
+                Input::Frontier { stream, result }
             }
-            if history.pending_reinit.is_some() {
-                run_in_transaction(|| {
-                    if unpublished_snapshot(publication)? {
-                        return Ok(());
+            Action::MarkPublished { seq, .. } => {
+                let result = run_in_transaction(|| mark_published(publication.pgt_id, publication.relid, seq as i64));
+                Input::Marked { stream, seq, result }
+            }
+            Action::WriteSnapshot { .. } => {
+                let result = run_in_transaction(|| {
+                    if let Some(st) = catalog::load(publication.pgt_id, RowLock::Wait)? {
+                        refresh::refresh(&st, Trigger::Publisher, Request::Reinitialize)?;
                     }
-                    let Some(st) = catalog::load(publication.pgt_id, RowLock::Wait)? else { return Ok(()) };
-                    refresh::refresh(&st, Trigger::Publisher, Request::Reinitialize).map(|_| ())
-                })?;
+                    catalog::scalar::<i64>(
+                        "SELECT last_batch_seq FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1",
+                        &[publication.pgt_id.into()],
+                    )
+                    .map(|last| last.unwrap_or_default() as u64)
+                });
+                Input::SnapshotWritten { stream, result }
             }
-        }
-        // 2. Send what is not published yet.
-        let Some((settings, publications)) = run_in_transaction(load)? else { return Ok(false) };
-        let mut advances = Vec::new();
-        let mut marks = Vec::new();
-        for publication in publications.iter().filter(|p| p.last_batch_seq > p.published_seq) {
-            let topic = topic_name(&settings.topic_prefix, &publication.stream);
-            self.producer(&settings)?;
+            Action::Send { seq, .. } => {
+                let result = self.send(settings, publication, seq);
+                Input::Sent { stream, seq, result }
+            }
+            Action::RecordProposal { seq, .. } => {
+                let result = run_in_transaction(|| {
+                    catalog::exec_with(
+                        "UPDATE pgtrickle.pgt_publications SET proposed_seq = greatest(proposed_seq, $2) WHERE pgt_id = $1",
+                        &[publication.pgt_id.into(), (seq as i64).into()],
+                    )
+                })
+                .map(|_| ());
+                Input::ProposalRecorded { stream, seq, result }
+            }
+            Action::Propose { advances, .. } => {
+                if config::DEBUG_EXIT_AFTER_SEND.get() {
+                    pgrx::log!(
+                        "pg_trickle publisher: exiting after the broker acknowledged (pg_trickle.debug_exit_after_send)"
+                    );
+                    // SAFETY: ends this background worker the way PostgreSQL's own processes exit.
+                    unsafe { pg_sys::proc_exit(1) };
+                }
+                let result = self.client(settings).map_err(|e| e.to_string()).and_then(|client| {
+                    self.runtime
+                        .block_on(client.advance_frontiers(&AdvanceFrontiers { advances }))
+                        .map(|_| ())
+                        .map_err(|e| format!("coordinator: {}", coordinator_error(e)))
+                });
+                Input::Proposed { stream, result }
+            }
+            Action::ReportError { error, .. } => {
+                pgrx::log!("pg_trickle publisher: {stream}: {error}");
+                let _ = run_in_transaction(|| {
+                    catalog::exec_with(
+                        "UPDATE pgtrickle.pgt_publications SET last_error = $2 WHERE pgt_id = $1",
+                        &[publication.pgt_id.into(), error.clone().into()],
+                    )
+                });
+                return None;
+            }
+        })
+    }
+
+    /// Sends batch `seq` of a publication and waits for the broker's acknowledgement.
+    fn send(
+        &mut self,
+        settings: &Settings,
+        publication: &Publication,
+        seq: u64,
+    ) -> std::result::Result<SentCopy, String> {
+        let topic = topic_name(&settings.topic_prefix, &publication.stream);
+        if !self.topics.contains(&topic) {
+            self.producer(settings)?;
             let (_, producer) = self.producer.as_mut().expect("connected above");
             if let Err(error) = producer.ensure_topic(&self.runtime, &topic) {
-                self.producer = None; // reconnect next round: the broker may have restarted
+                self.drop_producer(); // the broker may have restarted
                 return Err(error);
             }
-            let last = publication.last_batch_seq.min(publication.published_seq + BATCHES_PER_ROUND);
-            for seq in publication.published_seq + 1..=last {
-                let batch = run_in_transaction(|| read_batch(publication, seq))?;
-                let messages = batch.encode_chunks(MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
-                let producer = self.producer(&settings)?;
-                let offset = match producer.send_all(&topic, &publication.stream.to_string(), &messages) {
-                    Ok(offset) => offset,
-                    Err(error) => {
-                        // A fresh idempotent producer next round: after a broker restart the old producer id
-                        // may be unknown to it, which librdkafka treats as fatal.
-                        self.producer = None;
-                        return Err(error);
-                    }
-                };
-                advances.push(FrontierAdvance {
-                    stream: publication.stream.clone(),
-                    seq: seq as u64,
-                    kind: batch.kind,
-                    position: BrokerPosition { partition: 0, offset },
-                });
+            self.topics.insert(topic.clone());
+        }
+        let batch = run_in_transaction(|| read_batch(publication, seq as i64))?;
+        let messages = batch.encode_chunks(MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
+        let producer = self.producer(settings)?;
+        match producer.send_all(&topic, &publication.stream.to_string(), &messages) {
+            Ok(offset) => Ok(SentCopy { kind: batch.kind, offset }),
+            Err(error) => {
+                self.drop_producer();
+                Err(error)
             }
-            marks.push((publication.pgt_id, publication.relid, last));
         }
-        if advances.is_empty() {
-            return Ok(false);
-        }
-        if config::DEBUG_EXIT_AFTER_SEND.get() {
-            pgrx::log!(
-                "pg_trickle publisher: exiting after the broker acknowledged (pg_trickle.debug_exit_after_send)"
-            );
-            // SAFETY: ends this background worker the way PostgreSQL's own processes exit.
-            unsafe { pg_sys::proc_exit(1) };
-        }
-        // 3. Record them in the log, then mark them published.
-        let client = self.client(&settings).map_err(|e| e.to_string())?.clone();
-        self.runtime
-            .block_on(client.advance_frontiers(&AdvanceFrontiers { advances }))
-            .map_err(|e| format!("coordinator: {}", coordinator_error(e)))?;
-        run_in_transaction(|| {
-            for (pgt_id, relid, seq) in &marks {
-                mark_published(*pgt_id, *relid, *seq)?;
-            }
-            Ok(())
-        })?;
-        Ok(true)
     }
 }
 
@@ -306,7 +365,14 @@ pub extern "C-unwind" fn pg_trickle_publisher_main(arg: pg_sys::Datum) {
             return;
         }
     };
-    let mut publisher = Publisher { runtime, client: None, producer: None };
+    let mut publisher = Publisher {
+        runtime,
+        client: None,
+        producer: None,
+        topics: BTreeSet::new(),
+        machine: Producer::new(),
+        started: Instant::now(),
+    };
     run_worker_loop(
         "publisher",
         || Duration::from_millis(config::FEDERATION_POLL_MS.get().max(1) as u64),

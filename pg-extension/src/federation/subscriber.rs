@@ -1,26 +1,23 @@
-//! The subscriber: a background worker per database with federated stream tables. Each round it reads the
-//! sources' topics (assign mode, from the positions stored with the last apply), reassembles batches, asks the
-//! coordinator for each source's committed frontier after what it applied, and applies only what the log has
-//! recorded ([`shared_model::apply`] decides):
-//! - eventual: each source up to its own frontier, one transaction per source, then a refresh of the federated
-//!   stream table (its schedule remains the bound when nothing arrives);
-//! - causal: every source up to the newest common cut, in ONE transaction that also refreshes the federated
-//!   stream table, so readers never see one source ahead of another.
+//! The subscriber: a background worker per database with federated stream tables, executing the consumer state
+//! machine ([`shared_model::protocol::consumer`]), which takes every protocol decision: each round it feeds the
+//! machine the catalog (per mirrored source: table, consistency, applied seq and broker offset) and performs the
+//! actions it returns — assign broker positions, poll the topics, ask the coordinator for frontiers, apply held
+//! batches into mirrors (eventual: one transaction per source, then a refresh of the federated stream table;
+//! causal: every source up to one cut in ONE transaction that also refreshes it), ask for a REINITIALIZE, show a
+//! source's status — feeding each result back.
 //!
 //! Each apply stores the applied seq and broker position of its sources and appends to `pgt_apply_log` in the
-//! same transaction; a batch with seq ≤ applied is skipped. A batch the log records but the broker no longer has
-//! makes it ask the coordinator for a REINITIALIZE (the producer answers with a snapshot batch). Every wait and
-//! stall is visible, with its reason, in `pgtrickle.federation_sources`.
+//! same transaction; the guard on `applied_seq` makes a second apply of the same seqs fail instead of applying
+//! twice. Every wait and stall is visible, with its reason, in `pgtrickle.federation_sources`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use coordinator::client::Client;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
-use shared_model::apply::{plan_causal, plan_source, Loss, SourceProgress, SourceStep, Waiting};
-use shared_model::envelope::{decode_envelope, Assembler, Batch};
-use shared_model::{BatchKind, ColumnDef, Consistency, Frontier, StreamId};
+use shared_model::protocol::consumer::{Action, Consumer, FrontierAnswer, Input, Message, SourceConfig, Status};
+use shared_model::{BatchKind, ColumnDef, Consistency, StreamId};
 
 use super::broker::{KafkaConsumer, Topics};
 use super::runtime::{new_runtime, run_worker_loop};
@@ -30,10 +27,6 @@ use crate::config;
 use crate::error::{PgTrickleError, Result};
 use crate::refresh::{self, Request, Trigger};
 use crate::scheduler::transaction::run_in_transaction;
-
-/// How long a committed batch may fail to arrive while the consumer reads without errors before it counts as lost
-/// (then a snapshot is requested and the source is read again from the start of its topic).
-const LOSS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A mirrored source as the catalog stores it.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,71 +87,19 @@ fn load() -> Result<Option<Loaded>> {
     Ok(Some(Loaded { settings, tables, sources }))
 }
 
-/// What the subscriber holds in memory for one source between rounds.
-#[derive(Default)]
-struct Held {
-    /// Complete batches not applied yet, with the offset of their last message.
-    batches: BTreeMap<u64, (Batch, i64)>,
-    read_offset: Option<i64>,
-}
-
-/// Status of one source, written to the catalog when it changes.
-#[derive(Debug, Clone, PartialEq)]
-struct Status {
-    committed_seq: u64,
-    lag_batches: u64,
-    lag_seconds: f64,
-    state: &'static str,
-    detail: Option<String>,
-}
-
-struct Subscriber {
-    runtime: tokio::runtime::Runtime,
-    client: Option<(String, Client)>,
-    consumer: Option<(String, KafkaConsumer, Topics)>,
-    /// The assignment the consumer was given: (topic, next offset) per source, and when.
-    assigned: Vec<(String, Option<i64>)>,
-    assigned_at: Instant,
-    /// Sources to read from the start of their topic at the next assignment (a batch went missing).
-    rewind: BTreeSet<StreamId>,
-    /// The last poll found nothing more to read.
-    caught_up: bool,
-    held: BTreeMap<StreamId, Held>,
-    assembler: Assembler,
-    written: BTreeMap<StreamId, Status>,
-    broker_error: Option<String>,
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn loss_text(loss: &Loss) -> String {
-    match loss {
-        Loss::Evicted { seq, offset, low_watermark } => {
-            format!("batch {seq} (offset {offset}) was evicted by the broker (oldest kept offset {low_watermark})")
-        }
-        Loss::Skipped { seq, offset, read_offset } => {
-            format!("batch {seq} (offset {offset}) is missing: the broker delivered offset {read_offset} without it")
-        }
-        Loss::Overdue { seq, waited_s } => {
-            format!("batch {seq} was recorded {waited_s} s ago and the broker has not delivered it (lost data?)")
-        }
-        Loss::Compacted { applied } => {
-            format!("the log no longer lists the batches after seq {applied} and no snapshot follows")
-        }
-    }
-}
-
 /// Applies `seqs` of one source (held batches) inside the caller's transaction.
-fn apply_source(source: &Source, held: &Held, seqs: &[u64], cut_at: Option<u64>) -> Result<()> {
+fn apply_source(source: &Source, machine: &Consumer, seqs: &[u64], cut_at: Option<u64>) -> Result<()> {
     let mut last_offset = source.applied_offset;
     let (mut mirror_oid, mut columns) = (source.mirror, source.columns.clone());
     for seq in seqs {
-        let (batch, offset) = held
-            .batches
-            .get(seq)
+        let held = machine
+            .held(&source.stream, *seq)
             .ok_or_else(|| PgTrickleError::Internal(format!("batch {seq} of {} is not held", source.stream)))?;
+        let (batch, offset) = (&held.batch, &held.offset);
         if batch.kind == BatchKind::Snapshot && batch.columns != columns {
             // The source's columns changed (a new defining query there): REINITIALIZE the mirror.
             mirror_oid = super::federated::rebuild_mirror(&source.stream, &batch.columns)?;
@@ -212,6 +153,15 @@ fn refresh_federated(source: &Source, known_id: i64, lock: RowLock) -> Result<i6
     Ok(pgt_id)
 }
 
+struct Subscriber {
+    runtime: tokio::runtime::Runtime,
+    client: Option<(String, Client)>,
+    consumer: Option<(String, KafkaConsumer, Topics)>,
+    machine: Consumer,
+    /// The worker's monotonic clock (loss timeouts are times on it).
+    started: Instant,
+}
+
 impl Subscriber {
     fn client(&mut self, settings: &Settings) -> Result<Client> {
         if self.client.as_ref().is_none_or(|(url, _)| *url != settings.coordinator_url) {
@@ -221,347 +171,195 @@ impl Subscriber {
         Ok(self.client.as_ref().expect("set above").1.clone())
     }
 
-    /// (Re)creates and (re)assigns the consumer when there is none, the broker changed, or the sources did;
-    /// topics are created first, so the consumer never asks the broker about a topic it does not have.
-    fn ensure_consumer(&mut self, settings: &Settings, sources: &[Source]) -> std::result::Result<(), String> {
-        if self.consumer.as_ref().is_none_or(|(servers, _, _)| *servers != settings.bootstrap_servers) {
-            self.consumer = None;
-            let mut topics = Topics::connect(&settings.bootstrap_servers)?;
-            let names: Vec<&str> = sources.iter().map(|s| s.topic.as_str()).collect();
-            topics.ensure(&self.runtime, &names)?;
-            let consumer =
-                KafkaConsumer::connect(&settings.bootstrap_servers, &format!("{}-subscriber", settings.client_id))?;
-            self.consumer = Some((settings.bootstrap_servers.clone(), consumer, topics));
-            self.assigned.clear();
-        }
-        let wanted: Vec<(String, Option<i64>)> = sources
-            .iter()
-            .map(|s| {
-                let next = if self.rewind.contains(&s.stream) { None } else { s.applied_offset.map(|o| o + 1) };
-                (s.topic.clone(), next)
-            })
-            .collect();
-        let topics = |a: &[(String, Option<i64>)]| a.iter().map(|(t, _)| t.clone()).collect::<BTreeSet<_>>();
-        if self.assigned.is_empty() || topics(&wanted) != topics(&self.assigned) {
-            let (_, consumer, admin) = self.consumer.as_mut().expect("set above");
-            let names: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
-            admin.ensure(&self.runtime, &names)?;
-            consumer.assign(&wanted)?;
-            self.assigned = wanted;
-            self.assigned_at = Instant::now();
-            self.held.clear();
-            self.assembler = Assembler::default();
-        }
-        Ok(())
-    }
-
-    /// Reads what the broker has, assembling complete batches per source.
-    fn receive(&mut self, sources: &[Source], wait: Duration) {
-        let Some((_, consumer, _)) = &self.consumer else { return };
-        let polled = consumer.poll(wait, 10_000);
-        self.broker_error = polled.error;
-        self.caught_up = polled.messages.is_empty();
-        if polled.disconnected {
-            // Dropped before librdkafka reconnects and asks about topics the broker may have lost.
-            self.consumer = None;
-            self.assigned.clear();
-        }
-        for message in polled.messages {
-            let Some(source) = sources.iter().find(|s| s.topic == message.topic) else { continue };
-            let held = self.held.entry(source.stream.clone()).or_default();
-            held.read_offset = Some(held.read_offset.map_or(message.offset, |o| o.max(message.offset)));
-            let envelope = match decode_envelope(&message.payload) {
-                Ok(envelope) => envelope,
-                Err(error) => {
-                    pgrx::log!("pg_trickle subscriber: {} offset {}: {error}", message.topic, message.offset);
-                    continue;
-                }
-            };
-            if envelope.stream != source.stream || envelope.seq <= source.applied_seq {
-                continue;
-            }
-            match self.assembler.add(envelope) {
-                Ok(Some(batch)) => {
-                    held.batches.entry(batch.seq).or_insert((batch, message.offset));
-                }
-                Ok(None) => {}
-                Err(error) => pgrx::log!("pg_trickle subscriber: {}: {error}", message.topic),
-            }
-        }
-    }
-
-    /// A batch the log committed long ago that the broker still has not delivered, with the consumer reading
-    /// without errors for as long: lost (e.g. a broker restarted with empty storage below our position).
-    fn overdue(&self, frontier: &Frontier, seq: u64) -> Option<Loss> {
-        let reading = self.consumer.is_some() && self.broker_error.is_none() && self.caught_up;
-        if !reading || self.assigned_at.elapsed() < LOSS_TIMEOUT {
-            return None;
-        }
-        let proposed = frontier.point(seq).ok().flatten()?.proposed_at_unix_ms;
-        let waited = Duration::from_millis(now_ms().saturating_sub(proposed));
-        (waited >= LOSS_TIMEOUT).then_some(Loss::Overdue { seq, waited_s: waited.as_secs() })
-    }
-
-    /// The plan for one source, with lost batches found by waiting too long.
-    fn plan(&self, source: &Source, frontier: &Frontier) -> SourceStep {
-        match plan_source(&self.progress(source), frontier) {
-            SourceStep::Wait(Waiting::ForBroker { seq }) => match self.overdue(frontier, seq) {
-                Some(loss) => SourceStep::Reinitialize(loss),
-                None => SourceStep::Wait(Waiting::ForBroker { seq }),
-            },
-            step => step,
-        }
-    }
-
-    fn progress(&self, source: &Source) -> SourceProgress {
-        let held = self.held.get(&source.stream);
-        SourceProgress {
-            applied: source.applied_seq,
-            received: held
-                .map(|h| h.batches.iter().map(|(seq, (batch, _))| (*seq, batch.kind)).collect())
-                .unwrap_or_default(),
-            read_offset: held.and_then(|h| h.read_offset),
-            // Not asked of the broker: tansu reports watermarks that do not match its offsets.
-            low_watermark: None,
-        }
-    }
-
-    /// One round; returns whether anything was applied.
+    /// One round: the catalog in, every action the machine asks for performed; returns whether anything was
+    /// applied.
     fn round(&mut self) -> std::result::Result<bool, String> {
         let Some(Loaded { settings, tables, sources }) = run_in_transaction(load)? else { return Ok(false) };
         if sources.is_empty() {
             return Ok(false);
         }
-        self.ensure_consumer(&settings, &sources)?;
-        let poll = Duration::from_millis(config::FEDERATION_POLL_MS.get().max(1) as u64);
-        self.receive(&sources, poll);
-
-        // The committed frontier after what each source applied.
-        let client = self.client(&settings).map_err(|e| e.to_string())?;
-        let mut frontiers: BTreeMap<StreamId, (Frontier, bool)> = BTreeMap::new();
-        // Each answer reflects the log at its own index; causal cuts are taken as of the oldest of them.
-        let mut as_of: BTreeMap<StreamId, u64> = BTreeMap::new();
-        for source in &sources {
-            let answer =
-                self.runtime.block_on(client.frontier_history(&source.stream, source.applied_seq, Duration::ZERO));
-            match answer.map_err(coordinator_error).and_then(|view| {
-                let pending = view.pending_reinit.is_some();
-                as_of.insert(source.stream.clone(), view.as_of);
-                view.frontier().map(|f| (f, pending)).map_err(PgTrickleError::Internal)
-            }) {
-                Ok(found) => {
-                    frontiers.insert(source.stream.clone(), found);
-                }
-                Err(error) => {
-                    let reason = format!("coordinator unreachable, applying nothing: {error}");
-                    self.set_status_all(&sources, "stalled", &reason);
-                    return Err(reason);
-                }
+        let connected = self.consumer.as_ref().is_some_and(|(servers, _, _)| *servers == settings.bootstrap_servers);
+        let configs = sources
+            .iter()
+            .map(|s| SourceConfig {
+                stream: s.stream.clone(),
+                table: s.pgt_id,
+                consistency: tables.get(&s.pgt_id).copied().unwrap_or(Consistency::Eventual),
+                applied_seq: s.applied_seq,
+                applied_offset: s.applied_offset,
+            })
+            .collect();
+        let now = self.started.elapsed().as_millis() as u64;
+        self.machine.step(Input::Round { now_ms: now, wall_ms: now_ms(), connected, sources: configs });
+        let by_stream: BTreeMap<StreamId, &Source> = sources.iter().map(|s| (s.stream.clone(), s)).collect();
+        while let Some(action) = self.machine.next_action() {
+            if let Some(result) = self.perform(&settings, &by_stream, action) {
+                self.machine.step(result);
             }
         }
-
-        let mut applied_any = false;
-        for (pgt_id, consistency) in &tables {
-            let mine: Vec<&Source> = sources.iter().filter(|s| s.pgt_id == *pgt_id).collect();
-            if mine.is_empty() {
-                continue;
-            }
-            applied_any |= match consistency {
-                Consistency::Eventual => self.advance_eventual(&client, *pgt_id, &mine, &frontiers)?,
-                Consistency::Causal => {
-                    let horizon = mine.iter().filter_map(|s| as_of.get(&s.stream)).min().copied().unwrap_or(0);
-                    let aligned: BTreeMap<StreamId, (Frontier, bool)> = mine
-                        .iter()
-                        .map(|s| {
-                            let (frontier, pending) = &frontiers[&s.stream];
-                            (s.stream.clone(), (frontier.as_of(horizon), *pending))
-                        })
-                        .collect();
-                    self.advance_causal(&client, *pgt_id, &mine, &aligned)?
-                }
-            };
+        for rejected in &self.machine.rejected_messages {
+            pgrx::log!("pg_trickle subscriber: refused message: {rejected}");
         }
-        Ok(applied_any)
+        match self.machine.round_error() {
+            Some(error) => Err(error.to_string()),
+            None => Ok(self.machine.applied_this_round()),
+        }
     }
 
-    fn advance_eventual(
-        &mut self,
-        client: &Client,
-        pgt_id: i64,
-        sources: &[&Source],
-        frontiers: &BTreeMap<StreamId, (Frontier, bool)>,
-    ) -> std::result::Result<bool, String> {
-        let mut applied_any = false;
-        for source in sources {
-            let (frontier, pending) = &frontiers[&source.stream];
-            match self.plan(source, frontier) {
-                SourceStep::Apply(seqs) => {
-                    let held = self.held.get(&source.stream).expect("planned from held batches");
-                    match run_in_transaction(|| apply_source(source, held, &seqs, None)) {
-                        Ok(()) => {
-                            self.forget_applied(&source.stream, *seqs.last().expect("non-empty"));
-                            applied_any = true;
-                        }
-                        Err(error) => self.set_status(source, frontier, "error", Some(error)),
-                    }
-                }
-                SourceStep::Wait(waiting) => self.note_wait(source, frontier, &waiting),
-                SourceStep::Reinitialize(loss) => self.reinitialize(client, source, frontier, *pending, &loss),
-            }
-        }
-        if applied_any {
-            // Fresh data is refreshed into the federated stream table at once; its schedule stays as the bound
-            // for the quiet times. (A failure here is the scheduler's to record and retry.)
-            let _ = run_in_transaction(|| refresh_federated(sources[0], pgt_id, RowLock::SkipLocked).map(|_| ()));
-        }
-        Ok(applied_any)
-    }
-
-    fn advance_causal(
-        &mut self,
-        client: &Client,
-        pgt_id: i64,
-        sources: &[&Source],
-        frontiers: &BTreeMap<StreamId, (Frontier, bool)>,
-    ) -> std::result::Result<bool, String> {
-        let inputs: BTreeMap<StreamId, (SourceProgress, Frontier)> =
-            sources.iter().map(|s| (s.stream.clone(), (self.progress(s), frontiers[&s.stream].0.clone()))).collect();
-        if let Some((cut_at, plan)) = plan_causal(&inputs) {
-            let held = &self.held;
-            let outcome = run_in_transaction(|| {
-                for source in sources {
-                    let seqs = &plan[&source.stream];
-                    if !seqs.is_empty() {
-                        let empty = Held::default();
-                        apply_source(source, held.get(&source.stream).unwrap_or(&empty), seqs, Some(cut_at))?;
-                    }
-                }
-                let pgt_id = refresh_federated(sources[0], pgt_id, RowLock::Wait)?;
-                catalog::exec_with(
-                    "UPDATE pgtrickle.pgt_federated_tables SET applied_cut_at = $2 WHERE pgt_id = $1",
-                    &[pgt_id.into(), (cut_at as i64).into()],
-                )?;
-                Ok(())
-            });
-            return match outcome {
-                Ok(()) => {
-                    for (stream, seqs) in &plan {
-                        if let Some(last) = seqs.last() {
-                            self.forget_applied(stream, *last);
-                        }
-                    }
-                    Ok(true)
-                }
-                Err(error) => {
-                    for source in sources {
-                        self.set_status(source, &frontiers[&source.stream].0, "error", Some(error.clone()));
-                    }
-                    Ok(false)
-                }
-            };
-        }
-        // No cut can be reached now: say why per source (and ask for snapshots of lost batches).
-        for source in sources {
-            let (frontier, pending) = &frontiers[&source.stream];
-            match self.plan(source, frontier) {
-                SourceStep::Reinitialize(loss) => self.reinitialize(client, source, frontier, *pending, &loss),
-                SourceStep::Wait(waiting) => self.note_wait(source, frontier, &waiting),
-                SourceStep::Apply(_) => {
-                    self.set_status(source, frontier, "waiting", Some("for the other sources to reach a cut".into()))
-                }
-            }
-        }
-        Ok(false)
-    }
-
-    fn forget_applied(&mut self, stream: &StreamId, seq: u64) {
-        self.rewind.remove(stream);
-        if let Some(held) = self.held.get_mut(stream) {
-            held.batches.retain(|s, _| *s > seq);
-        }
-        self.assembler.forget_through(stream, seq);
-        self.written.remove(stream);
-    }
-
-    fn note_wait(&mut self, source: &Source, frontier: &Frontier, waiting: &Waiting) {
-        match waiting {
-            Waiting::UpToDate => self.set_status(source, frontier, "streaming", None),
-            Waiting::ForBroker { seq } => {
-                let detail = match &self.broker_error {
-                    Some(error) => format!("waiting for batch {seq} from the broker: {error}"),
-                    None => format!("waiting for batch {seq} from the broker"),
+    /// Performs one action of the machine; returns its result as the machine's next input.
+    fn perform(&mut self, settings: &Settings, sources: &BTreeMap<StreamId, &Source>, action: Action) -> Option<Input> {
+        Some(match action {
+            Action::Assign { positions } => Input::Assigned { result: self.assign(settings, sources, &positions) },
+            Action::Poll => {
+                let Some((_, consumer, _)) = &self.consumer else {
+                    return Some(Input::Polled { messages: Vec::new(), error: None, disconnected: true });
                 };
-                let state = if source.applied_seq == 0 { "bootstrapping" } else { "waiting" };
-                self.set_status(source, frontier, state, Some(detail))
+                let wait = Duration::from_millis(config::FEDERATION_POLL_MS.get().max(1) as u64);
+                let polled = consumer.poll(wait, 10_000);
+                let topics: BTreeMap<&str, &StreamId> =
+                    sources.values().map(|s| (s.topic.as_str(), &s.stream)).collect();
+                let messages = polled
+                    .messages
+                    .into_iter()
+                    .filter_map(|m| {
+                        let stream = (*topics.get(m.topic.as_str())?).clone();
+                        Some(Message { stream, offset: m.offset, payload: m.payload })
+                    })
+                    .collect();
+                if polled.disconnected {
+                    // Dropped before librdkafka reconnects and asks about topics the broker may have lost.
+                    self.consumer = None;
+                }
+                Input::Polled { messages, error: polled.error, disconnected: polled.disconnected }
             }
-        }
+            Action::FetchFrontiers { after } => {
+                let mut answers = Vec::new();
+                match self.client(settings) {
+                    Err(error) => answers.push((after[0].0.clone(), Err(error.to_string()))),
+                    Ok(client) => {
+                        for (stream, after_seq) in after {
+                            let answer = self
+                                .runtime
+                                .block_on(client.frontier_history(&stream, after_seq, Duration::ZERO))
+                                .map_err(|e| coordinator_error(e).to_string())
+                                .and_then(|view| {
+                                    let frontier = view.frontier()?;
+                                    Ok(FrontierAnswer {
+                                        frontier,
+                                        pending_reinit: view.pending_reinit.is_some(),
+                                        as_of: view.as_of,
+                                    })
+                                });
+                            let failed = answer.is_err();
+                            answers.push((stream, answer));
+                            if failed {
+                                break; // the round stalls: no need to wait for every other request to fail too
+                            }
+                        }
+                    }
+                }
+                Input::Frontiers { answers }
+            }
+            Action::Apply { table, cut_at, seqs } => {
+                let applied: Vec<(StreamId, u64)> =
+                    seqs.iter().filter_map(|(s, q)| q.last().map(|last| (s.clone(), *last))).collect();
+                let machine = &self.machine;
+                let result = run_in_transaction(|| {
+                    for (stream, seqs) in &seqs {
+                        let source = sources[stream];
+                        apply_source(source, machine, seqs, cut_at)?;
+                    }
+                    if let Some(cut_at) = cut_at {
+                        let source = sources.values().find(|s| s.pgt_id == table).expect("a source of the table");
+                        let pgt_id = refresh_federated(source, table, RowLock::Wait)?;
+                        catalog::exec_with(
+                            "UPDATE pgtrickle.pgt_federated_tables SET applied_cut_at = $2 WHERE pgt_id = $1",
+                            &[pgt_id.into(), (cut_at as i64).into()],
+                        )?;
+                    }
+                    Ok(())
+                });
+                Input::Applied { table, applied, result }
+            }
+            Action::RefreshFederated { table } => {
+                // A failure here is the scheduler's to record and retry.
+                if let Some(source) = sources.values().find(|s| s.pgt_id == table) {
+                    let _ = run_in_transaction(|| refresh_federated(source, table, RowLock::SkipLocked).map(|_| ()));
+                }
+                return None;
+            }
+            Action::RequestReinitialize { stream, reason } => {
+                // The server log says why a source is rebuilt from a snapshot (also shown in federation_sources).
+                pgrx::log!("pg_trickle subscriber: {stream}: asking for a snapshot: {reason}");
+                let result = self.client(settings).map_err(|e| e.to_string()).and_then(|client| {
+                    self.runtime
+                        .block_on(client.request_reinitialize(&stream, &reason))
+                        .map(|_| ())
+                        .map_err(|e| coordinator_error(e).to_string())
+                });
+                if result.is_ok() {
+                    let _ = run_in_transaction(|| {
+                        catalog::exec_with(
+                            "UPDATE pgtrickle.pgt_federation_sources SET reinit_requests = reinit_requests + 1 \
+                             WHERE stream_id = $1",
+                            &[stream.to_string().into()],
+                        )
+                    });
+                }
+                Input::ReinitRequested { stream, result }
+            }
+            Action::SetStatus { stream, status } => {
+                write_status(&stream, &status);
+                return None;
+            }
+        })
     }
 
-    fn reinitialize(&mut self, client: &Client, source: &Source, frontier: &Frontier, pending: bool, loss: &Loss) {
-        let reason = loss_text(loss);
-        // The snapshot may land below the consumer's position (a broker that started over): read this source
-        // from the start of its topic until something is applied again.
-        if self.rewind.insert(source.stream.clone()) {
-            self.assigned.clear();
+    /// (Re)creates the consumer when there is none or the broker changed, and assigns it the positions; topics
+    /// are created first, so the consumer never asks the broker about a topic it does not have.
+    fn assign(
+        &mut self,
+        settings: &Settings,
+        sources: &BTreeMap<StreamId, &Source>,
+        positions: &[(StreamId, Option<i64>)],
+    ) -> std::result::Result<(), String> {
+        let wanted: Vec<(String, Option<i64>)> =
+            positions.iter().map(|(stream, next)| (sources[stream].topic.clone(), *next)).collect();
+        let names: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+        if self.consumer.as_ref().is_none_or(|(servers, _, _)| *servers != settings.bootstrap_servers) {
+            self.consumer = None;
+            let topics = Topics::connect(&settings.bootstrap_servers)?;
+            let consumer =
+                KafkaConsumer::connect(&settings.bootstrap_servers, &format!("{}-subscriber", settings.client_id))?;
+            self.consumer = Some((settings.bootstrap_servers.clone(), consumer, topics));
         }
-        if !pending {
-            let asked = self.runtime.block_on(client.request_reinitialize(&source.stream, &reason));
-            if let Err(error) = asked {
-                let detail = format!("{reason}; cannot ask for a snapshot: {}", coordinator_error(error));
-                self.set_status(source, frontier, "stalled", Some(detail));
-                return;
-            }
-            let _ = run_in_transaction(|| {
-                catalog::exec_with(
-                    "UPDATE pgtrickle.pgt_federation_sources SET reinit_requests = reinit_requests + 1 \
-                     WHERE stream_id = $1",
-                    &[source.stream.to_string().into()],
-                )
-            });
-        }
-        self.set_status(source, frontier, "reinitializing", Some(format!("{reason}; snapshot requested")));
+        let (_, consumer, admin) = self.consumer.as_mut().expect("set above");
+        admin.ensure(&self.runtime, &names)?;
+        consumer.assign(&wanted)
     }
+}
 
-    fn set_status(&mut self, source: &Source, frontier: &Frontier, state: &'static str, detail: Option<String>) {
-        let lag = frontier.lag(source.applied_seq, now_ms());
-        let status =
-            Status { committed_seq: frontier.seq(), lag_batches: lag.batches, lag_seconds: lag.seconds, state, detail };
-        // Seconds of lag change continuously; rewrite at most when something else changed or every round with lag.
-        if self.written.get(&source.stream) == Some(&status) {
-            return;
-        }
-        let written = run_in_transaction(|| {
-            catalog::exec_with(
-                "UPDATE pgtrickle.pgt_federation_sources SET committed_seq = $2, lag_batches = $3, lag_seconds = $4, \
-                 state = $5, detail = $6, checked_at = now() WHERE stream_id = $1",
-                &[
-                    source.stream.to_string().into(),
-                    (status.committed_seq as i64).into(),
-                    (status.lag_batches as i64).into(),
-                    status.lag_seconds.into(),
-                    status.state.into(),
-                    status.detail.clone().into(),
-                ],
-            )
-        });
-        if written.is_ok() {
-            self.written.insert(source.stream.clone(), status);
-        }
-    }
-
-    fn set_status_all(&mut self, sources: &[Source], state: &'static str, detail: &str) {
-        let _ = run_in_transaction(|| {
-            for source in sources {
-                catalog::exec_with(
-                    "UPDATE pgtrickle.pgt_federation_sources SET state = $2, detail = $3, checked_at = now() \
-                     WHERE stream_id = $1",
-                    &[source.stream.to_string().into(), state.into(), detail.into()],
-                )?;
-            }
-            Ok(())
-        });
-        self.written.clear();
-    }
+/// Writes a source's status (state, reason, and what the log said when it was asked).
+fn write_status(stream: &StreamId, status: &Status) {
+    let _ = run_in_transaction(|| match &status.log {
+        Some(log) => catalog::exec_with(
+            "UPDATE pgtrickle.pgt_federation_sources SET committed_seq = $2, lag_batches = $3, lag_seconds = $4, \
+             state = $5, detail = $6, checked_at = now() WHERE stream_id = $1",
+            &[
+                stream.to_string().into(),
+                (log.committed_seq as i64).into(),
+                (log.lag_batches as i64).into(),
+                log.lag_seconds.into(),
+                status.state.as_str().into(),
+                status.detail.clone().into(),
+            ],
+        ),
+        None => catalog::exec_with(
+            "UPDATE pgtrickle.pgt_federation_sources SET state = $2, detail = $3, checked_at = now() \
+             WHERE stream_id = $1",
+            &[stream.to_string().into(), status.state.as_str().into(), status.detail.clone().into()],
+        ),
+    });
 }
 
 #[pg_guard]
@@ -577,19 +375,8 @@ pub extern "C-unwind" fn pg_trickle_subscriber_main(arg: pg_sys::Datum) {
             return;
         }
     };
-    let mut subscriber = Subscriber {
-        runtime,
-        client: None,
-        consumer: None,
-        assigned: Vec::new(),
-        assigned_at: Instant::now(),
-        rewind: BTreeSet::new(),
-        caught_up: false,
-        held: BTreeMap::new(),
-        assembler: Assembler::default(),
-        written: BTreeMap::new(),
-        broker_error: None,
-    };
+    let mut subscriber =
+        Subscriber { runtime, client: None, consumer: None, machine: Consumer::new(), started: Instant::now() };
     run_worker_loop(
         "subscriber",
         // The broker poll inside the round already waited.

@@ -189,6 +189,11 @@ impl Producer {
                 }),
             ),
             Input::Sent { stream, seq, result } => {
+                // A copy whose position is unknown cannot be recorded (consumers find batches by it): sent again.
+                let result = result.and_then(|copy| match copy.offset {
+                    offset if offset < 0 => Err(format!("the broker acknowledged batch {seq} without an offset")),
+                    _ => Ok(copy),
+                });
                 let ok = result.is_ok();
                 self.on_result(
                     &stream,
