@@ -13,6 +13,8 @@ pub enum Bug {
     AdoptLogAhead,
     /// The consumer applies the first copy of a seq it read, not the copy the log recorded.
     ApplyOtherCopy,
+    /// The fold executes a retried request again instead of answering from the idempotency cache.
+    SkipIdempotency,
 }
 
 #[cfg(feature = "planted-bugs")]

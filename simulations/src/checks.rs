@@ -1,5 +1,6 @@
 //! The invariants, checked over what the run did:
 //! - every node applies the same records in the same order (any two node lives agree on every index both applied);
+//! - every request takes effect once (an idempotency key is decided fresh at one log index at most);
 //! - each consumer applies each committed batch exactly once and in order (or jumps to a committed snapshot), never
 //!   past the committed frontier, and the copy it applies holds the content recorded at the log's position;
 //! - in causal mode every applied state is one global cut;
@@ -113,6 +114,26 @@ pub fn check_agreement(history: &History) {
                 }
                 Some(_) => {}
             }
+        }
+    }
+}
+
+/// Every request takes effect once: no idempotency key is decided fresh at two log indexes (a retry that reached
+/// the log twice must be answered from the cache the second time).
+pub fn check_once(history: &History) {
+    let mut fresh_at: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for entries in history.applied_by_node().values() {
+        for (index, executed) in entries {
+            for record in executed.iter().filter(|r| r.fresh) {
+                if let Some(key) = &record.key {
+                    fresh_at.entry(key.to_string()).or_default().insert(*index);
+                }
+            }
+        }
+    }
+    for (key, indexes) in fresh_at {
+        if indexes.len() > 1 {
+            history.violation(format!("request {key} took effect at log indexes {indexes:?}"));
         }
     }
 }

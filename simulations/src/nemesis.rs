@@ -12,7 +12,7 @@ use rand08::{Rng, SeedableRng};
 use shared_model::{ClusterName, ColumnDef, Command, Consistency, FederatedTableId, SourceUrl, StreamId};
 
 use crate::broker::Broker;
-use crate::checks::{check_agreement, Checker};
+use crate::checks::{check_agreement, check_once, Checker};
 use crate::coordinators::{Coordinators, NODES};
 use crate::history::History;
 use crate::net::{LinkFaults, Net};
@@ -30,11 +30,14 @@ pub enum Bug {
     AdoptLogAhead,
     /// The consumer applies a copy of a seq other than the recorded one.
     ApplyOtherCopy,
+    /// The fold skips the idempotency check (a retried request takes effect twice).
+    SkipIdempotency,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 4] = [Bug::AckBeforeFlush, Bug::ApplyPastFrontier, Bug::AdoptLogAhead, Bug::ApplyOtherCopy];
+    pub const ALL: [Bug; 5] =
+        [Bug::AckBeforeFlush, Bug::ApplyPastFrontier, Bug::AdoptLogAhead, Bug::ApplyOtherCopy, Bug::SkipIdempotency];
 
     /// The protocol machines' switch for it, when it lives there.
     fn in_machines(self) -> Option<shared_model::planted::Bug> {
@@ -44,6 +47,7 @@ impl Bug {
             Bug::ApplyPastFrontier => Some(Planted::ApplyPastFrontier),
             Bug::AdoptLogAhead => Some(Planted::AdoptLogAhead),
             Bug::ApplyOtherCopy => Some(Planted::ApplyOtherCopy),
+            Bug::SkipIdempotency => Some(Planted::SkipIdempotency),
         }
     }
 }
@@ -358,6 +362,7 @@ pub async fn run(options: Options) -> Outcome {
 
     // Final checks.
     check_agreement(&history);
+    check_once(&history);
     let acyclic = history.committed_state(|s| s.is_none_or(|s| s.dag().is_acyclic()));
     if !acyclic {
         history.violation("the global DAG has a cycle");
