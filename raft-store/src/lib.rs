@@ -28,7 +28,7 @@ pub use error::StoreError;
 pub use log_store::LogStore;
 pub use openraft;
 use shared_model::{Executed, Request};
-pub use state_machine::StateMachineStore;
+pub use state_machine::{execute_payload, StateMachineStore};
 
 /// The payload of one log entry: the requests the leader batched into it, executed in order at the entry's index.
 /// Batching concurrent writes into one entry is what lets throughput grow with concurrency, since openraft 0.9

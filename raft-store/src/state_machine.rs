@@ -34,6 +34,21 @@ fn record_key(index: u64) -> [u8; 9] {
 
 type Applied = (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>);
 
+/// Executes one log entry's payload on the fold: one record per batched request (the clients' answers), one no-op
+/// record for a blank or membership entry. Generic over the Raft types so that the simulations execute entries
+/// exactly as this store does.
+pub fn execute_payload<C>(state: &mut State, index: u64, payload: &EntryPayload<C>) -> Vec<Executed>
+where
+    C: openraft::RaftTypeConfig<D = crate::Batch>,
+{
+    match payload {
+        EntryPayload::Normal(batch) if !batch.requests.is_empty() => {
+            batch.requests.iter().map(|r| state.execute(index, r)).collect()
+        }
+        EntryPayload::Blank | EntryPayload::Normal(_) | EntryPayload::Membership(_) => vec![state.execute_noop(index)],
+    }
+}
+
 struct Current {
     state: State,
     applied: Option<LogId<NodeId>>,
@@ -184,17 +199,10 @@ impl StateMachineStore {
         let mut out = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
-            // One record per batched request (the clients' answers); one for a blank or membership entry.
-            let executed: Vec<Executed> = match &entry.payload {
-                EntryPayload::Normal(batch) if !batch.requests.is_empty() => {
-                    batch.requests.iter().map(|r| current.state.execute(index, r)).collect()
-                }
-                EntryPayload::Blank | EntryPayload::Normal(_) => vec![current.state.execute_noop(index)],
-                EntryPayload::Membership(m) => {
-                    current.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    vec![current.state.execute_noop(index)]
-                }
-            };
+            let executed = execute_payload(&mut current.state, index, &entry.payload);
+            if let EntryPayload::Membership(m) = &entry.payload {
+                current.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+            }
             current.applied = Some(entry.log_id);
             batch.insert(&record_key(index), codec::encode(&executed));
             out.push(executed);

@@ -317,20 +317,6 @@ impl RaftLogStorage<SimConfig> for SimLogStore {
     }
 }
 
-/// Executes one entry the way `raft-store` does: one record per batched request, one no-op record for a blank or
-/// membership entry.
-pub fn execute_entry(state: &mut State, entry: &Entry) -> Vec<Executed> {
-    let index = entry.log_id.index;
-    match &entry.payload {
-        EntryPayload::Normal(batch) if !batch.requests.is_empty() => {
-            batch.requests.iter().map(|r| state.execute(index, r)).collect()
-        }
-        EntryPayload::Blank | EntryPayload::Normal(_) | EntryPayload::Membership(_) => {
-            vec![state.execute_noop(index)]
-        }
-    }
-}
-
 struct Machine {
     state: State,
     applied: Option<LogId<NodeId>>,
@@ -404,7 +390,7 @@ impl RaftStateMachine<SimConfig> for SimStateMachine {
         let mut machine = self.lock();
         let mut out = Vec::new();
         for entry in entries {
-            let executed = execute_entry(&mut machine.state, &entry);
+            let executed = raft_store::execute_payload(&mut machine.state, entry.log_id.index, &entry.payload);
             if let EntryPayload::Membership(m) = &entry.payload {
                 machine.membership = StoredMembership::new(Some(entry.log_id), m.clone());
             }

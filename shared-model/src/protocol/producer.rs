@@ -240,11 +240,6 @@ impl Producer {
         self.sent_this_round
     }
 
-    /// Batches acknowledged by the broker and not yet known to be recorded, per stream.
-    pub fn held(&self, stream: &StreamId) -> Vec<u64> {
-        self.streams.get(stream).map(|s| s.sent.keys().copied().collect()).unwrap_or_default()
-    }
-
     fn start_round(&mut self, now_ms: u64, streams: Vec<LocalStream>) {
         self.now_ms = now_ms;
         self.sent_this_round = false;
