@@ -49,8 +49,11 @@ fn config() -> Arc<Config> {
         heartbeat_interval: 50,
         election_timeout_min: 200,
         election_timeout_max: 400,
-        // The log is never compacted in a run: nodes that restart re-apply it from the start.
-        snapshot_policy: SnapshotPolicy::Never,
+        // Snapshots often, and few logs kept behind them: restarts start from snapshots, lagging nodes get theirs
+        // installed (raft-store's snapshot codec both ways), and the log is purged.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(40),
+        max_in_snapshot_log_to_keep: 10,
+        purge_batch_size: 1,
         ..Default::default()
     };
     Arc::new(config.validate().expect("a valid simulated config"))
@@ -103,7 +106,10 @@ impl Coordinators {
             slot.life += 1;
             (slot.disk.clone(), slot.life)
         };
-        let sm = SimStateMachine::new(id, life, self.history.clone());
+        let sm = SimStateMachine::new(id, life, self.history.clone(), disk.clone());
+        if let Some(from) = sm.restored_from() {
+            self.history.note(format!("node {id} starts from its snapshot up to index {from}"));
+        }
         let raft =
             SimRaft::new(id, self.config.clone(), self.net.factory(id, life), SimLogStore::new(disk), sm.clone())
                 .await

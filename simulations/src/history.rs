@@ -112,6 +112,7 @@ impl History {
     }
 
     pub(crate) fn installed(&self, node: u64, life: u32, upto: u64) {
+        self.note(format!("node {node} installs the leader's snapshot up to index {upto}"));
         self.lock().installs.push((node, life, upto));
     }
 

@@ -4,8 +4,8 @@
 //!
 //! What a crash keeps is what was flushed: [`Disk::crash`] drops every write still waiting for its fsync. The log
 //! store acknowledges an append to openraft only once it is flushed, as `raft-store` does with sled; the planted
-//! bug [`crate::Bugs::ack_before_flush`] acknowledges at once. The state machine is volatile, as a node that
-//! restarts re-applies the committed log (openraft reads the committed index the log store persisted).
+//! bug [`crate::Bug::AckBeforeFlush`] acknowledges at once. The state machine starts from the disk's newest
+//! snapshot (kept durably, as raft-store's snapshot file) and openraft re-applies the committed log after it.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -76,6 +76,9 @@ struct DiskInner {
     life: u64,
     /// How long an fsync takes now.
     fsync: Duration,
+    /// The newest snapshot, written durably before the call that wrote it returns (as raft-store writes its
+    /// snapshot file: write, fsync, rename).
+    snapshot: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
 }
 
 /// One node's disk: survives the node's crashes.
@@ -96,6 +99,7 @@ impl Disk {
                 flushed_upto: 0,
                 life: 0,
                 fsync: Duration::from_millis(1),
+                snapshot: None,
             })),
             ack_before_flush,
         }
@@ -135,6 +139,15 @@ impl Disk {
             "no unflushed writes lost".into()
         } else {
             format!("unflushed writes lost: {lost}")
+        }
+    }
+
+    /// Keeps a snapshot of the node life `life` (a crashed life's late build writes nothing).
+    fn save_snapshot(&self, life: u64, meta: &SnapshotMeta<NodeId, Node>, bytes: &[u8]) {
+        let mut disk = self.lock();
+        let newer = disk.snapshot.as_ref().is_none_or(|(m, _)| m.last_log_id <= meta.last_log_id);
+        if disk.life == life && newer {
+            disk.snapshot = Some((meta.clone(), bytes.to_vec()));
         }
     }
 
@@ -324,28 +337,46 @@ struct Machine {
     snapshot: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
 }
 
-/// The state machine of one node's life (volatile: a restart starts it empty and openraft re-applies the log).
+/// The state machine of one node's life: it starts from the disk's snapshot (or empty) and openraft re-applies
+/// the committed log after it; applied records are volatile, as in raft-store.
 #[derive(Clone)]
 pub struct SimStateMachine {
     node: NodeId,
     life: u32,
     machine: Arc<Mutex<Machine>>,
     history: History,
+    disk: Disk,
+    disk_life: u64,
 }
 
 impl SimStateMachine {
-    pub fn new(node: NodeId, life: u32, history: History) -> Self {
-        SimStateMachine {
-            node,
-            life,
-            machine: Arc::new(Mutex::new(Machine {
+    pub fn new(node: NodeId, life: u32, history: History, disk: Disk) -> Self {
+        let disk_life = disk.life();
+        let stored = disk.lock().snapshot.clone();
+        let machine = match stored {
+            Some((meta, bytes)) => {
+                let image = raft_store::snapshot::decode(&bytes, std::path::Path::new("<simulated disk>"))
+                    .expect("the simulated disk keeps what raft-store's codec wrote");
+                Machine {
+                    state: image.state,
+                    applied: meta.last_log_id,
+                    membership: meta.last_membership.clone(),
+                    snapshot: Some((meta, bytes)),
+                }
+            }
+            None => Machine {
                 state: State::default(),
                 applied: None,
                 membership: StoredMembership::default(),
                 snapshot: None,
-            })),
-            history,
-        }
+            },
+        };
+        SimStateMachine { node, life, machine: Arc::new(Mutex::new(machine)), history, disk, disk_life }
+    }
+
+    /// The last index of the snapshot this life started from, if it started from one.
+    pub fn restored_from(&self) -> Option<u64> {
+        self.lock().snapshot.as_ref().and_then(|(meta, _)| meta.last_log_id.map(|l| l.index))
     }
 
     /// Reads the state as of now.
@@ -367,6 +398,7 @@ impl RaftSnapshotBuilder<SimConfig> for SimStateMachine {
             snapshot_id: format!("{}-{:?}", self.node, machine.applied.map(|l| l.index)),
         };
         let bytes = raft_store::snapshot::encode(&meta, &machine.state);
+        self.disk.save_snapshot(self.disk_life, &meta, &bytes);
         machine.snapshot = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
@@ -418,11 +450,13 @@ impl RaftStateMachine<SimConfig> for SimStateMachine {
         let bytes = snapshot.into_inner();
         let image = raft_store::snapshot::decode(&bytes, std::path::Path::new("<simulated snapshot>"))
             .map_err(|e| StorageError::IO { source: openraft::StorageIOError::read(&e) })?;
+        self.disk.save_snapshot(self.disk_life, meta, &bytes);
         let mut machine = self.lock();
         machine.state = image.state;
         machine.applied = meta.last_log_id;
         machine.membership = meta.last_membership.clone();
         machine.snapshot = Some((meta.clone(), bytes));
+        self.history.offer_state(&machine.state);
         self.history.installed(self.node, self.life, meta.last_log_id.map_or(0, |l| l.index));
         Ok(())
     }
