@@ -32,6 +32,7 @@ fn bench(c: &mut Criterion) {
                 let seq = fed.state.frontier(&stream).expect("published").seq() + 1;
                 let table = fed.state.subscribers(&stream).next().expect("subscribed").clone();
                 let command = Command::AdvanceFrontier {
+                    producer: fed.fence(stream.cluster()),
                     advances: vec![FrontierAdvance {
                         stream,
                         seq,

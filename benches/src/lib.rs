@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use shared_model::{
-    ClusterName, ColumnDef, Command, Consistency, FederatedTableId, IdempotencyKey, LogIndex, NodeKey, Request,
-    SourceUrl, State, StreamId,
+    ClusterName, ColumnDef, Command, Consistency, FederatedTableId, IdempotencyKey, LogIndex, NodeKey, ProducerFence,
+    Request, SourceUrl, State, StreamId, SystemIdentifier,
 };
 
 /// A state built by executing commands, with the next free log index.
@@ -21,6 +21,16 @@ pub struct Federation {
 }
 
 impl Federation {
+    /// The fence `cluster`'s publisher presents with its advances.
+    pub fn fence(&self, cluster: &ClusterName) -> ProducerFence {
+        let info = &self.state.clusters()[cluster];
+        ProducerFence {
+            cluster: cluster.clone(),
+            system_identifier: info.system_identifier,
+            producer_epoch: info.producer_epoch,
+        }
+    }
+
     /// Executes a command that must succeed.
     pub fn must(&mut self, command: Command) {
         let request = self.request(command);
@@ -53,6 +63,9 @@ pub fn federation(clusters: usize, streams_per_cluster: usize, sources: usize) -
             name: name(c),
             endpoint: format!("pg-{c}:5432"),
             capabilities: BTreeSet::new(),
+            system_identifier: SystemIdentifier(7_300_000_000_000_000_000 + c as u64),
+            known_epoch: None,
+            takeover: false,
         });
     }
     let columns = vec![ColumnDef::new("k", "bigint"), ColumnDef::new("v", "numeric")];

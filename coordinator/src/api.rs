@@ -11,7 +11,7 @@ use shared_model::frontier::FrontierPoint;
 use shared_model::{
     Applied, BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ClusterName, ColumnDef, CommandError,
     Consistency, Cut, Event, Executed, FederatedTableId, FederationName, Frontier, FrontierAdvance, Ident, LogIndex,
-    NodeKey, SourceUrl, State, StreamId,
+    NodeKey, ProducerFence, SourceUrl, State, StreamId, SystemIdentifier,
 };
 
 /// Header carrying the writing client's id (part of the idempotency key).
@@ -57,16 +57,53 @@ pub struct RegisterCluster {
     /// What its extension supports.
     #[serde(default)]
     pub capabilities: BTreeSet<Ident>,
+    /// The registering server's `system_identifier` (decimal string): the name is bound to it.
+    pub system_identifier: SystemIdentifier,
+    /// The producer epoch the caller was handed before, if any: a server that holds an older epoch than the
+    /// cluster's (superseded by a takeover) is refused.
+    #[serde(default)]
+    pub known_epoch: Option<u64>,
+    /// Bind the name to this server under a new producer epoch even though another server (or an older copy of
+    /// this one) holds it; the previous holder's advances are refused from then on.
+    #[serde(default)]
+    pub takeover: bool,
 }
 
-/// Answer to a registration: the log position and the federation's change-log settings.
+impl RegisterCluster {
+    /// A plain registration of `name` by server `system_identifier` (no takeover, no epoch known yet).
+    pub fn new(name: ClusterName, endpoint: impl Into<String>, system_identifier: SystemIdentifier) -> Self {
+        RegisterCluster {
+            name,
+            endpoint: endpoint.into(),
+            capabilities: BTreeSet::new(),
+            system_identifier,
+            known_epoch: None,
+            takeover: false,
+        }
+    }
+}
+
+/// Answer to a registration: the log position, the cluster as registered and the federation's settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Registered {
     /// The write's outcome.
     pub applied: Applied,
+    /// The registration (the producer epoch to present with every frontier advance).
+    pub cluster: ClusterView,
     /// Federation name and broker settings to use.
     pub federation: FederationView,
+}
+
+impl Registered {
+    /// The fence the registered server presents with its frontier advances.
+    pub fn fence(&self) -> ProducerFence {
+        ProducerFence {
+            cluster: self.cluster.name.clone(),
+            system_identifier: self.cluster.system_identifier,
+            producer_epoch: self.cluster.producer_epoch,
+        }
+    }
 }
 
 /// `PUT /v1/federation`.
@@ -112,7 +149,9 @@ pub struct CreateFederatedTable {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct AdvanceFrontiers {
-    /// In order; several seqs of one stream allowed.
+    /// Who proposes: the cluster, its server's system identifier and producer epoch (refused when stale).
+    pub producer: ProducerFence,
+    /// In order; several seqs of one stream allowed; all of the producer's cluster.
     pub advances: Vec<FrontierAdvance>,
 }
 
@@ -139,6 +178,10 @@ pub struct ClusterView {
     pub name: ClusterName,
     pub endpoint: String,
     pub capabilities: BTreeSet<Ident>,
+    /// The server the name is bound to.
+    pub system_identifier: SystemIdentifier,
+    /// The current producer epoch (changes only by an explicit takeover).
+    pub producer_epoch: u64,
     pub registered_at: LogIndex,
     pub last_checkpoint: Option<CheckpointRecord>,
 }
@@ -172,6 +215,8 @@ pub struct FrontierHistoryView {
     pub columns: Vec<ColumnDef>,
     /// Reinitialize request waiting for a snapshot batch (its epoch), if any.
     pub pending_reinit: Option<u64>,
+    /// The producer epoch the newest batch was recorded under (the cluster's epoch at publication before any).
+    pub producer_epoch: u64,
     /// The seq below the points (the consumer's `after_seq`, or older when the log keeps less).
     pub floor_seq: u64,
     /// Its global timestamp.
@@ -374,6 +419,7 @@ pub mod views {
             schema_version: info.schema_version,
             columns: info.columns.clone(),
             pending_reinit: info.pending_reinit.as_ref().map(|p| p.epoch),
+            producer_epoch: info.producer_epoch,
             floor_seq,
             floor_at,
             truncated,
@@ -403,6 +449,8 @@ pub mod views {
             name: name.clone(),
             endpoint: c.endpoint.clone(),
             capabilities: c.capabilities.clone(),
+            system_identifier: c.system_identifier,
+            producer_epoch: c.producer_epoch,
             registered_at: c.registered_at,
             last_checkpoint: c.last_checkpoint.clone(),
         })

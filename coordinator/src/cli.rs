@@ -373,12 +373,14 @@ pub async fn run_client(cli: &Cli) -> Result<(), Exit> {
                     vec![
                         c.name.to_string(),
                         c.endpoint,
+                        c.system_identifier.to_string(),
+                        c.producer_epoch.to_string(),
                         c.registered_at.to_string(),
                         opt(c.last_checkpoint.map(|k| k.url)),
                     ]
                 })
                 .collect();
-            table(&["NAME", "ENDPOINT", "REGISTERED AT", "LAST CHECKPOINT"], rows);
+            table(&["NAME", "ENDPOINT", "SYSTEM IDENTIFIER", "EPOCH", "REGISTERED AT", "LAST CHECKPOINT"], rows);
         }
         Command::Federation { name, backend, bootstrap_servers, topic_prefix } => {
             let mut view = client.federation().await?;

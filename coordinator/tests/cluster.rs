@@ -15,11 +15,8 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn register(name: &str) -> RegisterCluster {
-    RegisterCluster {
-        name: ClusterName::parse(name).unwrap(),
-        endpoint: format!("postgres://{name}"),
-        capabilities: BTreeSet::new(),
-    }
+    let id = SystemIdentifier(name.bytes().map(u64::from).sum::<u64>() + 7_000_000_000_000_000_000);
+    RegisterCluster::new(ClusterName::parse(name).unwrap(), format!("postgres://{name}"), id)
 }
 
 fn publish(id: &str) -> PublishStream {
@@ -113,9 +110,16 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
     let client = cluster.client();
     let base = cluster.nodes[&2].url(); // a follower or the leader: both must answer alike
     rt().block_on(async {
-        client.register_cluster(&register("cluster_a")).await.unwrap();
+        let a = client.register_cluster(&register("cluster_a")).await.unwrap();
         client.register_cluster(&register("cluster_c")).await.unwrap();
         client.publish_stream(&publish("cluster_a/order_agg")).await.unwrap();
+        let fence = serde_json::to_string(&a.fence()).unwrap();
+        let mut stale = a.fence();
+        stale.producer_epoch -= 1;
+        let stale = serde_json::to_string(&stale).unwrap();
+        let advance = |fence: &str, seq: u64| {
+            format!(r#"{{"producer":{fence},"advances":[{{"stream":"cluster_a/order_agg","seq":{seq},"kind":"Delta","position":{{"partition":0,"offset":1}}}}]}}"#).into_bytes()
+        };
         client.publish_stream(&publish("cluster_c/dashboard")).await.unwrap();
         let sources = vec![SourceUrl::parse("kafka://coordinator/cluster_a/order_agg").unwrap()];
         client
@@ -138,7 +142,11 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
             ("POST", format!("{base}/v1/federated-tables"), Some(TOKEN), br#"{"table":"cluster_c/t2","sources":["gopher://coordinator/cluster_a/order_agg"]}"#.to_vec(), 422, "invalid_argument"),
             // order_agg reading a mirror of the dashboard that reads order_agg: a cycle.
             ("POST", format!("{base}/v1/federated-tables"), Some(TOKEN), br#"{"table":"cluster_a/order_agg","sources":["kafka://coordinator/cluster_c/dashboard"]}"#.to_vec(), 409, "cycle_detected"),
-            ("POST", format!("{base}/v1/frontiers"), Some(TOKEN), br#"{"advances":[{"stream":"cluster_a/order_agg","seq":5,"kind":"Delta","position":{"partition":0,"offset":1}}]}"#.to_vec(), 409, "frontier_gap"),
+            ("POST", format!("{base}/v1/frontiers"), Some(TOKEN), advance(&fence, 5), 409, "frontier_gap"),
+            ("POST", format!("{base}/v1/frontiers"), Some(TOKEN), advance(&stale, 1), 409, "stale_producer_epoch"),
+            ("POST", format!("{base}/v1/frontiers"), Some(TOKEN), br#"{"advances":[{"stream":"cluster_a/order_agg","seq":1,"kind":"Delta","position":{"partition":0,"offset":1}}]}"#.to_vec(), 422, "invalid_argument"),
+            ("POST", format!("{base}/v1/clusters"), Some(TOKEN), br#"{"name":"cluster_a","endpoint":"x","system_identifier":"12345"}"#.to_vec(), 409, "cluster_name_taken"),
+            ("POST", format!("{base}/v1/clusters"), Some(TOKEN), br#"{"name":"cluster_q","endpoint":"x","system_identifier":-5}"#.to_vec(), 422, "invalid_argument"),
             ("POST", format!("{base}/v1/frontiers"), Some(TOKEN), vec![b' '; 2 * 1024 * 1024], 413, "payload_too_large"),
             ("POST", format!("{base}/v1/clusters"), None, br#"{"name":"cluster_z","endpoint":"x"}"#.to_vec(), 401, "unauthorized"),
             ("POST", format!("{base}/v1/clusters"), Some("wrong"), br#"{"name":"cluster_z","endpoint":"x"}"#.to_vec(), 401, "unauthorized"),

@@ -24,11 +24,18 @@ fn stream_of(i: usize) -> StreamId {
 
 /// One client: advances its own stream's frontier 1, 2, 3… and publishes each acknowledged seq in `progress`, so
 /// the test can see the load move (or stall) at any moment.
-async fn writer(client: coordinator::client::Client, i: usize, stop: Arc<AtomicBool>, progress: Arc<Vec<AtomicU64>>) {
+async fn writer(
+    client: coordinator::client::Client,
+    i: usize,
+    producer: ProducerFence,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Vec<AtomicU64>>,
+) {
     let mut acked = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let seq = acked + 1;
         let body = AdvanceFrontiers {
+            producer: producer.clone(),
             advances: vec![FrontierAdvance {
                 stream: stream_of(i),
                 seq,
@@ -84,13 +91,13 @@ fn leader_failover_and_membership_changes_under_load_lose_nothing() {
     let mut cluster = TestCluster::start(3);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
     let client = cluster.client();
-    rt.block_on(async {
+    let fences = rt.block_on(async {
+        let mut fences = Vec::new();
         for i in 0..CLIENTS {
             let name = ClusterName::parse(&format!("c{i}")).unwrap();
-            client
-                .register_cluster(&RegisterCluster { name, endpoint: "x".into(), capabilities: BTreeSet::new() })
-                .await
-                .unwrap();
+            let registered =
+                client.register_cluster(&RegisterCluster::new(name, "x", SystemIdentifier(i as u64))).await.unwrap();
+            fences.push(registered.fence());
             let publish = PublishStream {
                 stream: stream_of(i),
                 columns: vec![ColumnDef::new("k", "int")],
@@ -99,6 +106,7 @@ fn leader_failover_and_membership_changes_under_load_lose_nothing() {
             };
             client.publish_stream(&publish).await.unwrap();
         }
+        fences
     });
 
     // The watcher follows the log from the start through everything that follows.
@@ -120,7 +128,9 @@ fn leader_failover_and_membership_changes_under_load_lose_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let progress: Arc<Vec<AtomicU64>> = Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
     let writers: Vec<_> = (0..CLIENTS)
-        .map(|i| rt.spawn(writer(cluster.client_as(&format!("w{i}")), i, stop.clone(), progress.clone())))
+        .map(|i| {
+            rt.spawn(writer(cluster.client_as(&format!("w{i}")), i, fences[i].clone(), stop.clone(), progress.clone()))
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
     let before_kill = assert_progress(&progress, 0, 100, "load before the kill");

@@ -17,13 +17,10 @@ fn snapshot_to_object_storage_and_bootstrap_a_new_cluster() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let client = cluster.client();
     rt.block_on(async {
-        for name in ["cluster_a", "cluster_c"] {
-            let r = RegisterCluster {
-                name: ClusterName::parse(name).unwrap(),
-                endpoint: "x".into(),
-                capabilities: BTreeSet::new(),
-            };
-            client.register_cluster(&r).await.unwrap();
+        let mut fences = Vec::new();
+        for (i, name) in ["cluster_a", "cluster_c"].into_iter().enumerate() {
+            let r = RegisterCluster::new(ClusterName::parse(name).unwrap(), "x", SystemIdentifier(i as u64 + 1));
+            fences.push(client.register_cluster(&r).await.unwrap().fence());
         }
         let stream = StreamId::parse("cluster_a/order_agg").unwrap();
         client
@@ -50,7 +47,8 @@ fn snapshot_to_object_storage_and_bootstrap_a_new_cluster() {
                 kind: BatchKind::Delta,
                 position: BrokerPosition { partition: 0, offset: seq as i64 },
             };
-            client.advance_frontiers(&AdvanceFrontiers { advances: vec![adv] }).await.unwrap();
+            let body = AdvanceFrontiers { producer: fences[0].clone(), advances: vec![adv] };
+            client.advance_frontiers(&body).await.unwrap();
         }
     });
     let out_dir = tempfile::tempdir().unwrap();

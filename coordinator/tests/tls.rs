@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-
 use common::*;
 use coordinator::api::RegisterCluster;
 use coordinator::client::{Client, ClientError, ClientOptions};
-use shared_model::ClusterName;
+use shared_model::{ClusterName, SystemIdentifier};
 
 #[test]
 fn a_tls_cluster_replicates_and_serves_only_https() {
@@ -17,14 +15,7 @@ fn a_tls_cluster_replicates_and_serves_only_https() {
     rt.block_on(async {
         let client = cluster.client();
         let name = ClusterName::parse("cluster_tls").unwrap();
-        client
-            .register_cluster(&RegisterCluster {
-                name: name.clone(),
-                endpoint: "x".into(),
-                capabilities: BTreeSet::new(),
-            })
-            .await
-            .unwrap();
+        client.register_cluster(&RegisterCluster::new(name.clone(), "x", SystemIdentifier(1))).await.unwrap();
         // Replicated over HTTPS to every node.
         for id in [1u64, 2, 3] {
             let clusters = cluster.node_client(id).clusters().await.unwrap();

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use shared_model::{
     BatchKind, BrokerPosition, ClusterName, ColumnDef, Command, Consistency, FederatedTableId, FrontierAdvance,
-    IdempotencyKey, Request, SourceUrl, State, StreamId,
+    IdempotencyKey, ProducerFence, Request, SourceUrl, State, StreamId, SystemIdentifier,
 };
 
 use crate::LogEntry;
@@ -26,6 +26,9 @@ pub fn request(index: u64) -> Request {
             name: ClusterName::parse(&format!("c{}", index - 1)).expect("valid"),
             endpoint: format!("postgres://127.0.0.1:{}", 5432 + index),
             capabilities: BTreeSet::new(),
+            system_identifier: SystemIdentifier(7_000_000_000 + index),
+            known_epoch: None,
+            takeover: false,
         },
         3 | 4 => Command::PublishStream {
             stream: stream(index - 3),
@@ -43,7 +46,14 @@ pub fn request(index: u64) -> Request {
             let k = index - 6;
             let which = k % 2;
             let seq = k / 2 + 1;
+            // Cluster c{which} registered at index which + 1, which is its producer epoch.
+            let producer = ProducerFence {
+                cluster: ClusterName::parse(&format!("c{which}")).expect("valid"),
+                system_identifier: SystemIdentifier(7_000_000_000 + which + 1),
+                producer_epoch: which + 1,
+            };
             Command::AdvanceFrontier {
+                producer,
                 advances: vec![FrontierAdvance {
                     stream: stream(which),
                     seq,

@@ -23,12 +23,17 @@ fn main() {
             Err(e) => println!("log[{index:>2}] REJECTED {}: {e}\n          hint: {}", e.code(), e.hint()),
         }
     };
-    for c in ["cluster_a", "cluster_b", "cluster_c"] {
+    for (i, c) in ["cluster_a", "cluster_b", "cluster_c"].into_iter().enumerate() {
         let name = ClusterName::parse(c).expect("valid");
-        run(
-            &mut state,
-            Command::RegisterCluster { name, endpoint: format!("postgres://{c}"), capabilities: BTreeSet::new() },
-        );
+        let command = Command::RegisterCluster {
+            name,
+            endpoint: format!("postgres://{c}"),
+            capabilities: BTreeSet::new(),
+            system_identifier: SystemIdentifier(7_300_000_000_000_000_000 + i as u64),
+            known_epoch: None,
+            takeover: false,
+        };
+        run(&mut state, command);
     }
     let columns = vec![ColumnDef::new("customer_id", "bigint"), ColumnDef::new("total", "numeric")];
     for s in ["cluster_a/order_agg", "cluster_b/user_stats"] {
@@ -48,13 +53,20 @@ fn main() {
         Command::CreateFederatedTable { table: dashboard.clone(), sources, consistency: Consistency::Causal },
     );
     for (stream, seq) in [("cluster_a/order_agg", 1), ("cluster_b/user_stats", 1), ("cluster_a/order_agg", 2)] {
+        let stream = StreamId::parse(stream).expect("valid");
+        let cluster = &state.clusters()[stream.cluster()];
+        let producer = ProducerFence {
+            cluster: stream.cluster().clone(),
+            system_identifier: cluster.system_identifier,
+            producer_epoch: cluster.producer_epoch,
+        };
         let advance = FrontierAdvance {
-            stream: StreamId::parse(stream).expect("valid"),
+            stream,
             seq,
             kind: BatchKind::Delta,
             position: BrokerPosition { partition: 0, offset: seq as i64 },
         };
-        run(&mut state, Command::AdvanceFrontier { advances: vec![advance] });
+        run(&mut state, Command::AdvanceFrontier { producer, advances: vec![advance] });
     }
     // C publishes the dashboard and A tries to read it back into order_agg: a cycle, rejected with its path.
     let dash_stream = StreamId::parse("cluster_c/dashboard").expect("valid");

@@ -10,7 +10,8 @@ use serde::Serialize;
 /// Magic bytes at the start of every encoded value.
 pub const MAGIC: [u8; 4] = *b"PGTF";
 /// The current format version.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version 2: registrations carry the server's system identifier and producer epoch, advances their fence.
+pub const FORMAT_VERSION: u16 = 2;
 /// Size of the header in bytes.
 pub const HEADER_LEN: usize = 4 + 2 + 4 + 8;
 

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::dag::NodeKey;
-use crate::ids::{ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, SourceUrl, StreamId};
+use crate::ids::{
+    ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, SourceUrl, StreamId, SystemIdentifier,
+};
 use crate::model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency};
 use crate::state::State;
 
@@ -36,13 +38,37 @@ pub struct FrontierAdvance {
     pub position: BrokerPosition,
 }
 
+/// Who proposes frontier advances: the cluster, the server's system identifier and the producer epoch it was
+/// handed at registration. Advances are accepted only from the cluster's current server and epoch, so a server
+/// superseded by an explicit takeover (a promoted standby's old primary, a replaced host) can no longer record
+/// batches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProducerFence {
+    /// The producing cluster; every advance of the command must be of one of its streams.
+    pub cluster: ClusterName,
+    /// The producing server's `system_identifier`.
+    pub system_identifier: SystemIdentifier,
+    /// The producer epoch this server holds.
+    pub producer_epoch: u64,
+}
+
 /// Everything the coordinator's state machine accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Name the federation and set the change-log settings handed to clusters.
     ConfigureFederation { name: FederationName, changelog: ChangeLogSettings },
-    /// Register (or update) a PostgreSQL cluster.
-    RegisterCluster { name: ClusterName, endpoint: String, capabilities: BTreeSet<Ident> },
+    /// Register (or update) a PostgreSQL cluster. A name already bound to another server (`system_identifier`),
+    /// or to a newer producer epoch than the caller's `known_epoch`, is refused unless `takeover` is set, which
+    /// binds the name to the caller under a new producer epoch.
+    RegisterCluster {
+        name: ClusterName,
+        endpoint: String,
+        capabilities: BTreeSet<Ident>,
+        system_identifier: SystemIdentifier,
+        known_epoch: Option<u64>,
+        takeover: bool,
+    },
     /// Remove a cluster; with `cascade`, also everything it publishes or owns and everything depending on those.
     DeregisterCluster { name: ClusterName, cascade: bool },
     /// Offer a local stream table to the federation (or update its columns / upstream edges).
@@ -55,8 +81,9 @@ pub enum Command {
     CreateFederatedTable { table: FederatedTableId, sources: Vec<SourceUrl>, consistency: Consistency },
     /// Drop a federated table; rejected while a published stream depends on it unless `cascade`.
     DropFederatedTable { table: FederatedTableId, cascade: bool },
-    /// Record that batches are durably in the broker; many streams (and several seqs of one) per command.
-    AdvanceFrontier { advances: Vec<FrontierAdvance> },
+    /// Record that batches are durably in the broker; many streams (and several seqs of one) per command, all of
+    /// the fenced producer's cluster.
+    AdvanceFrontier { producer: ProducerFence, advances: Vec<FrontierAdvance> },
     /// Ask the producer of `stream` to send a snapshot batch (a consumer lost data, or the schema changed).
     RequestReinitialize { stream: StreamId, reason: String },
     /// Record a checkpoint a cluster wrote to object storage.

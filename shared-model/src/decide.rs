@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::command::{Command, FrontierAdvance};
+use crate::command::{Command, FrontierAdvance, ProducerFence};
 use crate::dag::NodeKey;
 use crate::error::CommandError;
 use crate::event::Event;
-use crate::ids::{ClusterName, FederatedTableId, StreamId};
+use crate::ids::{ClusterName, FederatedTableId, Ident, StreamId, SystemIdentifier};
 use crate::model::{ColumnDef, LogIndex};
 use crate::state::State;
 
@@ -57,21 +57,12 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
             }
             Ok(vec![Event::FederationConfigured { name: name.clone(), changelog: changelog.clone() }])
         }
-        Command::RegisterCluster { name, endpoint, capabilities } => {
+        Command::RegisterCluster { name, endpoint, capabilities, system_identifier, known_epoch, takeover } => {
             check_text("endpoint", endpoint, false)?;
             if capabilities.len() > 64 {
                 return Err(invalid("capabilities", "at most 64 are allowed"));
             }
-            if let Some(c) = state.clusters().get(name) {
-                if &c.endpoint == endpoint && &c.capabilities == capabilities {
-                    return Ok(vec![]);
-                }
-            }
-            Ok(vec![Event::ClusterRegistered {
-                name: name.clone(),
-                endpoint: endpoint.clone(),
-                capabilities: capabilities.clone(),
-            }])
+            decide_register(state, index, name, endpoint, capabilities, *system_identifier, *known_epoch, *takeover)
         }
         Command::DeregisterCluster { name, cascade } => {
             if !state.clusters().contains_key(name) {
@@ -112,7 +103,7 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
                 &format!("federated table {table}"),
             )
         }
-        Command::AdvanceFrontier { advances } => decide_advances(state, index, advances),
+        Command::AdvanceFrontier { producer, advances } => decide_advances(state, index, producer, advances),
         Command::RequestReinitialize { stream, reason } => {
             check_text("reason", reason, false)?;
             let info = state
@@ -154,6 +145,93 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
             Ok(vec![Event::CheckpointRecorded { cluster: cluster.clone(), checkpoint: checkpoint.clone() }])
         }
     }
+}
+
+/// Registration binds a cluster name to one server (its system identifier) under a producer epoch. The epoch
+/// changes only through an explicit takeover, to the log index of the takeover (never below the previous epoch + 1,
+/// so it grows even across a restored coordinator whose indexes start again lower).
+#[allow(clippy::too_many_arguments)]
+fn decide_register(
+    state: &State,
+    index: LogIndex,
+    name: &ClusterName,
+    endpoint: &str,
+    capabilities: &BTreeSet<Ident>,
+    system_identifier: SystemIdentifier,
+    known_epoch: Option<u64>,
+    takeover: bool,
+) -> Result<Vec<Event>, CommandError> {
+    let Some(current) = state.clusters().get(name) else {
+        return Ok(vec![Event::ClusterRegistered {
+            name: name.clone(),
+            endpoint: endpoint.to_string(),
+            capabilities: capabilities.clone(),
+            system_identifier,
+            producer_epoch: index.max(1),
+        }]);
+    };
+    if takeover {
+        return Ok(vec![Event::ClusterTakenOver {
+            name: name.clone(),
+            endpoint: endpoint.to_string(),
+            capabilities: capabilities.clone(),
+            system_identifier,
+            previous_system_identifier: current.system_identifier,
+            producer_epoch: index.max(current.producer_epoch + 1),
+        }]);
+    }
+    if current.system_identifier != system_identifier {
+        return Err(CommandError::ClusterNameTaken {
+            cluster: name.to_string(),
+            registered: current.system_identifier.to_string(),
+            presented: system_identifier.to_string(),
+        });
+    }
+    // Copies of one server (a promoted standby and its old primary, a restored backup) share the identifier: the
+    // epoch each was handed tells them apart. A server that knows none (its catalog row is gone) rejoins.
+    if let Some(known) = known_epoch {
+        if known != current.producer_epoch {
+            return Err(stale_epoch(name, known, current));
+        }
+    }
+    if current.endpoint == endpoint && &current.capabilities == capabilities {
+        return Ok(vec![]);
+    }
+    Ok(vec![Event::ClusterRegistered {
+        name: name.clone(),
+        endpoint: endpoint.to_string(),
+        capabilities: capabilities.clone(),
+        system_identifier,
+        producer_epoch: current.producer_epoch,
+    }])
+}
+
+fn stale_epoch(name: &ClusterName, presented: u64, current: &crate::state::ClusterInfo) -> CommandError {
+    CommandError::StaleProducerEpoch {
+        cluster: name.to_string(),
+        presented,
+        current: current.producer_epoch,
+        holder: current.system_identifier.to_string(),
+    }
+}
+
+/// Advances are accepted only from the cluster's current server under its current epoch.
+fn check_fence(state: &State, producer: &ProducerFence) -> Result<(), CommandError> {
+    let cluster = state
+        .clusters()
+        .get(&producer.cluster)
+        .ok_or_else(|| CommandError::UnknownCluster { cluster: producer.cluster.to_string() })?;
+    if cluster.system_identifier != producer.system_identifier {
+        return Err(CommandError::ClusterNameTaken {
+            cluster: producer.cluster.to_string(),
+            registered: cluster.system_identifier.to_string(),
+            presented: producer.system_identifier.to_string(),
+        });
+    }
+    if cluster.producer_epoch != producer.producer_epoch {
+        return Err(stale_epoch(&producer.cluster, producer.producer_epoch, cluster));
+    }
+    Ok(())
 }
 
 fn owned_nodes(state: &State, cluster: &ClusterName) -> BTreeSet<NodeKey> {
@@ -341,13 +419,25 @@ fn decide_create_federated(
     Ok(vec![Event::FederatedTableCreated { table: table.clone(), sources: by_stream, consistency }])
 }
 
-fn decide_advances(state: &State, _index: LogIndex, advances: &[FrontierAdvance]) -> Result<Vec<Event>, CommandError> {
+fn decide_advances(
+    state: &State,
+    _index: LogIndex,
+    producer: &ProducerFence,
+    advances: &[FrontierAdvance],
+) -> Result<Vec<Event>, CommandError> {
     if advances.is_empty() || advances.len() > MAX_ADVANCES_PER_COMMAND {
         return Err(invalid(
             "advances",
             format!("1 to {MAX_ADVANCES_PER_COMMAND} per command, not {}", advances.len()),
         ));
     }
+    if let Some(foreign) = advances.iter().find(|a| a.stream.cluster() != &producer.cluster) {
+        return Err(invalid(
+            "advances",
+            format!("{} is not a stream of the proposing cluster {}", foreign.stream, producer.cluster),
+        ));
+    }
+    check_fence(state, producer)?;
     // Seqs advanced earlier in this same command, per stream.
     let mut staged: BTreeMap<&StreamId, BTreeMap<u64, &FrontierAdvance>> = BTreeMap::new();
     let mut events = Vec::new();
@@ -371,6 +461,7 @@ fn decide_advances(state: &State, _index: LogIndex, advances: &[FrontierAdvance]
                 seq: adv.seq,
                 kind: adv.kind,
                 position: adv.position,
+                producer_epoch: producer.producer_epoch,
             });
             continue;
         }

@@ -62,6 +62,12 @@ pub enum CommandError {
     /// A restore needs an empty state.
     #[error("the coordinator already holds state ({what}); a snapshot can only be restored into a new cluster")]
     StateNotEmpty { what: String },
+    /// The cluster name is bound to another PostgreSQL server.
+    #[error("cluster {cluster:?} is registered by another PostgreSQL server (system identifier {registered}), not this one ({presented})")]
+    ClusterNameTaken { cluster: String, registered: String, presented: String },
+    /// The caller's producer epoch is not the cluster's current one: another server took the name over since.
+    #[error("cluster {cluster:?} is at producer epoch {current} (held by server {holder}); this request presents epoch {presented}")]
+    StaleProducerEpoch { cluster: String, presented: u64, current: u64, holder: String },
     /// The idempotency key was already used for a different command.
     #[error("idempotency key {key:?} was already used at log index {index} for a different command")]
     IdempotencyKeyReused { key: String, index: LogIndex },
@@ -85,6 +91,8 @@ impl CommandError {
             CommandError::FederationMismatch { .. } => "federation_mismatch",
             CommandError::BackendMismatch { .. } => "backend_mismatch",
             CommandError::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            CommandError::ClusterNameTaken { .. } => "cluster_name_taken",
+            CommandError::StaleProducerEpoch { .. } => "stale_producer_epoch",
             CommandError::StateNotEmpty { .. } => "state_not_empty",
         }
     }
@@ -106,6 +114,8 @@ impl CommandError {
             | CommandError::FrontierConflict { .. }
             | CommandError::FrontierTooOld { .. }
             | CommandError::IdempotencyKeyReused { .. }
+            | CommandError::ClusterNameTaken { .. }
+            | CommandError::StaleProducerEpoch { .. }
             | CommandError::StateNotEmpty { .. } => ErrorClass::Conflict,
         }
     }
@@ -141,6 +151,19 @@ impl CommandError {
             }
             CommandError::BackendMismatch { .. } => "Use the scheme of the federation's change-log backend.".into(),
             CommandError::IdempotencyKeyReused { .. } => "Use a fresh request id for a new command.".into(),
+            CommandError::ClusterNameTaken { .. } => {
+                "Choose another cluster name; or, if the registered server is gone for good (replaced, or restored \
+                 onto this host), take the name over: SELECT pgtrickle.register_federation(url, name, takeover => true). \
+                 Its streams then restart with snapshot batches from this server."
+                    .into()
+            }
+            CommandError::StaleProducerEpoch { .. } => {
+                "Another server took this cluster name over, so this one must not publish: stop it. If this server \
+                 is the rightful producer (the takeover was a mistake), take the name back with \
+                 SELECT pgtrickle.register_federation(url, name, takeover => true); its streams restart with \
+                 snapshot batches."
+                    .into()
+            }
             CommandError::StateNotEmpty { .. } => {
                 "Start a new, empty coordinator cluster with `serve --bootstrap-from URL` instead.".into()
             }

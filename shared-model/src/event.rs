@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::dag::NodeKey;
-use crate::ids::{ClusterName, FederatedTableId, FederationName, Ident, SourceUrl, StreamId};
+use crate::ids::{ClusterName, FederatedTableId, FederationName, Ident, SourceUrl, StreamId, SystemIdentifier};
 use crate::model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex};
 use crate::state::State;
 
@@ -15,8 +15,24 @@ use crate::state::State;
 pub enum Event {
     /// The federation's name and change-log settings were set.
     FederationConfigured { name: FederationName, changelog: ChangeLogSettings },
-    /// A cluster joined, or changed its endpoint or capabilities.
-    ClusterRegistered { name: ClusterName, endpoint: String, capabilities: BTreeSet<Ident> },
+    /// A cluster joined (under producer epoch `producer_epoch`), or changed its endpoint or capabilities.
+    ClusterRegistered {
+        name: ClusterName,
+        endpoint: String,
+        capabilities: BTreeSet<Ident>,
+        system_identifier: SystemIdentifier,
+        producer_epoch: u64,
+    },
+    /// A server took the cluster name over explicitly: advances under older epochs are refused from now on, and
+    /// each of the cluster's streams restarts with a snapshot batch under the new epoch.
+    ClusterTakenOver {
+        name: ClusterName,
+        endpoint: String,
+        capabilities: BTreeSet<Ident>,
+        system_identifier: SystemIdentifier,
+        previous_system_identifier: SystemIdentifier,
+        producer_epoch: u64,
+    },
     /// A cluster left.
     ClusterDeregistered { name: ClusterName },
     /// A stream was published or its definition changed (`schema_version` counts column changes from 1).
@@ -33,8 +49,9 @@ pub enum Event {
     FederatedTableCreated { table: FederatedTableId, sources: BTreeMap<StreamId, SourceUrl>, consistency: Consistency },
     /// A federated table was dropped.
     FederatedTableDropped { table: FederatedTableId },
-    /// Batch `seq` of `stream` is durably in the broker. Its global timestamp is the log index of this event.
-    FrontierAdvanced { stream: StreamId, seq: u64, kind: BatchKind, position: BrokerPosition },
+    /// Batch `seq` of `stream` is durably in the broker, proposed under `producer_epoch`. Its global timestamp is
+    /// the log index of this event.
+    FrontierAdvanced { stream: StreamId, seq: u64, kind: BatchKind, position: BrokerPosition, producer_epoch: u64 },
     /// A snapshot batch of `stream` was requested; `epoch` counts requests per stream.
     ReinitializeRequested { stream: StreamId, epoch: u64, reason: String },
     /// A cluster wrote a checkpoint.
@@ -52,6 +69,7 @@ impl Event {
         match self {
             Event::FederationConfigured { .. } => "FederationConfigured",
             Event::ClusterRegistered { .. } => "ClusterRegistered",
+            Event::ClusterTakenOver { .. } => "ClusterTakenOver",
             Event::ClusterDeregistered { .. } => "ClusterDeregistered",
             Event::StreamPublished { .. } => "StreamPublished",
             Event::StreamUnpublished { .. } => "StreamUnpublished",

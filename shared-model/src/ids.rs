@@ -348,6 +348,43 @@ impl From<SourceUrl> for String {
     }
 }
 
+/// A PostgreSQL server's `system_identifier` (`pg_control_system()`): set by initdb, kept by physical copies
+/// (streaming standbys, pg_basebackup, a copied data directory), new after a logical dump and restore. It tells
+/// one server's registration of a cluster name from another's. Travels as a decimal string, because JSON readers
+/// such as jq hold numbers as doubles and would round a 64-bit identifier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SystemIdentifier(pub u64);
+
+impl SystemIdentifier {
+    /// Parses the decimal text form.
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        input
+            .parse::<u64>()
+            .map(SystemIdentifier)
+            .map_err(|_| ParseError::new("system identifier", input, "expected an unsigned 64-bit decimal number"))
+    }
+}
+
+impl fmt::Display for SystemIdentifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl TryFrom<String> for SystemIdentifier {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, ParseError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<SystemIdentifier> for String {
+    fn from(s: SystemIdentifier) -> String {
+        s.to_string()
+    }
+}
+
 /// Identifies one write so that a retry after a lost reply is applied once: the writing client (usually the
 /// cluster name or an operator's tool) plus a request id unique for that client.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -407,6 +444,7 @@ mod openapi {
         super::RelationId => "^[a-z_][a-z0-9_$]{0,62}/([a-z_][a-z0-9_$]{0,62}\\.)?[a-z_][a-z0-9_$]{0,62}$", "cluster/schema.table";
         super::StreamId => "^[a-z_][a-z0-9_$]{0,62}/([a-z_][a-z0-9_$]{0,62}\\.)?[a-z_][a-z0-9_$]{0,62}$", "A published stream: cluster/schema.table";
         super::FederatedTableId => "^[a-z_][a-z0-9_$]{0,62}/([a-z_][a-z0-9_$]{0,62}\\.)?[a-z_][a-z0-9_$]{0,62}$", "A federated table: cluster/schema.table";
+        super::SystemIdentifier => "^[0-9]{1,20}$", "A PostgreSQL server's system_identifier, in decimal.";
         super::SourceUrl => "^(kafka|nats)://[a-z_][a-z0-9_$]{0,62}/[a-z_][a-z0-9_$]{0,62}/([a-z_][a-z0-9_$]{0,62}\\.)?[a-z_][a-z0-9_$]{0,62}$", "SCHEME://FEDERATION/CLUSTER/[SCHEMA.]STREAM_TABLE";
     }
 }
@@ -443,6 +481,16 @@ mod tests {
         assert!(SourceUrl::parse("http://c/a/b").unwrap_err().reason.contains("unknown scheme"));
         assert!(SourceUrl::parse("kafka://c/a").unwrap_err().reason.contains("SCHEME://FEDERATION"));
         assert!(SourceUrl::parse("kafka:/c/a/b").is_err());
+    }
+
+    #[test]
+    fn system_identifiers_travel_as_decimal_strings() {
+        let id = SystemIdentifier(7_311_954_316_468_451_331);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, "\"7311954316468451331\"");
+        assert_eq!(serde_json::from_str::<SystemIdentifier>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<SystemIdentifier>("\"-1\"").is_err());
+        assert!(serde_json::from_str::<SystemIdentifier>("\"18446744073709551616\"").is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod planted;
 pub mod protocol;
 pub mod state;
 
-pub use command::{Command, FrontierAdvance, Request};
+pub use command::{Command, FrontierAdvance, ProducerFence, Request};
 pub use dag::{DiamondGroup, GlobalDag, NodeKey};
 pub use decide::decide;
 pub use error::{CommandError, ErrorClass};
@@ -30,7 +30,7 @@ pub use event::{Applied, Event};
 pub use frontier::{Cut, Frontier, Lag};
 pub use ids::{
     Backend, ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, ParseError, RelationId, SourceUrl,
-    StreamId,
+    StreamId, SystemIdentifier,
 };
 pub use model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex};
 pub use state::{Executed, State};

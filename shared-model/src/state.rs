@@ -17,7 +17,9 @@ use crate::error::CommandError;
 use crate::event::{Applied, Event};
 use crate::frontier::{cut_at, Cut, Frontier, FrontierPoint, HistoryTruncated};
 use crate::idempotency::{fingerprint, IdempotencyCache, Remembered};
-use crate::ids::{ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, SourceUrl, StreamId};
+use crate::ids::{
+    ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, SourceUrl, StreamId, SystemIdentifier,
+};
 use crate::model::{ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex};
 
 /// The federation's own settings.
@@ -43,6 +45,10 @@ pub struct ClusterInfo {
     pub endpoint: String,
     /// What its extension supports.
     pub capabilities: BTreeSet<Ident>,
+    /// The PostgreSQL server the name is bound to.
+    pub system_identifier: SystemIdentifier,
+    /// The current producer epoch: only advances under it are accepted (changes by explicit takeover only).
+    pub producer_epoch: u64,
     /// When it first registered.
     pub registered_at: LogIndex,
     /// Its newest recorded checkpoint.
@@ -73,6 +79,9 @@ pub struct StreamInfo {
     pub published_at: LogIndex,
     /// Its committed frontier.
     pub frontier: Frontier,
+    /// The producer epoch its newest batch was recorded under (the cluster's epoch at publication before that):
+    /// older than the cluster's epoch after a takeover, until the new server restarts the stream.
+    pub producer_epoch: u64,
     /// Reinitialize requests so far.
     pub reinit_epoch: u64,
     /// A request not yet answered by a snapshot batch.
@@ -354,29 +363,36 @@ impl State {
             Event::FederationConfigured { name, changelog } => {
                 self.data.federation = FederationSettings { name: name.clone(), changelog: changelog.clone() };
             }
-            Event::ClusterRegistered { name, endpoint, capabilities } => {
+            Event::ClusterRegistered { name, endpoint, capabilities, system_identifier, producer_epoch }
+            | Event::ClusterTakenOver { name, endpoint, capabilities, system_identifier, producer_epoch, .. } => {
                 let entry = self.data.clusters.entry(name.clone()).or_insert_with(|| ClusterInfo {
                     endpoint: String::new(),
                     capabilities: BTreeSet::new(),
+                    system_identifier: *system_identifier,
+                    producer_epoch: *producer_epoch,
                     registered_at: index,
                     last_checkpoint: None,
                 });
                 entry.endpoint = endpoint.clone();
                 entry.capabilities = capabilities.clone();
+                entry.system_identifier = *system_identifier;
+                entry.producer_epoch = *producer_epoch;
             }
             Event::ClusterDeregistered { name } => {
                 self.data.clusters.remove(name).ok_or_else(|| fail(format!("cluster {name} is not registered")))?;
             }
             Event::StreamPublished { stream, columns, upstream, base_seq, schema_version } => {
-                if !self.data.clusters.contains_key(stream.cluster()) {
+                let Some(cluster) = self.data.clusters.get(stream.cluster()) else {
                     return Err(fail(format!("stream {stream} belongs to unregistered cluster")));
-                }
+                };
+                let producer_epoch = cluster.producer_epoch;
                 let info = self.data.streams.entry(stream.clone()).or_insert_with(|| StreamInfo {
                     columns: vec![],
                     upstream: BTreeSet::new(),
                     schema_version: 0,
                     published_at: index,
                     frontier: Frontier::new(*base_seq, index),
+                    producer_epoch,
                     reinit_epoch: 0,
                     pending_reinit: None,
                 });
@@ -437,7 +453,7 @@ impl State {
                 }
                 self.dag.remove_node(&NodeKey::Federated(table.clone()));
             }
-            Event::FrontierAdvanced { stream, seq, kind, position } => {
+            Event::FrontierAdvanced { stream, seq, kind, position, producer_epoch } => {
                 let info = self
                     .data
                     .streams
@@ -456,6 +472,7 @@ impl State {
                     position: *position,
                     proposed_at_unix_ms,
                 });
+                info.producer_epoch = *producer_epoch;
                 if *kind == crate::model::BatchKind::Snapshot {
                     info.pending_reinit = None;
                 }

@@ -77,6 +77,9 @@ impl World {
                     name: ClusterName::parse(cluster).unwrap(),
                     endpoint: cluster.into(),
                     capabilities: BTreeSet::new(),
+                    system_identifier: SystemIdentifier(cluster.len() as u64),
+                    known_epoch: None,
+                    takeover: false,
                 })
                 .unwrap();
         }
@@ -153,7 +156,8 @@ impl World {
                 position: BrokerPosition { partition: 0, offset: *offset },
             })
             .collect();
-        self.log.run(Command::AdvanceFrontier { advances }).expect("the producer's advances are valid");
+        let producer = self.log.fence(self.sources[i].id.cluster().as_str());
+        self.log.run(Command::AdvanceFrontier { producer, advances }).expect("the producer's advances are valid");
         self.sources[i].unrecorded.clear();
     }
 

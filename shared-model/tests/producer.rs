@@ -36,6 +36,8 @@ struct World {
     restored: bool,
     /// The last send lost the broker connection.
     broker_lost: bool,
+    /// The producer epoch this server holds.
+    epoch: u64,
 }
 
 impl World {
@@ -52,6 +54,7 @@ impl World {
             now_ms: 0,
             restored: false,
             broker_lost: false,
+            epoch: 0,
         };
         world
             .log
@@ -59,6 +62,9 @@ impl World {
                 name: ClusterName::parse("cluster_a").unwrap(),
                 endpoint: "a".into(),
                 capabilities: BTreeSet::new(),
+                system_identifier: SystemIdentifier(1),
+                known_epoch: None,
+                takeover: false,
             })
             .unwrap();
         world
@@ -70,6 +76,7 @@ impl World {
                 base_seq: 0,
             })
             .unwrap();
+        world.epoch = world.log.fence("cluster_a").producer_epoch;
         world
     }
 
@@ -105,7 +112,8 @@ impl World {
                     Err("coordinator unreachable".to_string())
                 } else {
                     let pending = self.log.state.streams()[&self.stream].pending_reinit.is_some();
-                    Ok(LogView { committed_seq: self.committed(), pending_reinit: pending })
+                    let committed_epoch = self.log.state.streams()[&self.stream].producer_epoch;
+                    Ok(LogView { committed_seq: self.committed(), committed_epoch, pending_reinit: pending })
                 };
                 Input::Frontier { stream, result }
             }
@@ -118,6 +126,15 @@ impl World {
                     Ok(())
                 };
                 Input::Marked { stream, seq: *seq, result }
+            }
+            Action::Restart { committed_seq, .. } => {
+                // The worker renumbers: the snapshot is batch committed + 1, everything before counts published.
+                assert!(self.restored, "a restart without a takeover");
+                self.buffer.retain(|seq, _| *seq <= *committed_seq);
+                self.buffer.insert(committed_seq + 1, BatchKind::Snapshot);
+                self.published_seq = *committed_seq;
+                self.proposed_seq = *committed_seq;
+                Input::Restarted { stream, committed_seq: *committed_seq, result: Ok(()) }
             }
             Action::WriteSnapshot { .. } => {
                 let last = self.refresh(BatchKind::Snapshot);
@@ -161,7 +178,9 @@ impl World {
                 let result = if self.tape.fails(5) {
                     Err("no coordinator answered".to_string())
                 } else {
-                    let applied = self.log.run(Command::AdvanceFrontier { advances: advances.clone() });
+                    let mut producer = self.log.fence("cluster_a");
+                    producer.producer_epoch = self.epoch;
+                    let applied = self.log.run(Command::AdvanceFrontier { producer, advances: advances.clone() });
                     // The reply may be lost after the log recorded it.
                     match applied {
                         Ok(_) if self.tape.fails(4) => Err("reply lost".to_string()),
@@ -178,7 +197,7 @@ impl World {
     /// One worker round: the catalog in, then every action performed until none is left.
     fn round(&mut self, machine: &mut Producer) {
         self.now_ms += 150;
-        machine.step(Input::Round { now_ms: self.now_ms, streams: vec![self.local()] });
+        machine.step(Input::Round { now_ms: self.now_ms, producer_epoch: self.epoch, streams: vec![self.local()] });
         let mut steps = 0;
         while let Some(action) = machine.next_action() {
             steps += 1;
@@ -269,7 +288,7 @@ fn restored_server_stops(own_batches: usize) {
     }
     let mut machine = Producer::new();
     world.now_ms += 1_000;
-    machine.step(Input::Round { now_ms: world.now_ms, streams: vec![world.local()] });
+    machine.step(Input::Round { now_ms: world.now_ms, producer_epoch: world.epoch, streams: vec![world.local()] });
     let fetch = machine.next_action().unwrap();
     machine.step(world.perform(&fetch).unwrap());
     match machine.next_action() {
@@ -277,6 +296,33 @@ fn restored_server_stops(own_batches: usize) {
         other => panic!("expected the stream to stop, got {other:?}"),
     }
     assert_eq!(world.published_seq, 1, "the restored server adopted the log's position");
+
+    // The repair: the operator takes the cluster name over; the stream restarts with a snapshot as batch 4, the
+    // log's next seq, recorded under the new epoch.
+    let taken = world.log.run(Command::RegisterCluster {
+        name: ClusterName::parse("cluster_a").unwrap(),
+        endpoint: "a".into(),
+        capabilities: BTreeSet::new(),
+        system_identifier: SystemIdentifier(1),
+        known_epoch: Some(world.epoch),
+        takeover: true,
+    });
+    let Ok(Applied { events, .. }) = taken else { panic!("{taken:?}") };
+    let Event::ClusterTakenOver { producer_epoch, .. } = events[0] else { panic!("{events:?}") };
+    world.epoch = producer_epoch;
+    for _ in 0..3 {
+        world.now_ms += 5_000;
+        world.round(&mut machine);
+    }
+    assert_eq!(world.committed(), 4);
+    let point = world.log.state.frontier(&world.stream).unwrap().point(4).unwrap().unwrap();
+    assert_eq!(point.kind, BatchKind::Snapshot);
+    assert_eq!(world.log.state.streams()[&world.stream].producer_epoch, producer_epoch);
+    assert_eq!(world.published_seq, 4);
+    // Later batches follow under the new epoch.
+    world.refresh(BatchKind::Delta);
+    world.round(&mut machine);
+    assert_eq!(world.committed(), 5);
 }
 
 #[test]

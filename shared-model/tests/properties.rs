@@ -17,12 +17,26 @@ use shared_model::*;
 enum Intent {
     Register(u8),
     Deregister(u8, bool),
-    Publish { cluster: u8, name: u8, upstream: Vec<(bool, u8)>, wide: bool },
+    Publish {
+        cluster: u8,
+        name: u8,
+        upstream: Vec<(bool, u8)>,
+        wide: bool,
+    },
     Unpublish(u8, u8, bool),
-    Federate { cluster: u8, name: u8, sources: Vec<(u8, u8)>, causal: bool },
+    Federate {
+        cluster: u8,
+        name: u8,
+        sources: Vec<(u8, u8)>,
+        causal: bool,
+    },
     Drop(u8, u8, bool),
-    Advance(Vec<(u8, u8, i8)>),
+    /// Advances of the first entry's cluster; the fence is the current one, or (1 in 8) a stale epoch or
+    /// another server's identifier.
+    Advance(Vec<(u8, u8, i8)>, u8),
     Reinit(u8, u8),
+    /// Another server (identifier `1000 + n`) takes the cluster name over.
+    Takeover(u8, u8),
 }
 
 const CLUSTERS: u8 = 4;
@@ -39,10 +53,11 @@ fn intent() -> impl Strategy<Value = Intent> {
         1 => (c.clone(), n.clone(), any::<bool>()).prop_map(|(c, n, k)| Intent::Unpublish(c, n, k)),
         4 => (c.clone(), n.clone(), prop::collection::vec((c.clone(), n.clone()), 1..4), any::<bool>())
             .prop_map(|(cluster, name, sources, causal)| Intent::Federate { cluster, name, sources, causal }),
-        1 => (c.clone(), n.clone(), any::<bool>()).prop_map(|(c, n, k)| Intent::Drop(c, n, k)),
-        8 => prop::collection::vec((c.clone(), n.clone(), prop_oneof![6 => Just(1i8), 1 => Just(0), 1 => Just(2), 1 => Just(-1), 1 => Just(-2)]), 1..5)
-            .prop_map(Intent::Advance),
-        1 => (c, n).prop_map(|(c, n)| Intent::Reinit(c, n)),
+        2 => (c.clone(), n.clone(), any::<bool>()).prop_map(|(c, n, k)| Intent::Drop(c, n, k)),
+        8 => (prop::collection::vec((c.clone(), n.clone(), prop_oneof![6 => Just(1i8), 1 => Just(0), 1 => Just(2), 1 => Just(-1), 1 => Just(-2)]), 1..5), 0..16u8)
+            .prop_map(|(list, fence)| Intent::Advance(list, fence)),
+        1 => (c.clone(), n.clone()).prop_map(|(c, n)| Intent::Reinit(c, n)),
+        1 => (c, 0..3u8).prop_map(|(c, n)| Intent::Takeover(c, n)),
     ]
 }
 
@@ -92,12 +107,25 @@ fn concrete(state: &State, intent: &Intent) -> Command {
         Intent::Drop(c, n, cascade) => {
             Command::DropFederatedTable { table: table(&format!("c{c}/s{n}")), cascade: *cascade }
         }
-        Intent::Advance(list) => {
+        Intent::Advance(list, fence) => {
+            let c = list[0].0;
+            let name = cluster(&cname(c));
+            let info = state.clusters().get(&name);
+            let mut producer = ProducerFence {
+                cluster: name.clone(),
+                system_identifier: info.map_or(system_identifier(&cname(c)), |i| i.system_identifier),
+                producer_epoch: info.map_or(0, |i| i.producer_epoch),
+            };
+            match fence {
+                14 => producer.producer_epoch = producer.producer_epoch.saturating_sub(1),
+                15 => producer.system_identifier = SystemIdentifier(producer.system_identifier.0 ^ 1),
+                _ => {}
+            }
             let mut next: BTreeMap<String, u64> = BTreeMap::new();
             let advances = list
                 .iter()
-                .map(|(c, n, delta)| {
-                    let id = sid(*c, *n);
+                .map(|(_, n, delta)| {
+                    let id = sid(c, *n);
                     let cur =
                         *next.entry(id.clone()).or_insert_with(|| state.frontier(&stream(&id)).map_or(0, |f| f.seq()));
                     // -1 repeats the previous batch as recorded, -2 repeats the current one from another position.
@@ -113,9 +141,17 @@ fn concrete(state: &State, intent: &Intent) -> Command {
                     adv
                 })
                 .collect();
-            Command::AdvanceFrontier { advances }
+            Command::AdvanceFrontier { producer, advances }
         }
         Intent::Reinit(c, n) => Command::RequestReinitialize { stream: stream(&sid(*c, *n)), reason: "test".into() },
+        Intent::Takeover(c, n) => {
+            let mut command = register(&cname(*c));
+            if let Command::RegisterCluster { system_identifier, takeover, .. } = &mut command {
+                *system_identifier = SystemIdentifier(1000 + *n as u64);
+                *takeover = true;
+            }
+            command
+        }
     }
 }
 
@@ -179,6 +215,36 @@ proptest! {
             }
         }
         prop_assert_eq!(snapshot_without_cache(&folded), snapshot_without_cache(&h.state));
+    }
+
+    #[test]
+    fn only_the_current_server_and_epoch_record_batches(intents in sequences()) {
+        let mut h = Harness::new();
+        for intent in &intents {
+            let command = concrete(&h.state, intent);
+            let before = h.state.clone();
+            let result = h.run(command.clone());
+            if let (Command::AdvanceFrontier { producer, .. }, Ok(applied)) = (&command, &result) {
+                let current = &before.clusters()[&producer.cluster];
+                prop_assert_eq!(producer.system_identifier, current.system_identifier);
+                prop_assert_eq!(producer.producer_epoch, current.producer_epoch);
+                for event in &applied.events {
+                    if let Event::FrontierAdvanced { stream, producer_epoch, .. } = event {
+                        prop_assert_eq!(stream.cluster(), &producer.cluster);
+                        prop_assert_eq!(*producer_epoch, current.producer_epoch);
+                    }
+                }
+            }
+            // Epochs never go back, and a stream's epoch is never newer than its cluster's.
+            for (name, info) in h.state.clusters() {
+                if let Some(old) = before.clusters().get(name) {
+                    prop_assert!(info.producer_epoch >= old.producer_epoch);
+                }
+            }
+            for (id, info) in h.state.streams() {
+                prop_assert!(info.producer_epoch <= h.state.clusters()[id.cluster()].producer_epoch);
+            }
+        }
     }
 
     #[test]
@@ -297,9 +363,16 @@ fn the_generator_reaches_every_outcome() {
             }
         }
     }
-    for code in
-        ["cycle_detected", "frontier_gap", "frontier_conflict", "has_dependents", "unknown_stream", "unknown_upstream"]
-    {
+    for code in [
+        "cycle_detected",
+        "frontier_gap",
+        "frontier_conflict",
+        "has_dependents",
+        "unknown_stream",
+        "unknown_upstream",
+        "cluster_name_taken",
+        "stale_producer_epoch",
+    ] {
         assert!(codes.contains(code), "never saw {code}: {codes:?}");
     }
     for kind in [
@@ -308,6 +381,7 @@ fn the_generator_reaches_every_outcome() {
         "FrontierAdvanced",
         "StreamUnpublished",
         "ClusterDeregistered",
+        "ClusterTakenOver",
     ] {
         assert!(kinds.contains(kind), "never saw {kind}: {kinds:?}");
     }

@@ -59,16 +59,21 @@ fn parse_input(line: &str) -> Input {
                     }
                 })
                 .collect();
-            Input::Round { now_ms: number(&head, "now"), streams }
+            let producer_epoch = value(&head, "epoch").map_or(1, |v| v.parse().expect("a number"));
+            Input::Round { now_ms: number(&head, "now"), producer_epoch, streams }
         }
         "republished" => Input::Republished { stream: target(), result: outcome(line) },
         "frontier" => Input::Frontier {
             stream: target(),
             result: outcome(line).map(|()| LogView {
                 committed_seq: number(&words, "committed"),
+                committed_epoch: value(&words, "epoch").map_or(1, |v| v.parse().expect("a number")),
                 pending_reinit: words.contains(&"reinit"),
             }),
         },
+        "restarted" => {
+            Input::Restarted { stream: target(), committed_seq: number(&words, "committed"), result: outcome(line) }
+        }
         "snapshot-written" => {
             Input::SnapshotWritten { stream: target(), result: outcome(line).map(|()| number(&words, "last")) }
         }
@@ -96,6 +101,7 @@ fn render(action: &Action) -> String {
         Action::FetchFrontier { stream, after_seq } => format!("fetch {stream} after={after_seq}"),
         Action::MarkPublished { stream, seq } => format!("mark {stream} seq={seq}"),
         Action::WriteSnapshot { stream } => format!("write-snapshot {stream}"),
+        Action::Restart { stream, committed_seq } => format!("restart {stream} committed={committed_seq}"),
         Action::Send { stream, seq } => format!("send {stream} seq={seq}"),
         Action::RecordProposal { stream, seq } => format!("record-proposal {stream} seq={seq}"),
         Action::Propose { stream, advances } => {
@@ -112,11 +118,24 @@ fn render(action: &Action) -> String {
     }
 }
 
+/// `...` stands for any text: the parts between must appear in order, the first at the start, the last at the
+/// end unless the line ends in `...`.
 fn matches(expected: &str, actual: &str) -> bool {
-    match expected.strip_suffix("...") {
-        Some(prefix) => actual.starts_with(prefix),
-        None => expected == actual,
+    let parts: Vec<&str> = expected.split("...").collect();
+    if parts.len() == 1 {
+        return expected == actual;
     }
+    let Some(mut rest) = actual.strip_prefix(parts[0]) else { return false };
+    for (i, part) in parts.iter().enumerate().skip(1) {
+        if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// A machine a scenario drives: feed one input line, drain the queued actions as text.

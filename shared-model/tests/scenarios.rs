@@ -11,10 +11,11 @@ fn seed_scenario_builds_the_dag_and_cuts() {
     let dash = table("cluster_c/dashboard");
     assert_eq!(h.state.dag().node_count(), 3);
     assert_eq!(h.state.dag().edge_count(), 2);
-    let applied = h.run(advances(&[("cluster_a/order_agg", 1), ("cluster_b/user_stats", 1)])).unwrap();
-    assert_eq!(applied.events.len(), 2);
-    let t1 = applied.index;
-    h.run(advances(&[("cluster_a/order_agg", 2)])).unwrap();
+    let applied = h.run(h.advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    assert_eq!(applied.events.len(), 1);
+    h.run(h.advances(&[("cluster_b/user_stats", 1)])).unwrap();
+    let t1 = h.index;
+    h.run(h.advances(&[("cluster_a/order_agg", 2)])).unwrap();
     let cut = h.state.newest_cut(&dash).unwrap();
     assert_eq!(cut.seqs[&stream("cluster_a/order_agg")], 2);
     assert_eq!(cut.seqs[&stream("cluster_b/user_stats")], 1);
@@ -29,7 +30,7 @@ fn unknown_names_are_rejected() {
     assert_eq!(h.rejected(publish("cluster_z/x", &[])).code(), "unknown_cluster");
     assert_eq!(h.rejected(federate("cluster_c/f2", &["cluster_a/nope"])).code(), "unknown_stream");
     assert_eq!(h.rejected(federate("cluster_z/f2", &["cluster_a/order_agg"])).code(), "unknown_cluster");
-    assert_eq!(h.rejected(advances(&[("cluster_a/nope", 1)])).code(), "unknown_stream");
+    assert_eq!(h.rejected(h.advances(&[("cluster_a/nope", 1)])).code(), "unknown_stream");
     let e = h.rejected(Command::DropFederatedTable { table: table("cluster_c/nope"), cascade: false });
     assert_eq!(e.code(), "unknown_federated_table");
     assert_eq!(e.class(), ErrorClass::NotFound);
@@ -40,31 +41,38 @@ fn unknown_names_are_rejected() {
 #[test]
 fn frontier_gaps_repeats_and_conflicts() {
     let mut h = seed();
-    h.run(advances(&[("cluster_a/order_agg", 1)])).unwrap();
-    let e = h.rejected(advances(&[("cluster_a/order_agg", 3)]));
+    h.run(h.advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    let e = h.rejected(h.advances(&[("cluster_a/order_agg", 3)]));
     assert!(matches!(e, CommandError::FrontierGap { current: 1, proposed: 3, .. }), "{e:?}");
     assert!(e.to_string().contains("next batch is 2"), "{e}");
     // An identical repeat is a no-op with no events.
-    let again = h.run(advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    let again = h.run(h.advances(&[("cluster_a/order_agg", 1)])).unwrap();
     assert!(again.events.is_empty());
     // A conflicting repeat is an error.
     let mut other = advance("cluster_a/order_agg", 1);
     other.position.offset = 999;
-    let e = h.rejected(Command::AdvanceFrontier { advances: vec![other] });
+    let e = h.rejected(Command::AdvanceFrontier { producer: h.fence("cluster_a"), advances: vec![other] });
     assert_eq!(e.code(), "frontier_conflict");
     // Several seqs of one stream in one command, in order.
-    let ok =
-        h.run(advances(&[("cluster_a/order_agg", 2), ("cluster_a/order_agg", 3), ("cluster_a/order_agg", 3)])).unwrap();
+    let ok = h
+        .run(h.advances(&[("cluster_a/order_agg", 2), ("cluster_a/order_agg", 3), ("cluster_a/order_agg", 3)]))
+        .unwrap();
     assert_eq!(ok.events.len(), 2);
     // A batch that fails halfway rejects the whole command.
-    let e = h.rejected(advances(&[("cluster_b/user_stats", 1), ("cluster_a/order_agg", 9)]));
+    h.run(h.advances(&[("cluster_b/user_stats", 1)])).unwrap();
+    let e = h.rejected(h.advances(&[("cluster_b/user_stats", 2), ("cluster_b/user_stats", 9)]));
     assert_eq!(e.code(), "frontier_gap");
-    assert_eq!(h.state.frontier(&stream("cluster_b/user_stats")).unwrap().seq(), 0);
-    assert_eq!(h.rejected(Command::AdvanceFrontier { advances: vec![] }).code(), "invalid_argument");
+    assert_eq!(h.state.frontier(&stream("cluster_b/user_stats")).unwrap().seq(), 1);
+    // One command carries one cluster's advances: its fence speaks for that cluster only.
+    let e = h.rejected(h.advances(&[("cluster_b/user_stats", 2), ("cluster_a/order_agg", 4)]));
+    assert_eq!(e.code(), "invalid_argument");
+    assert!(e.to_string().contains("not a stream of the proposing cluster cluster_b"), "{e}");
+    let e = h.rejected(Command::AdvanceFrontier { producer: h.fence("cluster_a"), advances: vec![] });
+    assert_eq!(e.code(), "invalid_argument");
     // A position the broker never gave (librdkafka's -1 for "unknown") cannot be recorded.
     let mut unknown = advance("cluster_a/order_agg", 4);
     unknown.position.offset = -1;
-    let e = h.rejected(Command::AdvanceFrontier { advances: vec![unknown] });
+    let e = h.rejected(Command::AdvanceFrontier { producer: h.fence("cluster_a"), advances: vec![unknown] });
     assert_eq!(e.code(), "invalid_argument");
     assert!(e.to_string().contains("must be >= 0"), "{e}");
 }
@@ -118,17 +126,17 @@ fn drops_with_dependents_need_cascade() {
 fn idempotent_retry_returns_the_first_result() {
     let mut h = seed();
     let key = IdempotencyKey::new("cluster_a", "req-1").unwrap();
-    let first = h.run_keyed(key.clone(), advances(&[("cluster_a/order_agg", 1)])).unwrap();
-    let retry = h.run_keyed(key.clone(), advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    let first = h.run_keyed(key.clone(), h.advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    let retry = h.run_keyed(key.clone(), h.advances(&[("cluster_a/order_agg", 1)])).unwrap();
     assert_eq!(first, retry);
     assert_eq!(h.state.frontier(&stream("cluster_a/order_agg")).unwrap().seq(), 1);
     // Same key, different command.
-    let e = h.run_keyed(key.clone(), advances(&[("cluster_a/order_agg", 2)])).unwrap_err();
+    let e = h.run_keyed(key.clone(), h.advances(&[("cluster_a/order_agg", 2)])).unwrap_err();
     assert_eq!(e.code(), "idempotency_key_reused");
     // A rejected first attempt is also remembered.
     let bad = IdempotencyKey::new("cluster_a", "req-2").unwrap();
-    let e1 = h.run_keyed(bad.clone(), advances(&[("cluster_a/order_agg", 7)])).unwrap_err();
-    let e2 = h.run_keyed(bad, advances(&[("cluster_a/order_agg", 7)])).unwrap_err();
+    let e1 = h.run_keyed(bad.clone(), h.advances(&[("cluster_a/order_agg", 7)])).unwrap_err();
+    let e2 = h.run_keyed(bad, h.advances(&[("cluster_a/order_agg", 7)])).unwrap_err();
     assert_eq!(e1, e2);
 }
 
@@ -166,7 +174,7 @@ fn reinitialize_is_requested_once_and_answered_by_a_snapshot() {
     assert!(again.events.is_empty(), "pending requests coalesce");
     let mut snap = advance("cluster_a/order_agg", 1);
     snap.kind = BatchKind::Snapshot;
-    h.run(Command::AdvanceFrontier { advances: vec![snap] }).unwrap();
+    h.run(Command::AdvanceFrontier { producer: h.fence("cluster_a"), advances: vec![snap] }).unwrap();
     assert!(h.state.streams()[&s].pending_reinit.is_none());
     let next = h.run(Command::RequestReinitialize { stream: s.clone(), reason: "schema".into() }).unwrap();
     assert!(matches!(next.events[0], Event::ReinitializeRequested { epoch: 2, .. }));
@@ -176,7 +184,7 @@ fn reinitialize_is_requested_once_and_answered_by_a_snapshot() {
 fn republishing_with_new_columns_bumps_the_schema_version() {
     let mut h = seed();
     let s = stream("cluster_a/order_agg");
-    h.run(advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    h.run(h.advances(&[("cluster_a/order_agg", 1)])).unwrap();
     let same = h.run(publish("cluster_a/order_agg", &[])).unwrap();
     assert!(same.events.is_empty());
     let changed = h
@@ -216,10 +224,95 @@ fn checkpoints_are_recorded_per_cluster() {
 #[test]
 fn state_survives_the_codec_and_rebuilds_its_dag() {
     let mut h = seed();
-    h.run(advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    h.run(h.advances(&[("cluster_a/order_agg", 1)])).unwrap();
     let bytes = codec::encode(&h.state);
     let back: State = codec::decode(&bytes).unwrap();
     assert_eq!(back, h.state);
     assert_eq!(back.dag().to_dot(), h.state.dag().to_dot());
     assert_eq!(codec::encode(&back), bytes, "encoding is deterministic");
+}
+
+fn register_as(name: &str, system_identifier: SystemIdentifier, known_epoch: Option<u64>, takeover: bool) -> Command {
+    Command::RegisterCluster {
+        name: cluster(name),
+        endpoint: "elsewhere:5432".into(),
+        capabilities: Default::default(),
+        system_identifier,
+        known_epoch,
+        takeover,
+    }
+}
+
+#[test]
+fn a_cluster_name_is_bound_to_one_server_until_taken_over() {
+    let mut h = seed();
+    let a = cluster("cluster_a");
+    let first_epoch = h.state.clusters()[&a].producer_epoch;
+    assert!(first_epoch >= 1);
+    h.run(h.advances(&[("cluster_a/order_agg", 1)])).unwrap();
+    assert_eq!(h.state.streams()[&stream("cluster_a/order_agg")].producer_epoch, first_epoch);
+
+    // The same server registering again (knowing its epoch, or not) keeps the epoch.
+    let me = system_identifier("cluster_a");
+    h.run(register_as("cluster_a", me, Some(first_epoch), false)).unwrap();
+    h.run(register_as("cluster_a", me, None, false)).unwrap();
+    assert_eq!(h.state.clusters()[&a].producer_epoch, first_epoch);
+
+    // Another server may not register the name...
+    let other = SystemIdentifier(42);
+    let e = h.rejected(register_as("cluster_a", other, None, false));
+    assert_eq!((e.code(), e.class()), ("cluster_name_taken", ErrorClass::Conflict));
+    assert!(e.to_string().contains("system identifier"), "{e}");
+    assert!(e.hint().contains("takeover => true"), "{}", e.hint());
+    // ...nor propose for it.
+    let forged = ProducerFence { cluster: a.clone(), system_identifier: other, producer_epoch: first_epoch };
+    assert_eq!(h.rejected(h.advances_as(forged, &[("cluster_a/order_agg", 2)])).code(), "cluster_name_taken");
+
+    // An explicit takeover binds the name to the new server under a newer epoch, in the log for everyone to see.
+    let taken = h.run(register_as("cluster_a", other, None, true)).unwrap();
+    let Event::ClusterTakenOver { producer_epoch: new_epoch, previous_system_identifier, .. } = taken.events[0].clone()
+    else {
+        panic!("{taken:?}")
+    };
+    assert!(new_epoch > first_epoch);
+    assert_eq!(previous_system_identifier, me);
+    assert_eq!(h.state.clusters()[&a].system_identifier, other);
+
+    // The old server is fenced: its advances and its re-registration under the old epoch are refused.
+    let stale = ProducerFence { cluster: a.clone(), system_identifier: me, producer_epoch: first_epoch };
+    let e = h.rejected(h.advances_as(stale, &[("cluster_a/order_agg", 2)]));
+    assert_eq!(e.code(), "cluster_name_taken");
+    let stale = ProducerFence { cluster: a.clone(), system_identifier: other, producer_epoch: first_epoch };
+    let e = h.rejected(h.advances_as(stale, &[("cluster_a/order_agg", 2)]));
+    assert!(
+        matches!(e, CommandError::StaleProducerEpoch { presented, current, .. } if presented == first_epoch && current == new_epoch),
+        "{e:?}"
+    );
+    assert!(e.hint().contains("must not publish"), "{}", e.hint());
+    let e = h.rejected(register_as("cluster_a", other, Some(first_epoch), false));
+    assert_eq!(e.code(), "stale_producer_epoch");
+
+    // The new server's advances carry the new epoch into the stream: consumers and the old server can see it.
+    h.run(h.advances(&[("cluster_a/order_agg", 2)])).unwrap();
+    assert_eq!(h.state.streams()[&stream("cluster_a/order_agg")].producer_epoch, new_epoch);
+
+    // A takeover back (a copy of the first server, e.g. its promoted standby) gets yet another epoch.
+    let back = h.run(register_as("cluster_a", me, Some(new_epoch), true)).unwrap();
+    assert!(matches!(back.events[0], Event::ClusterTakenOver { producer_epoch, .. } if producer_epoch > new_epoch));
+}
+
+#[test]
+fn takeover_epochs_grow_across_a_restored_coordinator() {
+    let mut h = seed();
+    let a = cluster("cluster_a");
+    for _ in 0..3 {
+        h.run(register_as("cluster_a", SystemIdentifier(9), None, true)).unwrap();
+    }
+    let epoch = h.state.clusters()[&a].producer_epoch;
+    // A new coordinator cluster restored from this one's snapshot starts its log again at low indexes.
+    let mut fresh = Harness::new();
+    fresh.run(Command::RestoreState { state: Box::new(h.state.clone()) }).unwrap();
+    assert_eq!(fresh.state.clusters()[&a].producer_epoch, epoch, "epochs are identities: never rebased");
+    fresh.run(register_as("cluster_a", SystemIdentifier(10), None, true)).unwrap();
+    assert!(fresh.state.clusters()[&a].producer_epoch > epoch);
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use raft_store::Batch;
-use shared_model::{Command, Executed, IdempotencyKey, Request, State, StreamId};
+use shared_model::{Command, CommandError, Executed, IdempotencyKey, Request, State, StreamId};
 
 use crate::history::{Call, History, Return};
 use crate::net::Net;
@@ -165,7 +165,7 @@ impl Coordinators {
     /// Executes a command (retried on other nodes with the same idempotency key); `Err` when no node answered.
     pub async fn write(&self, client: &str, command: Command) -> Result<Executed, String> {
         let frontier_op = match &command {
-            Command::AdvanceFrontier { advances } if !advances.is_empty() => Some((
+            Command::AdvanceFrontier { advances, .. } if !advances.is_empty() => Some((
                 advances[0].stream.clone(),
                 Call::Advance(advances.iter().map(|a| (a.seq, a.position.offset, a.kind)).collect()),
             )),
@@ -190,7 +190,13 @@ impl Coordinators {
                         let executed = response.data.pop().expect("one record per request");
                         if let Some(handle) = handle {
                             let by = format!("node {id}, log index {}", executed.index);
-                            self.history.ret(handle, Return::Advanced(executed.result.is_ok()), by);
+                            let fenced = matches!(
+                                &executed.result,
+                                Err(CommandError::StaleProducerEpoch { .. } | CommandError::ClusterNameTaken { .. })
+                            );
+                            let returned =
+                                if fenced { Return::Fenced } else { Return::Advanced(executed.result.is_ok()) };
+                            self.history.ret(handle, returned, by);
                         }
                         return Ok(executed);
                     }

@@ -24,6 +24,9 @@ pub enum Return {
     Advanced(bool),
     /// A read: the frontier seq.
     Read(u64),
+    /// An advance refused for its fence (a superseded producer epoch): it must have had no effect, so the
+    /// checker leaves it out — a frontier it changed anyway is then explained by no operation.
+    Fenced,
 }
 
 /// One operation on one stream's frontier.

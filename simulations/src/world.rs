@@ -14,7 +14,7 @@ use rand08::Rng;
 use shared_model::envelope::{Batch, RowAction, RowChange};
 use shared_model::protocol::consumer::{self, Consumer, FrontierAnswer, SourceConfig};
 use shared_model::protocol::producer::{self, LocalStream, LogView, Producer, SentCopy};
-use shared_model::{BatchKind, ColumnDef, Command, Consistency, StreamId};
+use shared_model::{BatchKind, ColumnDef, Command, Consistency, ProducerFence, StreamId, SystemIdentifier};
 
 use crate::broker::Broker;
 use crate::checks::Checker;
@@ -47,6 +47,10 @@ pub struct ProducerDb {
     pub last_error: Option<String>,
     /// Which server holds this database now (bumped by a failover: the old server's worker is dead).
     pub server: u64,
+    /// The server's system identifier (a restored copy keeps it).
+    pub system_identifier: SystemIdentifier,
+    /// The producer epoch stored at registration or takeover (in the catalog, so a backup holds the old one).
+    pub epoch: u64,
 }
 
 fn columns() -> Vec<ColumnDef> {
@@ -87,6 +91,16 @@ impl ProducerDb {
             .map(|(id, values)| RowChange { action: RowAction::Insert, row_id: *id, values: values.clone() })
             .collect();
         self.push(BatchKind::Snapshot, rows);
+    }
+
+    /// The worker's restart under a new epoch: the snapshot becomes batch `committed_seq + 1`, everything before
+    /// counts as published (the extension renumbers with a seq shift; here local seqs are the stream's).
+    pub fn restart_at(&mut self, committed_seq: u64) {
+        self.buffer.clear();
+        self.last_batch_seq = committed_seq;
+        self.published_seq = committed_seq;
+        self.proposed_seq = committed_seq;
+        self.snapshot();
     }
 
     fn push(&mut self, kind: BatchKind, rows: Vec<RowChange>) {
@@ -219,9 +233,12 @@ impl ProducerWorker {
             self.connection = None;
             self.machine.step(producer::Input::BrokerLost);
         }
-        let server = self.db().server;
+        let (server, producer_epoch) = {
+            let db = self.db();
+            (db.server, db.epoch)
+        };
         let now_ms = self.started.elapsed().as_millis() as u64;
-        self.machine.step(producer::Input::Round { now_ms, streams: vec![local] });
+        self.machine.step(producer::Input::Round { now_ms, producer_epoch, streams: vec![local] });
         let mut steps = 0;
         while let Some(action) = self.machine.next_action() {
             if self.db().server != server {
@@ -254,6 +271,7 @@ impl ProducerWorker {
                     .coordinators
                     .read_frontier(&stream, move |state| LogView {
                         committed_seq: state.frontier(&id).map_or(0, |f| f.seq()),
+                        committed_epoch: state.streams().get(&id).map_or(0, |s| s.producer_epoch),
                         pending_reinit: state.streams().get(&id).is_some_and(|s| s.pending_reinit.is_some()),
                     })
                     .await;
@@ -265,6 +283,16 @@ impl ProducerWorker {
                 db.buffer = db.buffer.split_off(&(seq + 1));
                 db.last_error = None;
                 Input::Marked { stream, seq, result: Ok(()) }
+            }
+            Action::Restart { committed_seq, .. } => {
+                let mut db = self.db();
+                db.restart_at(committed_seq);
+                db.last_error = None;
+                self.history.note(format!(
+                    "{stream}: restarted under epoch {}: snapshot is batch {}",
+                    db.epoch, db.last_batch_seq
+                ));
+                Input::Restarted { stream, committed_seq, result: Ok(()) }
             }
             Action::WriteSnapshot { .. } => {
                 let mut db = self.db();
@@ -288,7 +316,16 @@ impl ProducerWorker {
             }
             Action::Propose { advances, .. } => {
                 let seqs: Vec<u64> = advances.iter().map(|a| a.seq).collect();
-                let result = match self.coordinators.write("producer", Command::AdvanceFrontier { advances }).await {
+                let producer = {
+                    let db = self.db();
+                    ProducerFence {
+                        cluster: stream.cluster().clone(),
+                        system_identifier: db.system_identifier,
+                        producer_epoch: db.epoch,
+                    }
+                };
+                let command = Command::AdvanceFrontier { producer, advances };
+                let result = match self.coordinators.write("producer", command).await {
                     Ok(executed) => executed.result.map(|_| ()).map_err(|e| e.to_string()),
                     Err(error) => Err(error),
                 };

@@ -17,7 +17,9 @@ use clap::{Parser, Subcommand};
 use coordinator::api::{AdvanceFrontiers, PublishStream, RegisterCluster};
 use coordinator::client::{Client, ClientOptions};
 use serde::Serialize;
-use shared_model::{BatchKind, BrokerPosition, ClusterName, ColumnDef, FrontierAdvance, StreamId};
+use shared_model::{
+    BatchKind, BrokerPosition, ClusterName, ColumnDef, FrontierAdvance, ProducerFence, StreamId, SystemIdentifier,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -83,8 +85,9 @@ fn report(target: &str, clients: usize, mut lat: Vec<Duration>, elapsed: Duratio
     }
 }
 
-fn advance(stream: &StreamId, seq: u64) -> AdvanceFrontiers {
+fn advance(producer: &ProducerFence, stream: &StreamId, seq: u64) -> AdvanceFrontiers {
     AdvanceFrontiers {
+        producer: producer.clone(),
         advances: vec![FrontierAdvance {
             stream: stream.clone(),
             seq,
@@ -97,7 +100,12 @@ fn advance(stream: &StreamId, seq: u64) -> AdvanceFrontiers {
 /// The JSON body size of one coordinator write: etcd gets values of the same size.
 fn coordinator_body_size() -> usize {
     let stream = StreamId::parse("bench_r_0000/public.s").expect("valid");
-    serde_json::to_vec(&advance(&stream, 1_000_000)).expect("serializes").len()
+    let producer = ProducerFence {
+        cluster: stream.cluster().clone(),
+        system_identifier: SystemIdentifier(7_311_954_316_468_451_331),
+        producer_epoch: 1_000,
+    };
+    serde_json::to_vec(&advance(&producer, &stream, 1_000_000)).expect("serializes").len()
 }
 
 async fn run_coordinator(endpoints: &str, token: Option<String>, clients: usize, seconds: f64, run: &str) -> Report {
@@ -106,12 +114,8 @@ async fn run_coordinator(endpoints: &str, token: Option<String>, clients: usize,
     let mut streams = Vec::new();
     for i in 0..clients {
         let cluster = ClusterName::parse(&format!("bench_{run}_{i:04}")).expect("valid");
-        setup
-            .register_cluster(&RegisterCluster {
-                name: cluster.clone(),
-                endpoint: "bench".into(),
-                capabilities: BTreeSet::new(),
-            })
+        let registered = setup
+            .register_cluster(&RegisterCluster::new(cluster.clone(), "bench", SystemIdentifier(i as u64 + 1)))
             .await
             .expect("register");
         let stream = StreamId::parse(&format!("{cluster}/public.s")).expect("valid");
@@ -124,14 +128,14 @@ async fn run_coordinator(endpoints: &str, token: Option<String>, clients: usize,
             })
             .await
             .expect("publish");
-        streams.push(stream);
+        streams.push((registered.fence(), stream));
     }
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = streams
         .into_iter()
         .enumerate()
-        .map(|(i, stream)| {
+        .map(|(i, (producer, stream))| {
             let client =
                 Client::new(endpoints, ClientOptions { client_id: format!("loadgen-{run}-{i}"), ..options.clone() })
                     .expect("client");
@@ -141,7 +145,7 @@ async fn run_coordinator(endpoints: &str, token: Option<String>, clients: usize,
                 while Instant::now() < deadline {
                     seq += 1;
                     let t = Instant::now();
-                    client.advance_frontiers(&advance(&stream, seq)).await.expect("write");
+                    client.advance_frontiers(&advance(&producer, &stream, seq)).await.expect("write");
                     lat.push(t.elapsed());
                 }
                 lat

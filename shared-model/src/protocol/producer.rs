@@ -6,9 +6,14 @@
 //! Per stream, one round goes:
 //! 1. publish the columns again if the defining query changed them;
 //! 2. ask the log for the stream's committed frontier after `published_seq`:
-//!    - a frontier ahead of the newest batch this server ever proposed stops the stream (a restored or promoted
-//!      server must never adopt another history's position, even when it has made batches of its own up to and
-//!      past that seq since: the simulation found a restored server that did so and applied another history);
+//!    - a frontier recorded under a newer producer epoch than this server's stops the stream: another server took
+//!      the cluster name over;
+//!    - a frontier recorded under an older epoch than this server's, at another seq than this server's own,
+//!      restarts the stream (this server took the name over): a snapshot batch becomes the log's next seq;
+//!    - a frontier ahead of the newest batch this server ever proposed, under its own epoch, stops the stream (a
+//!      restored or promoted server must never adopt another history's position, even when it has made batches
+//!      of its own up to and past that seq since: the simulation found a restored server that did so and applied
+//!      another history); the repair is a takeover, which makes the previous case;
 //!    - batches the log recorded but this server has not marked (a crash between proposal and local commit) are
 //!      marked now;
 //!    - a pending reinitialize request without an unpublished snapshot makes a snapshot batch;
@@ -57,6 +62,8 @@ pub struct LocalStream {
 pub struct LogView {
     /// The newest batch the log recorded.
     pub committed_seq: u64,
+    /// The producer epoch it was recorded under (the cluster's epoch at publication when none was).
+    pub committed_epoch: u64,
     /// A reinitialize request waits for a snapshot batch.
     pub pending_reinit: bool,
 }
@@ -72,12 +79,15 @@ pub struct SentCopy {
 /// What the worker tells the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    /// A new round, with the catalog as read now and the worker's monotonic clock.
-    Round { now_ms: u64, streams: Vec<LocalStream> },
+    /// A new round, with the catalog as read now (this server's producer epoch included) and the worker's
+    /// monotonic clock.
+    Round { now_ms: u64, producer_epoch: u64, streams: Vec<LocalStream> },
     /// [`Action::Republish`] done.
     Republished { stream: StreamId, result: Result<(), String> },
     /// [`Action::FetchFrontier`] answered.
     Frontier { stream: StreamId, result: Result<LogView, String> },
+    /// [`Action::Restart`] done.
+    Restarted { stream: StreamId, committed_seq: u64, result: Result<(), String> },
     /// [`Action::WriteSnapshot`] done: the stream's newest batch seq afterwards.
     SnapshotWritten { stream: StreamId, result: Result<u64, String> },
     /// [`Action::Send`] acknowledged (or refused) by the broker.
@@ -105,6 +115,10 @@ pub enum Action {
     MarkPublished { stream: StreamId, seq: u64 },
     /// Write a snapshot batch (REINITIALIZE refresh) for a pending reinitialize request.
     WriteSnapshot { stream: StreamId },
+    /// Restart the stream under this server's (newer) producer epoch: in one local transaction, write a snapshot
+    /// batch and renumber so that it is batch `committed_seq + 1`, with everything before it published. Unsent
+    /// local batches are dropped; the snapshot covers them.
+    Restart { stream: StreamId, committed_seq: u64 },
     /// Send batch `seq` to the broker and wait for its acknowledgement.
     Send { stream: StreamId, seq: u64 },
     /// Store locally, durably, that batches up to `seq` are about to be proposed (before [`Action::Propose`]).
@@ -123,6 +137,7 @@ impl Action {
             | Action::FetchFrontier { stream, .. }
             | Action::MarkPublished { stream, .. }
             | Action::WriteSnapshot { stream }
+            | Action::Restart { stream, .. }
             | Action::Send { stream, .. }
             | Action::RecordProposal { stream, .. }
             | Action::Propose { stream, .. }
@@ -137,6 +152,9 @@ struct RoundFacts {
     active: bool,
     republished: bool,
     view: Option<LogView>,
+    /// This server's own newest seq (proposed or published) when the view arrived: the view is compared with
+    /// it, not with what this round proposes afterwards.
+    own_at_view: u64,
     snapshot_written: bool,
     proposed: bool,
 }
@@ -159,6 +177,7 @@ pub struct Producer {
     streams: BTreeMap<StreamId, StreamState>,
     ready: VecDeque<Action>,
     now_ms: u64,
+    producer_epoch: u64,
     sent_this_round: bool,
 }
 
@@ -171,13 +190,41 @@ impl Producer {
     /// Feeds one input; the actions it leads to are queued for [`Producer::next_action`].
     pub fn step(&mut self, input: Input) {
         match input {
-            Input::Round { now_ms, streams } => self.start_round(now_ms, streams),
+            Input::Round { now_ms, producer_epoch, streams } => {
+                self.producer_epoch = producer_epoch;
+                self.start_round(now_ms, streams)
+            }
+            Input::Restarted { stream, committed_seq, result } => {
+                let Some(state) = self.streams.get_mut(&stream) else { return };
+                if !state.round.active {
+                    return;
+                }
+                match result {
+                    Ok(()) => {
+                        // Everything up to the log's seq counts as published; the snapshot goes next round.
+                        state.local.published_seq = committed_seq;
+                        state.local.proposed_seq = committed_seq;
+                        state.local.last_batch_seq = committed_seq + 1;
+                        state.local.unpublished_snapshot = true;
+                        state.sent.clear();
+                        state.round.active = false;
+                        state.backoff_ms = 0;
+                    }
+                    Err(error) => self.fail(&stream, error),
+                }
+            }
             Input::Republished { stream, result } => {
                 self.on_result(&stream, result.map(|()| |s: &mut StreamState| s.round.republished = true))
             }
-            Input::Frontier { stream, result } => {
-                self.on_result(&stream, result.map(|view| move |s: &mut StreamState| s.round.view = Some(view)))
-            }
+            Input::Frontier { stream, result } => self.on_result(
+                &stream,
+                result.map(|view| {
+                    move |s: &mut StreamState| {
+                        s.round.view = Some(view);
+                        s.round.own_at_view = s.local.proposed_seq.max(s.local.published_seq);
+                    }
+                }),
+            ),
             Input::SnapshotWritten { stream, result } => self.on_result(
                 &stream,
                 result.map(|last| {
@@ -297,7 +344,7 @@ impl Producer {
         if !state.round.active {
             return;
         }
-        match next_step(state) {
+        match next_step(state, self.producer_epoch) {
             Next::Do(action) => self.ready.push_back(action),
             Next::Fail(error) => self.fail(id, error),
             Next::Done => {
@@ -315,7 +362,7 @@ enum Next {
 }
 
 /// The protocol's order for one stream (see the module documentation).
-fn next_step(state: &StreamState) -> Next {
+fn next_step(state: &StreamState, producer_epoch: u64) -> Next {
     let local = &state.local;
     let round = &state.round;
     let stream = local.stream.clone();
@@ -325,13 +372,27 @@ fn next_step(state: &StreamState) -> Next {
     let Some(view) = round.view else {
         return Next::Do(Action::FetchFrontier { stream, after_seq: local.published_seq });
     };
-    let own = local.proposed_seq.max(local.published_seq);
+    let own = round.own_at_view;
+    if view.committed_epoch > producer_epoch {
+        return Next::Fail(format!(
+            "the coordinators' log recorded batch {} of {stream} under producer epoch {}, newer than this server's \
+             epoch {producer_epoch}: another server took this cluster name over, so this server must not publish \
+             (if it is the rightful producer, take the name back with pgtrickle.register_federation(..., takeover => true))",
+            view.committed_seq, view.committed_epoch
+        ));
+    }
+    if view.committed_epoch < producer_epoch && view.committed_seq != own {
+        // Taken over: the log's history of this stream is another server's (or an older copy of this one's).
+        return Next::Do(Action::Restart { stream, committed_seq: view.committed_seq });
+    }
     if view.committed_seq > own && !crate::planted::planted(crate::planted::Bug::AdoptLogAhead) {
         return Next::Fail(format!(
             "the coordinators' log records batch {} of {stream}, but this server never proposed past batch {own} \
              (its newest batch is {}): the log holds another server's history, so this server is behind the log \
              (restored from a backup, or a promoted standby?); publishing of this stream is stopped so that \
-             consumers never apply another history",
+             consumers never apply another history. Repair: take the cluster name over with \
+             SELECT pgtrickle.register_federation(url, name, takeover => true); under the new producer epoch the \
+             stream restarts with a snapshot batch (a REINITIALIZE) that consumers apply in place of what they have",
             view.committed_seq, local.last_batch_seq
         ));
     }

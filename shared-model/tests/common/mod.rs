@@ -29,6 +29,28 @@ impl Harness {
         self.state.execute(self.index, &request).result
     }
 
+    /// The fence of `cluster`'s current server and epoch, as its publisher would present it.
+    pub fn fence(&self, cluster_name: &str) -> ProducerFence {
+        let name = cluster(cluster_name);
+        let info = self.state.clusters().get(&name);
+        ProducerFence {
+            cluster: name,
+            system_identifier: info.map_or(system_identifier(cluster_name), |c| c.system_identifier),
+            producer_epoch: info.map_or(0, |c| c.producer_epoch),
+        }
+    }
+
+    /// Advances of one cluster's streams under its current fence.
+    pub fn advances(&self, list: &[(&str, u64)]) -> Command {
+        let cluster = stream(list.first().map_or("cluster_a/x", |(s, _)| s)).cluster().to_string();
+        self.advances_as(self.fence(&cluster), list)
+    }
+
+    /// Advances under a given fence.
+    pub fn advances_as(&self, producer: ProducerFence, list: &[(&str, u64)]) -> Command {
+        Command::AdvanceFrontier { producer, advances: list.iter().map(|(s, q)| advance(s, *q)).collect() }
+    }
+
     /// Executes and asserts that the data (not the idempotency cache) did not change and the error is returned.
     pub fn rejected(&mut self, command: Command) -> CommandError {
         let before = snapshot_without_cache(&self.state);
@@ -57,11 +79,19 @@ pub fn url(stream_id: &str) -> SourceUrl {
     SourceUrl::parse(&format!("kafka://coordinator/{}/{}", s.cluster(), s.0.qualified_name())).unwrap()
 }
 
+/// A stable made-up system identifier per cluster name (each test cluster is its own server).
+pub fn system_identifier(name: &str) -> SystemIdentifier {
+    SystemIdentifier(name.bytes().fold(7_000_000_000_000_000_000u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)))
+}
+
 pub fn register(name: &str) -> Command {
     Command::RegisterCluster {
         name: cluster(name),
         endpoint: format!("postgres://{name}:5432"),
         capabilities: BTreeSet::new(),
+        system_identifier: system_identifier(name),
+        known_epoch: None,
+        takeover: false,
     }
 }
 
@@ -89,10 +119,6 @@ pub fn advance(id: &str, seq: u64) -> FrontierAdvance {
         kind: BatchKind::Delta,
         position: BrokerPosition { partition: 0, offset: seq as i64 * 10 },
     }
-}
-
-pub fn advances(list: &[(&str, u64)]) -> Command {
-    Command::AdvanceFrontier { advances: list.iter().map(|(s, q)| advance(s, *q)).collect() }
 }
 
 /// The seed scenario: A publishes order_agg, B publishes user_stats, C federates both into dashboard.

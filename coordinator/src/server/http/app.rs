@@ -172,14 +172,21 @@ pub async fn register_cluster(
     body: Bytes,
 ) -> Result<Json<Registered>, Failure> {
     let req: RegisterCluster = parse_body(&body)?;
-    let applied = propose(
-        &app,
-        &headers,
-        Command::RegisterCluster { name: req.name, endpoint: req.endpoint, capabilities: req.capabilities },
-    )
-    .await?;
-    let federation = app.sm.with_state(views::federation);
-    Ok(Json(Registered { applied, federation }))
+    let name = req.name.clone();
+    let command = Command::RegisterCluster {
+        name: req.name,
+        endpoint: req.endpoint,
+        capabilities: req.capabilities,
+        system_identifier: req.system_identifier,
+        known_epoch: req.known_epoch,
+        takeover: req.takeover,
+    };
+    let applied = propose(&app, &headers, command).await?;
+    let (federation, cluster) = app.sm.with_state(|s| (views::federation(s), views::cluster(s, &name)));
+    // Gone again only if a deregistration committed right after: the caller sees that as any other race.
+    let cluster = cluster
+        .ok_or_else(|| Failure::command(&shared_model::CommandError::UnknownCluster { cluster: name.to_string() }))?;
+    Ok(Json(Registered { applied, cluster, federation }))
 }
 
 /// Deregister a cluster (with `cascade`, also everything it publishes or owns and what depends on those).
@@ -330,7 +337,9 @@ pub async fn advance_frontiers(
     body: Bytes,
 ) -> Result<Json<Applied>, Failure> {
     let req: AdvanceFrontiers = parse_body(&body)?;
-    Ok(Json(propose(&app, &headers, Command::AdvanceFrontier { advances: req.advances }).await?))
+    Ok(Json(
+        propose(&app, &headers, Command::AdvanceFrontier { producer: req.producer, advances: req.advances }).await?,
+    ))
 }
 
 // ----- reads ---------------------------------------------------------------------------------------------------
