@@ -131,6 +131,13 @@ CREATE TABLE pgtrickle.pgt_federation (
     bootstrap_servers   text NOT NULL,
     topic_prefix        text NOT NULL,
     registered_at_index bigint NOT NULL,
+    -- The server the registration bound the name to (pg_control_system().system_identifier, as text) and the
+    -- producer epoch it was handed: every frontier advance presents both, and the coordinators refuse them once
+    -- another server took the name over. A physical copy (standby, restored data directory) keeps both; a
+    -- logical restore onto another server keeps the row but not the identifier, so its advances are refused
+    -- until it takes the name over.
+    system_identifier   text NOT NULL,
+    producer_epoch      bigint NOT NULL,
     registered_at       timestamptz NOT NULL DEFAULT now(),
     last_contact        timestamptz,
     last_error          text
@@ -152,6 +159,12 @@ CREATE TABLE pgtrickle.pgt_publications (
     -- The newest batch this server stored as about to be proposed, before each proposal: a log that recorded
     -- more holds another server's history (this server was restored from a backup, or is a promoted standby).
     proposed_seq    bigint NOT NULL DEFAULT 0,
+    -- The producer epoch the last proposal was stored under: the log's batches are this server's history only if
+    -- they were recorded under it.
+    proposed_epoch  bigint NOT NULL DEFAULT 0,
+    -- Stream seq = local batch seq + seq_shift. Zero until a takeover restarts the stream: its snapshot batch then
+    -- becomes the log's next seq, whatever the local seq counter says.
+    seq_shift       bigint NOT NULL DEFAULT 0,
     columns         jsonb NOT NULL DEFAULT '[]',
     last_sent_at    timestamptz,
     last_error      text

@@ -38,6 +38,8 @@ struct World {
     broker_lost: bool,
     /// The producer epoch this server holds.
     epoch: u64,
+    /// The catalog's epoch of the last stored proposal.
+    proposed_epoch: u64,
 }
 
 impl World {
@@ -55,6 +57,7 @@ impl World {
             restored: false,
             broker_lost: false,
             epoch: 0,
+            proposed_epoch: 0,
         };
         world
             .log
@@ -89,6 +92,7 @@ impl World {
             stream: self.stream.clone(),
             published_seq: self.published_seq,
             proposed_seq: self.proposed_seq,
+            proposed_epoch: self.proposed_epoch,
             last_batch_seq: self.buffer.keys().next_back().copied().unwrap_or(0),
             unpublished_snapshot: self.buffer.range(self.published_seq + 1..).any(|(_, k)| *k == BatchKind::Snapshot),
             columns_changed: false,
@@ -134,6 +138,7 @@ impl World {
                 self.buffer.insert(committed_seq + 1, BatchKind::Snapshot);
                 self.published_seq = *committed_seq;
                 self.proposed_seq = *committed_seq;
+                self.proposed_epoch = self.epoch;
                 Input::Restarted { stream, committed_seq: *committed_seq, result: Ok(()) }
             }
             Action::WriteSnapshot { .. } => {
@@ -155,11 +160,12 @@ impl World {
                 };
                 Input::Sent { stream, seq: *seq, result }
             }
-            Action::RecordProposal { seq, .. } => {
+            Action::RecordProposal { seq, producer_epoch, .. } => {
                 let result = if self.tape.fails(9) {
                     Err("could not commit".to_string())
                 } else {
                     self.proposed_seq = self.proposed_seq.max(*seq);
+                    self.proposed_epoch = *producer_epoch;
                     Ok(())
                 };
                 Input::ProposalRecorded { stream, seq: *seq, result }

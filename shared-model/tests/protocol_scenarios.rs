@@ -53,6 +53,7 @@ fn parse_input(line: &str) -> Input {
                         stream: stream(w[0]),
                         published_seq: number(&w, "p"),
                         proposed_seq: value(&w, "proposed").map_or(number(&w, "p"), |v| v.parse().expect("a number")),
+                        proposed_epoch: value(&w, "pepoch").map_or(1, |v| v.parse().expect("a number")),
                         last_batch_seq: number(&w, "last"),
                         unpublished_snapshot: w.contains(&"snapshot"),
                         columns_changed: w.contains(&"changed"),
@@ -103,7 +104,10 @@ fn render(action: &Action) -> String {
         Action::WriteSnapshot { stream } => format!("write-snapshot {stream}"),
         Action::Restart { stream, committed_seq } => format!("restart {stream} committed={committed_seq}"),
         Action::Send { stream, seq } => format!("send {stream} seq={seq}"),
-        Action::RecordProposal { stream, seq } => format!("record-proposal {stream} seq={seq}"),
+        Action::RecordProposal { stream, seq, producer_epoch: 1 } => format!("record-proposal {stream} seq={seq}"),
+        Action::RecordProposal { stream, seq, producer_epoch } => {
+            format!("record-proposal {stream} seq={seq} epoch={producer_epoch}")
+        }
         Action::Propose { stream, advances } => {
             let list: Vec<String> = advances
                 .iter()

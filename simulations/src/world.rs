@@ -42,6 +42,8 @@ pub struct ProducerDb {
     pub buffer: BTreeMap<u64, Buffered>,
     pub published_seq: u64,
     pub proposed_seq: u64,
+    /// The epoch the last proposal was stored under.
+    pub proposed_epoch: u64,
     pub last_batch_seq: u64,
     pub next_row: i64,
     pub last_error: Option<String>,
@@ -100,6 +102,7 @@ impl ProducerDb {
         self.last_batch_seq = committed_seq;
         self.published_seq = committed_seq;
         self.proposed_seq = committed_seq;
+        self.proposed_epoch = self.epoch;
         self.snapshot();
     }
 
@@ -221,6 +224,7 @@ impl ProducerWorker {
                 stream: self.stream.clone(),
                 published_seq: db.published_seq,
                 proposed_seq: db.proposed_seq,
+                proposed_epoch: db.proposed_epoch,
                 last_batch_seq: db.last_batch_seq,
                 unpublished_snapshot: db
                     .buffer
@@ -309,9 +313,10 @@ impl ProducerWorker {
                 }
                 Input::Sent { stream, seq, result }
             }
-            Action::RecordProposal { seq, .. } => {
+            Action::RecordProposal { seq, producer_epoch, .. } => {
                 let mut db = self.db();
                 db.proposed_seq = db.proposed_seq.max(seq);
+                db.proposed_epoch = producer_epoch;
                 Input::ProposalRecorded { stream, seq, result: Ok(()) }
             }
             Action::Propose { advances, .. } => {

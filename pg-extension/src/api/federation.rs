@@ -6,11 +6,15 @@ use crate::error::OrRaise;
 use crate::federation;
 
 /// Registers this cluster with the federation's coordinators (`http://c1:7070,c2:7070,c3:7070`; the client
-/// follows the leader). Returns the federation and the broker settings every cluster of it uses.
+/// follows the leader). Returns the federation, the broker settings every cluster of it uses and the producer
+/// epoch this server publishes under. The name is bound to this server (its `system_identifier`): another
+/// server may take it over only with `takeover => true` (after a failover to a promoted standby, a restore from
+/// a backup, or a move to a new host), which fences the previous holder and restarts its streams with snapshots.
 #[pg_extern(schema = "pgtrickle")]
 fn register_federation(
     coordinator_url: &str,
     cluster_name: default!(Option<&str>, "NULL"),
+    takeover: default!(bool, false),
 ) -> TableIterator<
     'static,
     (
@@ -20,10 +24,19 @@ fn register_federation(
         name!(bootstrap_servers, String),
         name!(topic_prefix, String),
         name!(log_index, i64),
+        name!(producer_epoch, i64),
     ),
 > {
-    let r = federation::register(coordinator_url, cluster_name).or_raise();
-    TableIterator::once((r.federation, r.cluster, r.backend, r.bootstrap_servers, r.topic_prefix, r.log_index))
+    let r = federation::register(coordinator_url, cluster_name, takeover).or_raise();
+    TableIterator::once((
+        r.federation,
+        r.cluster,
+        r.backend,
+        r.bootstrap_servers,
+        r.topic_prefix,
+        r.log_index,
+        r.producer_epoch,
+    ))
 }
 
 /// Leaves the federation (with `cascade`, the coordinators also drop what this cluster published and the

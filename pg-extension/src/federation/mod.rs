@@ -22,19 +22,23 @@ use std::collections::BTreeSet;
 
 use coordinator::api::{PublishStream, RegisterCluster};
 use coordinator::client::{Client, ClientError, ClientOptions};
-use shared_model::{ClusterName, ColumnDef, NodeKey, StreamId};
+use shared_model::{ClusterName, ColumnDef, NodeKey, StreamId, SystemIdentifier};
 
 use crate::catalog;
 use crate::config;
 use crate::error::{PgTrickleError, Result};
 use runtime::block_on;
 
+/// This server's `system_identifier` (set by initdb; kept by physical copies).
+pub fn system_identifier() -> Result<SystemIdentifier> {
+    let text = catalog::scalar::<String>("SELECT system_identifier::text FROM pg_control_system()", &[])?
+        .unwrap_or_default();
+    SystemIdentifier::parse(&text).map_err(|e| PgTrickleError::Internal(format!("pg_control_system(): {e}")))
+}
+
 /// This cluster's client id at the coordinators (part of every write's idempotency key).
 pub fn client_id() -> Result<String> {
-    Ok(format!(
-        "pg-{}",
-        catalog::scalar::<String>("SELECT system_identifier::text FROM pg_control_system()", &[])?.unwrap_or_default()
-    ))
+    Ok(format!("pg-{}", system_identifier()?))
 }
 
 /// A coordinator client (no I/O until used); `client_id` from [`client_id`].
@@ -75,18 +79,24 @@ pub struct Membership {
     pub coordinator_url: String,
     pub cluster_name: String,
     pub federation_name: String,
+    /// The server the registration was made by (see `pgt_federation.system_identifier`).
+    pub system_identifier: String,
+    /// The producer epoch it was handed.
+    pub producer_epoch: u64,
 }
 
 pub fn membership() -> Result<Option<Membership>> {
     let row = catalog::scalar::<pgrx::JsonB>(
-        "SELECT jsonb_build_object('url', coordinator_url, 'cluster', cluster_name, 'federation', federation_name) \
-         FROM pgtrickle.pgt_federation",
+        "SELECT jsonb_build_object('url', coordinator_url, 'cluster', cluster_name, 'federation', federation_name, \
+         'system_identifier', system_identifier, 'producer_epoch', producer_epoch) FROM pgtrickle.pgt_federation",
         &[],
     )?;
     Ok(row.map(|json| Membership {
         coordinator_url: json.0["url"].as_str().unwrap_or_default().to_string(),
         cluster_name: json.0["cluster"].as_str().unwrap_or_default().to_string(),
         federation_name: json.0["federation"].as_str().unwrap_or_default().to_string(),
+        system_identifier: json.0["system_identifier"].as_str().unwrap_or_default().to_string(),
+        producer_epoch: json.0["producer_epoch"].as_u64().unwrap_or_default(),
     }))
 }
 
@@ -98,9 +108,12 @@ pub struct Registration {
     pub bootstrap_servers: String,
     pub topic_prefix: String,
     pub log_index: i64,
+    pub producer_epoch: i64,
 }
 
-pub fn register(coordinator_url: &str, cluster_name: Option<&str>) -> Result<Registration> {
+/// Registers this server under `cluster_name`; with `takeover`, also when another server (or an older copy of
+/// this one: a restored backup, the old primary of a promoted standby) holds the name, under a new producer epoch.
+pub fn register(coordinator_url: &str, cluster_name: Option<&str>, takeover: bool) -> Result<Registration> {
     let name = match cluster_name.map(str::trim).filter(|n| !n.is_empty()) {
         Some(name) => name.to_string(),
         None => catalog::scalar::<String>("SELECT current_setting('cluster_name')", &[])?
@@ -116,12 +129,18 @@ pub fn register(coordinator_url: &str, cluster_name: Option<&str>) -> Result<Reg
         message: e.to_string(),
         hint: "Cluster names are lower-case identifiers (letters, digits, _), at most 63 bytes.".into(),
     })?;
+    let me = system_identifier()?;
+    let mut known_epoch = None;
     if let Some(existing) = membership()? {
         if existing.cluster_name != cluster.to_string() || existing.coordinator_url != coordinator_url {
             return Err(PgTrickleError::AlreadyRegistered {
                 cluster: existing.cluster_name,
                 federation: existing.federation_name,
             });
+        }
+        // A row restored onto another server (pg_dump/pg_restore) speaks for the server that wrote it.
+        if existing.system_identifier == me.to_string() {
+            known_epoch = Some(existing.producer_epoch);
         }
     }
     let endpoint = catalog::scalar::<String>(
@@ -130,7 +149,14 @@ pub fn register(coordinator_url: &str, cluster_name: Option<&str>) -> Result<Reg
     )?
     .unwrap_or_default();
     let client = client(coordinator_url, Duration::from_secs(15))?;
-    let body = RegisterCluster { name: cluster.clone(), endpoint, capabilities: Default::default() };
+    let body = RegisterCluster {
+        name: cluster.clone(),
+        endpoint,
+        capabilities: Default::default(),
+        system_identifier: me,
+        known_epoch,
+        takeover,
+    };
     let registered = block_on(client.register_cluster(&body))?.map_err(coordinator_error)?;
     let settings = &registered.federation.changelog;
     let registration = Registration {
@@ -140,12 +166,15 @@ pub fn register(coordinator_url: &str, cluster_name: Option<&str>) -> Result<Reg
         bootstrap_servers: settings.bootstrap_servers.clone(),
         topic_prefix: settings.topic_prefix.clone(),
         log_index: registered.applied.index as i64,
+        producer_epoch: registered.cluster.producer_epoch as i64,
     };
     catalog::exec_with(
         "INSERT INTO pgtrickle.pgt_federation (coordinator_url, cluster_name, federation_name, backend, \
-         bootstrap_servers, topic_prefix, registered_at_index, last_contact) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+         bootstrap_servers, topic_prefix, registered_at_index, system_identifier, producer_epoch, last_contact) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now()) \
          ON CONFLICT (singleton) DO UPDATE SET federation_name = EXCLUDED.federation_name, backend = EXCLUDED.backend, \
          bootstrap_servers = EXCLUDED.bootstrap_servers, topic_prefix = EXCLUDED.topic_prefix, \
+         system_identifier = EXCLUDED.system_identifier, producer_epoch = EXCLUDED.producer_epoch, \
          last_contact = now(), last_error = NULL",
         &[
             coordinator_url.into(),
@@ -155,8 +184,17 @@ pub fn register(coordinator_url: &str, cluster_name: Option<&str>) -> Result<Reg
             registration.bootstrap_servers.clone().into(),
             registration.topic_prefix.clone().into(),
             registration.log_index.into(),
+            me.to_string().into(),
+            registration.producer_epoch.into(),
         ],
     )?;
+    if takeover {
+        pgrx::log!(
+            "pg_trickle: {} taken over by this server under producer epoch {}; its streams restart with snapshot batches",
+            registration.cluster,
+            registration.producer_epoch
+        );
+    }
     Ok(registration)
 }
 

@@ -16,25 +16,38 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use shared_model::envelope::{Batch, RowAction, RowChange};
 use shared_model::protocol::producer::{Action, Input, LocalStream, LogView, Producer, SentCopy};
-use shared_model::{BatchKind, ColumnDef, StreamId};
+use shared_model::{BatchKind, ClusterName, ColumnDef, ProducerFence, StreamId};
 
 use super::broker::{topic_name, KafkaProducer, MAX_MESSAGE_BYTES};
 use super::runtime::{new_runtime, run_worker_loop};
-use super::{client_id, client_with_id, coordinator_error, membership};
+use super::{client_id, client_with_id, coordinator_error, membership, system_identifier};
 use crate::catalog::{self, RowLock};
 use crate::config;
 use crate::error::{PgTrickleError, Result};
 use crate::refresh::{self, Request, Trigger};
 use crate::scheduler::transaction::run_in_transaction;
 
+/// A publication as the catalog holds it: seqs are local batch seqs (the change buffer's numbering); the stream's
+/// seqs in the log are `local + seq_shift` ([`Publication::to_stream`]).
 struct Publication {
     pgt_id: i64,
     relid: pg_sys::Oid,
     stream: StreamId,
     published_seq: i64,
     proposed_seq: i64,
+    proposed_epoch: i64,
+    seq_shift: i64,
     last_batch_seq: i64,
     columns_changed: bool,
+}
+
+impl Publication {
+    fn to_stream(&self, local: i64) -> u64 {
+        (local + self.seq_shift).max(0) as u64
+    }
+    fn to_local(&self, stream_seq: u64) -> i64 {
+        stream_seq as i64 - self.seq_shift
+    }
 }
 
 struct Settings {
@@ -42,6 +55,8 @@ struct Settings {
     bootstrap_servers: String,
     topic_prefix: String,
     client_id: String,
+    /// Presented with every frontier advance.
+    fence: ProducerFence,
 }
 
 fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
@@ -57,10 +72,19 @@ fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
         bootstrap_servers: broker["servers"].as_str().unwrap_or_default().to_string(),
         topic_prefix: broker["prefix"].as_str().unwrap_or("pgtrickle").to_string(),
         client_id: client_id()?,
+        fence: ProducerFence {
+            cluster: ClusterName::parse(&member.cluster_name)
+                .map_err(|e| PgTrickleError::Internal(format!("stored cluster name: {e}")))?,
+            // This server's own identifier, not the stored one: a row restored onto another server must not
+            // speak for the server that wrote it.
+            system_identifier: system_identifier()?,
+            producer_epoch: member.producer_epoch,
+        },
     };
     let publications = Spi::connect(|client| {
         // columns_changed: the defining query's columns differ from the published ones (a new query).
         let sql = "SELECT p.pgt_id, st.pgt_relid, p.stream_id, p.published_seq, st.last_batch_seq, p.proposed_seq, \
+                     p.proposed_epoch, p.seq_shift, \
                      p.columns IS DISTINCT FROM (SELECT coalesce(jsonb_agg(jsonb_build_object('name', attname::text, \
                        'type_name', format_type(atttypid, atttypmod)) ORDER BY attnum), '[]') FROM pg_attribute \
                        WHERE attrelid = st.pgt_relid AND attnum > 0 AND NOT attisdropped \
@@ -77,7 +101,9 @@ fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
                 published_seq: row.get(4)?.unwrap_or_default(),
                 last_batch_seq: row.get(5)?.unwrap_or_default(),
                 proposed_seq: row.get(6)?.unwrap_or_default(),
-                columns_changed: row.get(7)?.unwrap_or(false),
+                proposed_epoch: row.get(7)?.unwrap_or_default(),
+                seq_shift: row.get(8)?.unwrap_or_default(),
+                columns_changed: row.get(9)?.unwrap_or(false),
             });
         }
         Ok::<_, PgTrickleError>(found)
@@ -85,8 +111,8 @@ fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
     Ok(Some((settings, publications)))
 }
 
-/// Reads batch `seq` of a stream table's change buffer.
-fn read_batch(publication: &Publication, seq: i64) -> Result<Batch> {
+/// Reads local batch `seq` of a stream table's change buffer, as the stream's batch `stream_seq`.
+fn read_batch(publication: &Publication, seq: i64, stream_seq: u64) -> Result<Batch> {
     let columns: Vec<ColumnDef> =
         crate::cdc::user_columns(publication.relid)?.iter().map(|(n, t)| ColumnDef::new(n, t)).collect();
     let values = if columns.is_empty() {
@@ -129,7 +155,7 @@ fn read_batch(publication: &Publication, seq: i64) -> Result<Batch> {
             publication.stream
         )));
     }
-    Ok(Batch { stream: publication.stream.clone(), seq: seq as u64, kind, columns, rows })
+    Ok(Batch { stream: publication.stream.clone(), seq: stream_seq, kind, columns, rows })
 }
 
 /// Whether an unpublished snapshot batch is already waiting in the buffer.
@@ -153,6 +179,35 @@ fn mark_published(pgt_id: i64, relid: pg_sys::Oid, seq: i64) -> Result<()> {
         &[pgt_id.into()],
     )?;
     crate::cdc::prune(relid, last)
+}
+
+/// Restarts a stream under a new producer epoch, in the caller's transaction: a REINITIALIZE refresh writes a
+/// snapshot batch (local seq L), and the shift makes it the stream's batch `committed_seq + 1`; everything before
+/// it counts as published (unsent local batches are dropped: the snapshot covers them). Returns L.
+fn restart(publication: &Publication, committed_seq: u64, epoch: u64) -> Result<i64> {
+    let st = catalog::load(publication.pgt_id, RowLock::Wait)?
+        .ok_or_else(|| PgTrickleError::Internal(format!("{} is no longer a stream table", publication.stream)))?;
+    let before = st.last_batch_seq;
+    refresh::refresh(&st, Trigger::Publisher, Request::Reinitialize)?;
+    let snapshot = catalog::scalar::<i64>(
+        "SELECT last_batch_seq FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1",
+        &[publication.pgt_id.into()],
+    )?
+    .unwrap_or_default();
+    if snapshot <= before {
+        return Err(PgTrickleError::Internal(format!(
+            "the REINITIALIZE refresh of {} wrote no snapshot batch",
+            publication.stream
+        )));
+    }
+    let shift = committed_seq as i64 + 1 - snapshot;
+    catalog::exec_with(
+        "UPDATE pgtrickle.pgt_publications SET seq_shift = $2, published_seq = $3, proposed_seq = $3, \
+         proposed_epoch = $4, last_error = NULL WHERE pgt_id = $1",
+        &[publication.pgt_id.into(), shift.into(), (snapshot - 1).into(), (epoch as i64).into()],
+    )?;
+    crate::cdc::prune(publication.relid, Some(snapshot))?;
+    Ok(snapshot)
 }
 
 struct Publisher {
@@ -207,9 +262,10 @@ impl Publisher {
                 .map(|publication| {
                     Ok(LocalStream {
                         stream: publication.stream.clone(),
-                        published_seq: publication.published_seq as u64,
-                        proposed_seq: publication.proposed_seq as u64,
-                        last_batch_seq: publication.last_batch_seq as u64,
+                        published_seq: publication.to_stream(publication.published_seq),
+                        proposed_seq: publication.to_stream(publication.proposed_seq),
+                        proposed_epoch: publication.proposed_epoch.max(0) as u64,
+                        last_batch_seq: publication.to_stream(publication.last_batch_seq),
                         unpublished_snapshot: unpublished_snapshot(publication)?,
                         columns_changed: publication.columns_changed,
                     })
@@ -217,7 +273,8 @@ impl Publisher {
                 .collect::<Result<Vec<_>>>()
         })?;
         let by_stream: BTreeMap<StreamId, &Publication> = publications.iter().map(|p| (p.stream.clone(), p)).collect();
-        self.machine.step(Input::Round { now_ms: self.started.elapsed().as_millis() as u64, streams });
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        self.machine.step(Input::Round { now_ms, producer_epoch: settings.fence.producer_epoch, streams });
         while let Some(action) = self.machine.next_action() {
             let publication = by_stream[action.stream()];
             if let Some(result) = self.perform(&settings, publication, action) {
@@ -251,13 +308,15 @@ impl Publisher {
                         .map_err(|e| format!("coordinator: {}", coordinator_error(e)))?;
                     Ok(LogView {
                         committed_seq: history.points.last().map_or(history.floor_seq, |p| p.seq),
+                        committed_epoch: history.producer_epoch,
                         pending_reinit: history.pending_reinit.is_some(),
                     })
                 });
                 Input::Frontier { stream, result }
             }
             Action::MarkPublished { seq, .. } => {
-                let result = run_in_transaction(|| mark_published(publication.pgt_id, publication.relid, seq as i64));
+                let local = publication.to_local(seq);
+                let result = run_in_transaction(|| mark_published(publication.pgt_id, publication.relid, local));
                 Input::Marked { stream, seq, result }
             }
             Action::WriteSnapshot { .. } => {
@@ -269,19 +328,32 @@ impl Publisher {
                         "SELECT last_batch_seq FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1",
                         &[publication.pgt_id.into()],
                     )
-                    .map(|last| last.unwrap_or_default() as u64)
+                    .map(|last| publication.to_stream(last.unwrap_or_default()))
                 });
                 Input::SnapshotWritten { stream, result }
+            }
+            Action::Restart { committed_seq, .. } => {
+                let epoch = settings.fence.producer_epoch;
+                let result = run_in_transaction(|| restart(publication, committed_seq, epoch));
+                if let Ok(snapshot) = &result {
+                    pgrx::log!(
+                        "pg_trickle publisher: {stream} restarts under producer epoch {epoch}: its snapshot batch \
+                         (local batch {snapshot}) is batch {} of the stream",
+                        committed_seq + 1
+                    );
+                }
+                Input::Restarted { stream, committed_seq, result: result.map(|_| ()) }
             }
             Action::Send { seq, .. } => {
                 let result = self.send(settings, publication, seq);
                 Input::Sent { stream, seq, result }
             }
-            Action::RecordProposal { seq, .. } => {
+            Action::RecordProposal { seq, producer_epoch, .. } => {
                 let result = run_in_transaction(|| {
                     catalog::exec_with(
-                        "UPDATE pgtrickle.pgt_publications SET proposed_seq = greatest(proposed_seq, $2) WHERE pgt_id = $1",
-                        &[publication.pgt_id.into(), (seq as i64).into()],
+                        "UPDATE pgtrickle.pgt_publications SET proposed_seq = greatest(proposed_seq, $2), \
+                         proposed_epoch = $3 WHERE pgt_id = $1",
+                        &[publication.pgt_id.into(), publication.to_local(seq).into(), (producer_epoch as i64).into()],
                     )
                 })
                 .map(|_| ());
@@ -297,7 +369,7 @@ impl Publisher {
                 }
                 let result = self.client(settings).map_err(|e| e.to_string()).and_then(|client| {
                     self.runtime
-                        .block_on(client.advance_frontiers(&AdvanceFrontiers { advances }))
+                        .block_on(client.advance_frontiers(&AdvanceFrontiers { producer: settings.fence.clone(), advances }))
                         .map(|_| ())
                         .map_err(|e| format!("coordinator: {}", coordinator_error(e)))
                 });
@@ -333,7 +405,7 @@ impl Publisher {
             }
             self.topics.insert(topic.clone());
         }
-        let batch = run_in_transaction(|| read_batch(publication, seq as i64))?;
+        let batch = run_in_transaction(|| read_batch(publication, publication.to_local(seq), seq))?;
         let messages = batch.encode_chunks(MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
         let producer = self.producer(settings)?;
         match producer.send_all(&topic, &publication.stream.to_string(), &messages) {

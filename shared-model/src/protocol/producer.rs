@@ -8,8 +8,9 @@
 //! 2. ask the log for the stream's committed frontier after `published_seq`:
 //!    - a frontier recorded under a newer producer epoch than this server's stops the stream: another server took
 //!      the cluster name over;
-//!    - a frontier recorded under an older epoch than this server's, at another seq than this server's own,
-//!      restarts the stream (this server took the name over): a snapshot batch becomes the log's next seq;
+//!    - a frontier recorded under an older epoch than this server's restarts the stream (this server took the
+//!      name over) unless it is this server's own history (same seq, recorded under the epoch this server last
+//!      proposed under): a snapshot batch becomes the log's next seq;
 //!    - a frontier ahead of the newest batch this server ever proposed, under its own epoch, stops the stream (a
 //!      restored or promoted server must never adopt another history's position, even when it has made batches
 //!      of its own up to and past that seq since: the simulation found a restored server that did so and applied
@@ -49,6 +50,11 @@ pub struct LocalStream {
     /// The newest batch this server ever proposed to the log (stored before each proposal): a log that recorded
     /// more holds another server's history (a backup restored here, a promoted standby).
     pub proposed_seq: u64,
+    /// The producer epoch this server held when it last stored a proposal (or restarted the stream); 0 before
+    /// any. The log's batches up to this server's own seq are this server's history only if they were recorded
+    /// under this epoch too: a new server with a stream table of the same name, whose seqs merely happen to
+    /// agree, does not pass for it.
+    pub proposed_epoch: u64,
     /// The newest batch the stream table's refreshes wrote.
     pub last_batch_seq: u64,
     /// A snapshot batch after `published_seq` is waiting in the change buffer.
@@ -116,13 +122,14 @@ pub enum Action {
     /// Write a snapshot batch (REINITIALIZE refresh) for a pending reinitialize request.
     WriteSnapshot { stream: StreamId },
     /// Restart the stream under this server's (newer) producer epoch: in one local transaction, write a snapshot
-    /// batch and renumber so that it is batch `committed_seq + 1`, with everything before it published. Unsent
-    /// local batches are dropped; the snapshot covers them.
+    /// batch and renumber so that it is batch `committed_seq + 1`, with everything before it published, and store
+    /// the epoch as the one proposals are made under. Unsent local batches are dropped; the snapshot covers them.
     Restart { stream: StreamId, committed_seq: u64 },
     /// Send batch `seq` to the broker and wait for its acknowledgement.
     Send { stream: StreamId, seq: u64 },
-    /// Store locally, durably, that batches up to `seq` are about to be proposed (before [`Action::Propose`]).
-    RecordProposal { stream: StreamId, seq: u64 },
+    /// Store locally, durably, that batches up to `seq` are about to be proposed under `producer_epoch` (before
+    /// [`Action::Propose`]).
+    RecordProposal { stream: StreamId, seq: u64, producer_epoch: u64 },
     /// Record these batches in the log.
     Propose { stream: StreamId, advances: Vec<FrontierAdvance> },
     /// The stream failed this round (it is retried after its backoff); show the error.
@@ -204,6 +211,7 @@ impl Producer {
                         // Everything up to the log's seq counts as published; the snapshot goes next round.
                         state.local.published_seq = committed_seq;
                         state.local.proposed_seq = committed_seq;
+                        state.local.proposed_epoch = self.producer_epoch;
                         state.local.last_batch_seq = committed_seq + 1;
                         state.local.unpublished_snapshot = true;
                         state.sent.clear();
@@ -252,10 +260,18 @@ impl Producer {
                 );
                 self.sent_this_round |= ok;
             }
-            Input::ProposalRecorded { stream, seq, result } => self.on_result(
-                &stream,
-                result.map(|()| move |s: &mut StreamState| s.local.proposed_seq = s.local.proposed_seq.max(seq)),
-            ),
+            Input::ProposalRecorded { stream, seq, result } => {
+                let epoch = self.producer_epoch;
+                self.on_result(
+                    &stream,
+                    result.map(|()| {
+                        move |s: &mut StreamState| {
+                            s.local.proposed_seq = s.local.proposed_seq.max(seq);
+                            s.local.proposed_epoch = epoch;
+                        }
+                    }),
+                )
+            }
             Input::Proposed { stream, result } => {
                 self.on_result(&stream, result.map(|()| |s: &mut StreamState| s.round.proposed = true))
             }
@@ -304,7 +320,8 @@ impl Producer {
             state.sent.retain(|seq, _| *seq > local.published_seq);
             // A proposal recorded in this worker's life committed, whatever the catalog read shows.
             let proposed_seq = local.proposed_seq.max(state.local.proposed_seq);
-            state.local = LocalStream { proposed_seq, ..local };
+            let proposed_epoch = local.proposed_epoch.max(state.local.proposed_epoch);
+            state.local = LocalStream { proposed_seq, proposed_epoch, ..local };
             state.round = RoundFacts { active: now_ms >= state.retry_at_ms, ..RoundFacts::default() };
             next.insert(state.local.stream.clone(), state);
         }
@@ -381,7 +398,8 @@ fn next_step(state: &StreamState, producer_epoch: u64) -> Next {
             view.committed_seq, view.committed_epoch
         ));
     }
-    if view.committed_epoch < producer_epoch && view.committed_seq != own {
+    let mine = view.committed_seq == own && view.committed_epoch == local.proposed_epoch;
+    if view.committed_epoch < producer_epoch && local.proposed_epoch < producer_epoch && !mine {
         // Taken over: the log's history of this stream is another server's (or an older copy of this one's).
         return Next::Do(Action::Restart { stream, committed_seq: view.committed_seq });
     }
@@ -410,8 +428,8 @@ fn next_step(state: &StreamState, producer_epoch: u64) -> Next {
     }
     if !round.proposed && !state.sent.is_empty() {
         let last = *state.sent.keys().next_back().expect("not empty");
-        if local.proposed_seq < last {
-            return Next::Do(Action::RecordProposal { stream, seq: last });
+        if local.proposed_seq < last || local.proposed_epoch != producer_epoch {
+            return Next::Do(Action::RecordProposal { stream, seq: last, producer_epoch });
         }
         let advances = state
             .sent
