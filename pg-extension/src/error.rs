@@ -55,7 +55,7 @@ pub enum PgTrickleError {
     Busy { name: String },
 
     #[error("the coordinator refused: {message}")]
-    Coordinator { message: String, hint: String, rejected: bool },
+    Coordinator { code: String, message: String, hint: String, rejected: bool },
 
     #[error("no coordinator could be reached: {0}")]
     CoordinatorUnavailable(String),
@@ -108,7 +108,7 @@ impl PgTrickleError {
             Cycle { .. } => ERRCODE_INVALID_RECURSION,
             InUse { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             Busy { .. } => ERRCODE_LOCK_NOT_AVAILABLE,
-            Coordinator { rejected: true, .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            Coordinator { rejected: true, code, .. } => coordinator_sqlstate(code),
             Coordinator { .. } | CoordinatorUnavailable(_) => ERRCODE_CONNECTION_FAILURE,
             AlreadyRegistered { .. } => ERRCODE_DUPLICATE_OBJECT,
             NotRegistered => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -196,5 +196,27 @@ impl<T> OrRaise<T> for Result<T> {
             Ok(value) => value,
             Err(error) => error.raise(),
         }
+    }
+}
+
+/// The SQLSTATE of a coordinator refusal, by the coordinator's error code: what a PostgreSQL user would get for
+/// the same kind of refusal from PostgreSQL itself.
+fn coordinator_sqlstate(code: &str) -> PgSqlErrorCode {
+    use PgSqlErrorCode::*;
+    match code {
+        "unauthorized" => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+        "cycle_detected" => ERRCODE_INVALID_RECURSION,
+        "unknown_cluster" | "unknown_stream" | "unknown_federated_table" | "unknown_upstream" | "not_found" => {
+            ERRCODE_UNDEFINED_OBJECT
+        }
+        "cluster_name_taken" | "already_exists" => ERRCODE_DUPLICATE_OBJECT,
+        "has_dependents" => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        "stale_producer_epoch"
+        | "frontier_gap"
+        | "frontier_conflict"
+        | "frontier_too_old"
+        | "state_not_empty"
+        | "idempotency_key_reused" => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        _ => ERRCODE_INVALID_PARAMETER_VALUE,
     }
 }

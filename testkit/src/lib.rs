@@ -76,6 +76,18 @@ fn chown_postgres(path: &Path) -> Result<()> {
     Ok(())
 }
 
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    let output = Command::new("cp").arg("-a").arg(from).arg(to).output()?;
+    if !output.status.success() {
+        return Err(HarnessError::Command {
+            program: "cp".into(),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the server binds it right after).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -108,7 +120,8 @@ impl Cluster {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
-    fn start(&mut self) -> Result<()> {
+    /// Starts the (stopped) server with its settings and port.
+    pub fn start(&mut self) -> Result<()> {
         let mut options = format!("-p {} -c listen_addresses=127.0.0.1 -k {}", self.port, self.socket_dir.display());
         for setting in &self.settings {
             options.push_str(&format!(" -c {setting}"));
@@ -137,6 +150,19 @@ impl Cluster {
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
         self.start()
+    }
+
+    /// Copies the stopped server's data directory to `to` (a cold backup, ownership kept).
+    pub fn cold_copy(&self, to: &Path) -> Result<()> {
+        assert!(!self.running, "a cold copy needs the server stopped");
+        copy_dir(&self.data_dir, to)
+    }
+
+    /// Replaces the stopped server's data directory with the copy at `from` (a restore from a cold backup).
+    pub fn restore_cold_copy(&self, from: &Path) -> Result<()> {
+        assert!(!self.running, "a restore needs the server stopped");
+        std::fs::remove_dir_all(&self.data_dir)?;
+        copy_dir(from, &self.data_dir)
     }
 
     pub fn is_running(&self) -> bool {

@@ -50,7 +50,7 @@ fn register_status_refusals_and_deregister() {
     refused(
         &mut client,
         &format!("SELECT * FROM pgtrickle.register_federation('{urls}', 'cluster_a')"),
-        SqlState::INVALID_PARAMETER_VALUE,
+        SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
     );
     client.batch_execute(&format!("SET pg_trickle.coordinator_token = '{TOKEN}'")).unwrap();
 

@@ -80,13 +80,13 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
         ),
         (
             create("d1", "'kafka://coordinator/cluster_z/order_agg'", ""),
-            SqlState::INVALID_PARAMETER_VALUE,
+            SqlState::UNDEFINED_OBJECT,
             "unregistered cluster",
             "cluster cluster_z is not registered",
         ),
         (
             create("d1", "'kafka://coordinator/cluster_a/no_such_st'", ""),
-            SqlState::INVALID_PARAMETER_VALUE,
+            SqlState::UNDEFINED_OBJECT,
             "unknown stream",
             "no_such_st is not published",
         ),

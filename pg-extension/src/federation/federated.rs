@@ -117,6 +117,7 @@ pub fn create(
                     block_on(client.clusters())?.map_err(coordinator_error)?.iter().any(|c| &c.name == cluster);
                 if !registered {
                     return Err(PgTrickleError::Coordinator {
+                        code: "unknown_cluster".into(),
                         message: format!("cluster {cluster} is not registered with the federation (unknown_cluster)"),
                         hint: "Register it first (pgtrickle.register_federation on that cluster), or check the URL; \
                                `pgtrickle-coordinator clusters` lists the registered clusters."
@@ -125,6 +126,7 @@ pub fn create(
                     });
                 }
                 return Err(PgTrickleError::Coordinator {
+                    code: "unknown_stream".into(),
                     message: format!("stream {} is not published (unknown_stream)", url.stream),
                     hint: "Publish it on its cluster first (pgtrickle.publish_stream_table), or check the URL; \
                            `pgtrickle-coordinator streams` lists the published streams."

@@ -31,8 +31,8 @@ use runtime::block_on;
 
 /// This server's `system_identifier` (set by initdb; kept by physical copies).
 pub fn system_identifier() -> Result<SystemIdentifier> {
-    let text = catalog::scalar::<String>("SELECT system_identifier::text FROM pg_control_system()", &[])?
-        .unwrap_or_default();
+    let text =
+        catalog::scalar::<String>("SELECT system_identifier::text FROM pg_control_system()", &[])?.unwrap_or_default();
     SystemIdentifier::parse(&text).map_err(|e| PgTrickleError::Internal(format!("pg_control_system(): {e}")))
 }
 
@@ -61,6 +61,7 @@ pub fn client(url: &str, deadline: Duration) -> Result<Client> {
 pub fn coordinator_error(error: ClientError) -> PgTrickleError {
     match error {
         ClientError::Api { status, error } => PgTrickleError::Coordinator {
+            code: error.code.clone(),
             message: format!("{} ({}, HTTP {status})", error.message, error.code),
             hint: error.hint.unwrap_or_else(|| "See the coordinator's log.".into()),
             rejected: status < 500,

@@ -369,7 +369,9 @@ impl Publisher {
                 }
                 let result = self.client(settings).map_err(|e| e.to_string()).and_then(|client| {
                     self.runtime
-                        .block_on(client.advance_frontiers(&AdvanceFrontiers { producer: settings.fence.clone(), advances }))
+                        .block_on(
+                            client.advance_frontiers(&AdvanceFrontiers { producer: settings.fence.clone(), advances }),
+                        )
                         .map(|_| ())
                         .map_err(|e| format!("coordinator: {}", coordinator_error(e)))
                 });
