@@ -53,6 +53,11 @@ impl Federation {
     pub fn connect(&self, index: usize) -> Result<postgres::Client> {
         self.clusters[index].connect("postgres")
     }
+
+    /// A connection to cluster `index` once it accepts one again (after a restart), within 30 s.
+    pub fn reconnect(&self, index: usize) -> postgres::Client {
+        crate::wait_for(std::time::Duration::from_secs(30), || self.connect(index).ok()).expect("reconnect")
+    }
 }
 
 impl Federation {

@@ -37,6 +37,28 @@ pub fn setup_sources(fed: &Federation) -> (postgres::Client, postgres::Client) {
     (a, b)
 }
 
+/// C's federated `dashboard` over A's and B's streams, refreshed every 200 ms.
+pub fn create_dashboard(c: &mut postgres::Client) {
+    c.query_one(
+        &format!(
+            "SELECT pgtrickle.create_federated_stream_table('dashboard', '{DASHBOARD}', {SOURCES}, schedule => '200ms')"
+        ),
+        &[],
+    )
+    .unwrap();
+}
+
+/// A federation of `count` clusters running the seed scenario, converged: A's and B's sources published, C's
+/// dashboard over them. Returns connections to A, B and C.
+pub fn seed_federation(count: usize) -> (Federation, postgres::Client, postgres::Client, postgres::Client) {
+    let fed = Federation::start(count, &[]).expect("federation");
+    let (mut a, mut b) = setup_sources(&fed);
+    let mut c = fed.connect(2).unwrap();
+    create_dashboard(&mut c);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    (fed, a, b, c)
+}
+
 /// Random writes on A's orders and B's users.
 pub fn workload(a: &mut postgres::Client, b: &mut postgres::Client, rng: &mut rand::rngs::StdRng, statements: usize) {
     for _ in 0..statements {

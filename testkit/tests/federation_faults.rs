@@ -12,14 +12,6 @@ use testkit::federation::Federation;
 use testkit::seed::*;
 use testkit::wait_for;
 
-fn create_dashboard(c: &mut postgres::Client) {
-    c.query_one(
-        &format!("SELECT pgtrickle.create_federated_stream_table('dashboard', '{DASHBOARD}', {SOURCES}, schedule => '200ms')"),
-        &[],
-    )
-    .unwrap();
-}
-
 /// `converge`, and on failure the three clusters' logs (a worker that crashed shows there).
 fn converge_or_show(
     fed: &Federation,
@@ -38,10 +30,6 @@ fn converge_or_show(
             tail(&fed.clusters[2].log())
         );
     }
-}
-
-fn reconnect(fed: &Federation, index: usize) -> postgres::Client {
-    wait_for(Duration::from_secs(30), || fed.connect(index).ok()).expect("reconnect")
 }
 
 /// Where a kill must find work in flight.
@@ -102,7 +90,7 @@ fn exactly_once_across_crashes() {
     // PostgreSQL answers a crashed child by ending every backend and recovering: wait for that to finish.
     let recovered = wait_for(Duration::from_secs(60), || (ready(&fed) > ready_before).then_some(()));
     assert!(recovered.is_some(), "A did not recover:\n{}", fed.clusters[0].log());
-    a = reconnect(&fed, 0);
+    a = fed.reconnect(0);
     workload(&mut a, &mut b, &mut rng, 30);
     converge_or_show(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
     println!("publisher SIGKILL: converged, apply log {:?}", check_apply_log(&mut c));
@@ -113,7 +101,7 @@ fn exactly_once_across_crashes() {
     drop(c);
     fed.clusters[2].crash_and_restart().unwrap();
     println!("C postmaster SIGKILL with {in_flight}");
-    c = reconnect(&fed, 2);
+    c = fed.reconnect(2);
     workload(&mut a, &mut b, &mut rng, 30);
     converge_or_show(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
     println!("C postmaster SIGKILL: converged, apply log {:?}", check_apply_log(&mut c));
@@ -157,11 +145,7 @@ fn exactly_once_across_crashes() {
 
 #[test]
 fn broker_restarted_empty_is_detected_and_reinitialized() {
-    let mut fed = Federation::start(3, &[]).expect("federation");
-    let (mut a, mut b) = setup_sources(&fed);
-    let mut c = fed.connect(2).unwrap();
-    create_dashboard(&mut c);
-    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    let (mut fed, mut a, mut b, mut c) = seed_federation(3);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     workload(&mut a, &mut b, &mut rng, 40);
     // Lose everything the broker held, while batches are in flight.
@@ -197,11 +181,7 @@ fn broker_restarted_empty_is_detected_and_reinitialized() {
 
 #[test]
 fn coordinators_down_stall_visibly_then_resume() {
-    let mut fed = Federation::start(3, &[]).expect("federation");
-    let (mut a, mut b) = setup_sources(&fed);
-    let mut c = fed.connect(2).unwrap();
-    create_dashboard(&mut c);
-    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    let (mut fed, mut a, mut b, mut c) = seed_federation(3);
     // C has applied everything the log recorded. Now the broker gets a batch the log never records: A's publisher
     // exits right after the broker's ack (fault injection), so the batch sits in the topic, unrecorded.
     std::thread::sleep(Duration::from_millis(500));
@@ -250,11 +230,7 @@ fn coordinators_down_stall_visibly_then_resume() {
 
 #[test]
 fn a_publisher_dying_between_broker_ack_and_frontier_advance_resends_the_same_seq() {
-    let fed = Federation::start(3, &[]).expect("federation");
-    let (mut a, mut b) = setup_sources(&fed);
-    let mut c = fed.connect(2).unwrap();
-    create_dashboard(&mut c);
-    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    let (fed, mut a, mut b, mut c) = seed_federation(3);
     let stream = "cluster_a/public.order_agg";
     let before = fed.frontier(stream).seq();
     // Every publisher of A now exits right after the broker acknowledged, before the frontier advance; the

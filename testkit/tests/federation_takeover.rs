@@ -13,18 +13,6 @@ use testkit::wait_for;
 
 const ORDER_AGG_STREAM: &str = "cluster_a/public.order_agg";
 
-fn create_dashboard(c: &mut postgres::Client) {
-    c.query_one(
-        &format!("SELECT pgtrickle.create_federated_stream_table('dashboard', '{DASHBOARD}', {SOURCES}, schedule => '200ms')"),
-        &[],
-    )
-    .unwrap();
-}
-
-fn reconnect(fed: &Federation, index: usize) -> postgres::Client {
-    wait_for(Duration::from_secs(30), || fed.connect(index).ok()).expect("reconnect")
-}
-
 /// The publisher's recorded error for `order_agg`, once it contains one of `fragments`.
 fn wait_for_publisher_error(client: &mut postgres::Client, fragments: &[&str]) -> Option<String> {
     wait_for(Duration::from_secs(60), || {
@@ -52,11 +40,7 @@ fn applied_kind(c: &mut postgres::Client, seq: u64) -> Option<String> {
 
 #[test]
 fn a_server_restored_from_a_cold_copy_stops_until_taken_over_then_converges() {
-    let mut fed = Federation::start(3, &[]).expect("federation");
-    let (mut a, mut b) = setup_sources(&fed);
-    let mut c = fed.connect(2).unwrap();
-    create_dashboard(&mut c);
-    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    let (mut fed, mut a, mut b, mut c) = seed_federation(3);
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
     workload(&mut a, &mut b, &mut rng, 20);
     converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
@@ -67,7 +51,7 @@ fn a_server_restored_from_a_cold_copy_stops_until_taken_over_then_converges() {
     let copy = fed.clusters.base_dir().join("a-cold-copy");
     fed.clusters[0].cold_copy(&copy).unwrap();
     fed.clusters[0].start().unwrap();
-    a = reconnect(&fed, 0);
+    a = fed.reconnect(0);
     let at_copy = fed.frontier(ORDER_AGG_STREAM).seq();
     workload(&mut a, &mut b, &mut rng, 40);
     converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
@@ -79,7 +63,7 @@ fn a_server_restored_from_a_cold_copy_stops_until_taken_over_then_converges() {
     fed.clusters[0].stop().unwrap();
     fed.clusters[0].restore_cold_copy(&copy).unwrap();
     fed.clusters[0].start().unwrap();
-    a = reconnect(&fed, 0);
+    a = fed.reconnect(0);
     workload(&mut a, &mut b, &mut rng, 20);
     let error = wait_for_publisher_error(&mut a, &["behind the log"])
         .unwrap_or_else(|| panic!("the restored publisher did not stop:\n{}", tail(&fed.clusters[0].log())));
@@ -122,11 +106,7 @@ fn a_server_restored_from_a_cold_copy_stops_until_taken_over_then_converges() {
 
 #[test]
 fn a_second_server_taking_a_name_is_refused_then_takes_it_over_explicitly() {
-    let fed = Federation::start(4, &[]).expect("federation");
-    let (mut a, mut b) = setup_sources(&fed);
-    let mut c = fed.connect(2).unwrap();
-    create_dashboard(&mut c);
-    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    let (fed, mut a, mut b, mut c) = seed_federation(4);
     let endpoints = fed.coordinators.endpoints();
 
     // D (another server, registered as cluster_d) leaves and asks for A's name: refused, with the repair named.
