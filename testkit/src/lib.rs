@@ -169,14 +169,34 @@ impl Cluster {
         self.running
     }
 
-    /// SIGKILLs the postmaster (a crash: no shutdown checkpoint), waits until its children are gone, and starts
-    /// the server again, which runs crash recovery.
-    pub fn crash_and_restart(&mut self) -> Result<()> {
+    /// SIGKILLs the postmaster and leaves the server down (its children exit when they notice); `start` brings
+    /// it back through crash recovery.
+    pub fn kill(&mut self) -> Result<()> {
         let pid_file = std::fs::read_to_string(self.data_dir.join("postmaster.pid"))?;
         let pid: i32 = pid_file.lines().next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
         if pid > 0 {
             Command::new("kill").args(["-9", &pid.to_string()]).status()?;
         }
+        self.running = false;
+        Ok(())
+    }
+
+    /// Promotes a standby to a primary and waits until it accepts writes.
+    pub fn promote(&mut self) -> Result<()> {
+        let data = self.data_dir.display().to_string();
+        run_as_postgres(&pg_bindir().join("pg_ctl"), &["-D", &data, "-w", "-t", "60", "promote"])?;
+        Ok(())
+    }
+
+    /// SIGKILLs the postmaster (a crash: no shutdown checkpoint), waits until its children are gone, and starts
+    /// the server again, which runs crash recovery.
+    pub fn crash_and_restart(&mut self) -> Result<()> {
+        self.kill()?;
+        self.start_after_crash()
+    }
+
+    /// Starts a server whose postmaster was killed, once its children are gone (within 30 s).
+    pub fn start_after_crash(&mut self) -> Result<()> {
         // Children notice the postmaster's death and exit; the shared memory is free once they did.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -256,6 +276,36 @@ impl Clusters {
         let mut client = clusters[0].connect("postgres")?;
         client.batch_execute("CREATE EXTENSION pg_trickle")?;
         Ok((clusters, client))
+    }
+
+    /// Adds a streaming standby of cluster `primary` (pg_basebackup -R over a replication connection, WAL
+    /// streamed during the copy), started with the same settings on its own port; returns its index. It keeps the
+    /// primary's system identifier, as every physical copy does.
+    pub fn add_standby(&mut self, primary: usize) -> Result<usize> {
+        let index = self.clusters.len();
+        let name = format!("{}-standby", self.clusters[primary].name);
+        let data_dir = self.base.path().join(format!("pg-{name}"));
+        let socket_dir = self.base.path().join(format!("sock-{name}"));
+        std::fs::create_dir_all(&socket_dir)?;
+        chown_postgres(&socket_dir)?;
+        let port = self.clusters[primary].port.to_string();
+        let data = data_dir.display().to_string();
+        run_as_postgres(
+            &pg_bindir().join("pg_basebackup"),
+            &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", &data, "-R", "-X", "stream", "-c", "fast"],
+        )?;
+        let mut standby = Cluster {
+            log_file: self.base.path().join(format!("pg-{name}.log")),
+            name,
+            port: free_port()?,
+            data_dir,
+            socket_dir,
+            settings: self.clusters[primary].settings.clone(),
+            running: false,
+        };
+        standby.start()?;
+        self.clusters.push(standby);
+        Ok(index)
     }
 
     pub fn base_dir(&self) -> &Path {

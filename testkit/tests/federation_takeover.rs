@@ -148,3 +148,63 @@ fn a_second_server_taking_a_name_is_refused_then_takes_it_over_explicitly() {
     converge(&fed, &mut d, &mut b, &mut c, Duration::from_secs(60));
     println!("D took cluster_a over; apply log {seqs:?}");
 }
+
+#[test]
+fn a_promoted_standby_takes_over_and_the_old_primary_is_fenced() {
+    let (mut fed, mut a, mut b, mut c) = seed_federation(3);
+    let s_index = fed.clusters.add_standby(0).expect("a streaming standby of A");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(47);
+    workload(&mut a, &mut b, &mut rng, 30);
+
+    // A dies mid-workload, with a batch made that its publisher has not had recorded yet (the standby possibly
+    // behind); the standby is promoted.
+    let in_flight = (0..2000)
+        .find_map(|_| {
+            workload(&mut a, &mut b, &mut rng, 1);
+            unpublished(&mut a)
+        })
+        .expect("no batch of A in flight after 2000 statements");
+    drop(a);
+    fed.clusters[0].kill().unwrap();
+    fed.clusters[s_index].promote().unwrap_or_else(|e| {
+        panic!(
+            "promote: {e}
+{}",
+            fed.clusters[s_index].log()
+        )
+    });
+    let mut s = fed.reconnect(s_index);
+    println!("A killed with {in_flight}; standby promoted");
+
+    // The operator's step after a failover: the promoted server takes the name over (new epoch); its streams go
+    // on (or restart with a snapshot if the log is ahead of what replication delivered), and C converges on the
+    // promoted server's real tables.
+    let before = epoch(&fed, "cluster_a");
+    s.query_one(
+        "SELECT * FROM pgtrickle.register_federation($1, 'cluster_a', takeover => true)",
+        &[&fed.coordinators.endpoints()],
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "takeover: {e:?}
+{}",
+            tail(&fed.clusters[s_index].log())
+        )
+    });
+    assert!(epoch(&fed, "cluster_a") > before);
+    workload(&mut s, &mut b, &mut rng, 20);
+    converge(&fed, &mut s, &mut b, &mut c, Duration::from_secs(90));
+
+    // The old primary comes back (split brain): it writes, but its publisher is fenced and nothing of it
+    // reaches C.
+    fed.clusters[0].start_after_crash().unwrap();
+    let mut old = fed.reconnect(0);
+    old.batch_execute("INSERT INTO orders SELECT g, 1, 1000 FROM generate_series(5000, 5050) g").unwrap();
+    let error = wait_for_publisher_error(&mut old, &["stale_producer_epoch", "took this cluster name over"])
+        .unwrap_or_else(|| panic!("the old primary was not fenced:\n{}", tail(&fed.clusters[0].log())));
+    println!("old primary fenced: {error}");
+    workload(&mut s, &mut b, &mut rng, 10);
+    converge(&fed, &mut s, &mut b, &mut c, Duration::from_secs(60));
+    let seqs = check_apply_log(&mut c);
+    println!("promoted standby: apply log {seqs:?}");
+}
