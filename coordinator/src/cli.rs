@@ -136,6 +136,12 @@ pub struct ServeArgs {
     /// Run without a token (local tests only).
     #[arg(long)]
     pub insecure_no_token: bool,
+    /// A bearer token that may only read (GET); the write token reads too.
+    #[arg(long, env = "PGTRICKLE_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+    /// Let /healthz, /readyz and /metrics answer without a token (probes, Prometheus scrapers).
+    #[arg(long)]
+    pub open_health: bool,
     /// Start a new cluster from this coordinator snapshot URL.
     #[arg(long)]
     pub bootstrap_from: Option<String>,
@@ -227,6 +233,8 @@ pub fn serve_config(args: &ServeArgs, token: Option<String>, ca_file: Option<Pat
         peers,
         token: token.or(file.token),
         insecure_no_token: args.insecure_no_token,
+        read_token: args.read_token.clone().or(file.read_token),
+        open_health: args.open_health || file.open_health.unwrap_or(false),
         body_limit: args.body_limit.or(file.body_limit).unwrap_or(1024 * 1024),
         raft,
         bootstrap_from: args.bootstrap_from.clone().or(file.bootstrap_from),

@@ -104,9 +104,32 @@ fn raw(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> (u16, ApiEr
     (code.parse().unwrap(), error)
 }
 
+const READ_TOKEN: &str = "read-only-token-42";
+
+/// The HTTP status of a GET with an optional bearer token.
+fn get_status(url: &str, token: Option<&str>) -> u16 {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("authorization: Bearer {t}")]);
+    }
+    String::from_utf8_lossy(&cmd.output().unwrap().stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn health_and_metrics_open_only_when_asked() {
+    let cluster = TestCluster::start_with(1, &["--open-health"]);
+    let base = cluster.nodes[&1].url();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(get_status(&format!("{base}{path}"), None), 200, "{path}");
+    }
+    assert_eq!(get_status(&format!("{base}/v1/clusters"), None), 401);
+    assert_eq!(get_status(&format!("{base}/openapi.json"), None), 200, "the API description is public");
+}
+
 #[test]
 fn bad_input_gets_typed_errors_and_changes_nothing() {
-    let cluster = TestCluster::start(3);
+    let cluster = TestCluster::start_with(3, &["--read-token", READ_TOKEN]);
     let client = cluster.client();
     let base = cluster.nodes[&2].url(); // a follower or the leader: both must answer alike
     rt().block_on(async {
@@ -152,10 +175,17 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
             ("POST", format!("{base}/v1/clusters"), Some("wrong"), br#"{"name":"cluster_z","endpoint":"x"}"#.to_vec(), 401, "unauthorized"),
             ("DELETE", format!("{base}/v1/streams/cluster_a/public.order_agg"), Some(TOKEN), vec![], 409, "has_dependents"),
             ("DELETE", format!("{base}/v1/streams/cluster_a/public.order_agg?cascade=maybe"), Some(TOKEN), vec![], 400, "bad_query"),
-            ("GET", format!("{base}/v1/streams/cluster_a/public.nope"), None, vec![], 404, "not_found"),
-            ("GET", format!("{base}/v1/no-such-route"), None, vec![], 404, "not_found"),
+            ("GET", format!("{base}/v1/streams/cluster_a/public.nope"), Some(TOKEN), vec![], 404, "not_found"),
+            ("GET", format!("{base}/v1/no-such-route"), Some(TOKEN), vec![], 404, "not_found"),
+            // Reads need a token too; the read-only token reads but cannot write.
+            ("GET", format!("{base}/v1/clusters"), None, vec![], 401, "unauthorized"),
+            ("GET", format!("{base}/v1/streams"), Some("wrong"), vec![], 401, "unauthorized"),
+            ("GET", format!("{base}/metrics"), None, vec![], 401, "unauthorized"),
+            ("POST", format!("{base}/v1/clusters"), Some(READ_TOKEN), br#"{"name":"cluster_z","endpoint":"x","system_identifier":"1"}"#.to_vec(), 403, "forbidden"),
             ("PATCH", format!("{base}/v1/streams"), Some(TOKEN), vec![], 405, "method_not_allowed"),
         ];
+        assert_eq!(get_status(&format!("{base}/v1/clusters"), Some(READ_TOKEN)), 200, "the read token reads");
+        assert_eq!(get_status(&format!("{base}/readyz"), Some(READ_TOKEN)), 200);
         for (method, url, token, body, status, code) in cases {
             let (got_status, error) = raw(method, &url, token, &body);
             assert_eq!((got_status, error.code.as_str()), (status, code), "{method} {url}: {error:?}");

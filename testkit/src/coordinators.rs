@@ -40,7 +40,7 @@ pub struct Coordinators {
 fn http_get_status(addr: &str, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(300)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").ok()?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
@@ -171,7 +171,9 @@ impl Coordinators {
             }
             let Ok(mut stream) = TcpStream::connect(self.addr(index)) else { continue };
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            if write!(stream, "GET /readyz HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr(index)).is_err() {
+            let request =
+                format!("GET /readyz HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n", self.addr(index));
+            if stream.write_all(request.as_bytes()).is_err() {
                 continue;
             }
             let mut answer = String::new();

@@ -7,6 +7,8 @@
 //! advertise = "10.0.0.1:7071"     # what peers and clients dial; defaults to the bound address
 //! data_dir = "/var/lib/pgtrickle-coordinator"
 //! token = "…"                     # default: generated into DATA_DIR/token
+//! read_token = "…"                # may only read (GET); default: none (reads need the token)
+//! open_health = false             # true: /healthz, /readyz, /metrics answer without a token
 //! peers = { 1 = "127.0.0.1:7071", 2 = "127.0.0.1:7072", 3 = "127.0.0.1:7073" }
 //! body_limit = 1048576
 //! [raft]
@@ -72,6 +74,10 @@ pub struct ServeConfig {
     pub token: Option<String>,
     /// Run without any token (tests and local demos only).
     pub insecure_no_token: bool,
+    /// A token that may only read.
+    pub read_token: Option<String>,
+    /// Health and metrics endpoints without a token.
+    pub open_health: bool,
     /// Largest request body accepted (413 above).
     pub body_limit: usize,
     /// Raft settings.
@@ -100,6 +106,8 @@ pub struct FileConfig {
     pub advertise: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub token: Option<String>,
+    pub read_token: Option<String>,
+    pub open_health: Option<bool>,
     pub peers: Option<BTreeMap<String, String>>,
     pub body_limit: Option<usize>,
     pub bootstrap_from: Option<String>,

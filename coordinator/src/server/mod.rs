@@ -57,8 +57,12 @@ pub struct Coordinator {
     pub log: LogStore,
     /// Pooled client for forwarding to the leader.
     pub http: reqwest::Client,
-    /// Bearer token guarding writes and Raft RPC.
+    /// Bearer token guarding writes and Raft RPC (it may read too).
     pub token: Option<String>,
+    /// Bearer token that may only read (`GET`): for dashboards, monitoring and operators' read-only tools.
+    pub read_token: Option<String>,
+    /// `/healthz`, `/readyz` and `/metrics` answer without a token (for probes and scrapers that cannot send one).
+    pub open_health: bool,
     /// Configured peers (used by `init` without members).
     pub peers: BTreeMap<u64, String>,
     /// Prometheus metrics.
@@ -191,6 +195,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         log,
         http: http_client,
         token,
+        read_token: config.read_token.clone(),
+        open_health: config.open_health,
         peers: config.peers.clone(),
         metrics: metrics::Metrics::new(),
         body_limit: config.body_limit,

@@ -213,7 +213,7 @@ impl TestCluster {
             None => ureq_get(&url)?,
             Some(ca) => {
                 let out = Command::new("curl")
-                    .args(["-sf", "--max-time", "2", "--cacert"])
+                    .args(["-sf", "--max-time", "2", "-H", &format!("authorization: Bearer {TOKEN}"), "--cacert"])
                     .arg(ca)
                     .arg(&url)
                     .output()
@@ -259,7 +259,8 @@ pub fn ureq_get(url: &str) -> Option<String> {
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut stream = std::net::TcpStream::connect_timeout(&host.parse().ok()?, Duration::from_millis(300)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n")
+        .ok()?;
     let mut out = String::new();
     stream.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;

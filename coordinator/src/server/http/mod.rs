@@ -2,7 +2,8 @@
 //! application API ([`app`]), plus health, metrics and the OpenAPI document ([`docs`]).
 //!
 //! Cross-cutting rules live in layers, not in handlers:
-//! - a bearer token guards every non-GET request (writes, management, Raft RPC) when configured;
+//! - bearer tokens guard every request when configured: the write token everything, a read-only token reads
+//!   (health and metrics optionally open);
 //! - writes reaching a follower are forwarded to the leader (once: a forwarded request carries a header);
 //! - reads are linearizable by default (read index on the leader, forwarded from followers);
 //!   `?consistency=stale` is served locally;
@@ -136,29 +137,55 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// Bearer token on everything that is not a read.
+/// Paths that answer without a token when the node runs with `--open-health`.
+const HEALTH_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// The API's description is public: it holds no data.
+const PUBLIC_PATHS: [&str; 1] = ["/openapi.json"];
+
+/// Bearer tokens: the write token for everything; the read token for reads (`GET`, `HEAD`, `OPTIONS`) only;
+/// health and metrics open when so configured; nothing checked when the node runs without a token.
 async fn authorize(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let reading = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if let (Some(token), false) = (&app.token, reading) {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes()));
-        if !ok {
-            let mut resp = Failure::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                if given.is_some() { "wrong bearer token" } else { "this endpoint needs a bearer token" },
-                Some("Send `Authorization: Bearer TOKEN` (the coordinator's --token, or the token file in its data dir)."),
-            )
-            .into_response();
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
-        }
+    let Some(token) = &app.token else { return next.run(req).await };
+    let path = req.uri().path();
+    if PUBLIC_PATHS.contains(&path) || (app.open_health && HEALTH_PATHS.contains(&path)) {
+        return next.run(req).await;
     }
-    next.run(req).await
+    let reading = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let matches = |expected: &str| given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()));
+    if matches(token) {
+        return next.run(req).await;
+    }
+    let read_only = app.read_token.as_deref().is_some_and(matches);
+    if read_only && reading {
+        return next.run(req).await;
+    }
+    if read_only {
+        return Failure::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the read-only token cannot write",
+            Some("Writes, management and Raft RPC need the coordinator's write token (--token)."),
+        )
+        .into_response();
+    }
+    let mut resp = Failure::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        if given.is_some() { "wrong bearer token" } else { "this endpoint needs a bearer token" },
+        Some(
+            "Send `Authorization: Bearer TOKEN`: the coordinator's --token (or the token file in its data dir), or \
+             its --read-token for reads.",
+        ),
+    )
+    .into_response();
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
