@@ -20,6 +20,15 @@ pub const MAX_SOURCES: usize = 64;
 pub const MAX_COLUMNS: usize = 1600;
 /// Longest free-text field (endpoint, reason, URL…).
 pub const MAX_TEXT: usize = 2048;
+/// Largest batch seq: PostgreSQL keeps seqs in `bigint`, and seq + 1 must never overflow anywhere.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+fn check_seq(field: &str, seq: u64) -> Result<(), CommandError> {
+    if seq >= MAX_SEQ {
+        return Err(invalid(field, format!("{seq} is out of range: batch seqs stay below {MAX_SEQ} (PostgreSQL bigint)")));
+    }
+    Ok(())
+}
 
 fn invalid(field: &str, reason: impl Into<String>) -> CommandError {
     CommandError::InvalidArgument { field: field.to_string(), reason: reason.into() }
@@ -308,6 +317,7 @@ fn decide_publish(
     if !state.clusters().contains_key(stream.cluster()) {
         return Err(CommandError::UnknownCluster { cluster: stream.cluster().to_string() });
     }
+    check_seq("base_seq", base_seq)?;
     check_columns(columns)?;
     if upstream.len() > 1024 {
         return Err(invalid("upstream", "at most 1024 upstream edges are allowed"));
@@ -442,6 +452,7 @@ fn decide_advances(
     let mut staged: BTreeMap<&StreamId, BTreeMap<u64, &FrontierAdvance>> = BTreeMap::new();
     let mut events = Vec::new();
     for adv in advances {
+        check_seq("advances.seq", adv.seq)?;
         if adv.position.offset < 0 || adv.position.partition < 0 {
             return Err(invalid(
                 "advances.position",

@@ -316,3 +316,36 @@ fn takeover_epochs_grow_across_a_restored_coordinator() {
     fresh.run(register_as("cluster_a", SystemIdentifier(10), None, true)).unwrap();
     assert!(fresh.state.clusters()[&a].producer_epoch > epoch);
 }
+
+#[test]
+fn absurd_seqs_are_refused_before_any_arithmetic() {
+    let mut h = seed();
+    let mut huge = publish("cluster_a/huge", &[]);
+    if let Command::PublishStream { base_seq, .. } = &mut huge {
+        *base_seq = u64::MAX;
+    }
+    let e = h.rejected(huge);
+    assert_eq!((e.code(), e.class()), ("invalid_argument", ErrorClass::Invalid));
+    assert!(e.to_string().contains("out of range"), "{e}");
+    let at = |id: &str, seq: u64| FrontierAdvance {
+        stream: stream(id),
+        seq,
+        kind: BatchKind::Delta,
+        position: BrokerPosition { partition: 0, offset: 1 },
+    };
+    for seq in [decide::MAX_SEQ, u64::MAX] {
+        let command =
+            Command::AdvanceFrontier { producer: h.fence("cluster_a"), advances: vec![at("cluster_a/order_agg", seq)] };
+        let e = h.rejected(command);
+        assert_eq!(e.code(), "invalid_argument", "{seq}: {e}");
+    }
+    // The largest allowed base leaves room for the next seq's arithmetic.
+    let mut edge = publish("cluster_a/edge", &[]);
+    if let Command::PublishStream { base_seq, .. } = &mut edge {
+        *base_seq = decide::MAX_SEQ - 1;
+    }
+    h.run(edge).unwrap();
+    let command =
+        Command::AdvanceFrontier { producer: h.fence("cluster_a"), advances: vec![at("cluster_a/edge", decide::MAX_SEQ)] };
+    assert_eq!(h.rejected(command).code(), "invalid_argument");
+}
