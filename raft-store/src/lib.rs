@@ -63,15 +63,15 @@ pub type LogEntry = openraft::Entry<TypeConfig>;
 pub struct StoreOptions {
     /// How many applied records (the watchable event log) to keep behind the newest snapshot.
     pub retained_records: u64,
-    /// How many idempotency keys a fresh state remembers.
-    pub idempotency_capacity: usize,
+    /// How long (ms of proposal time) a fresh state remembers idempotency keys.
+    pub idempotency_window_ms: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             retained_records: 100_000,
-            idempotency_capacity: shared_model::idempotency::DEFAULT_IDEMPOTENCY_CAPACITY,
+            idempotency_window_ms: shared_model::idempotency::DEFAULT_IDEMPOTENCY_WINDOW_MS,
         }
     }
 }

@@ -92,7 +92,7 @@ impl StateMachineStore {
                 (image.state, meta.last_log_id, meta.last_membership.clone(), Some((meta, bytes)))
             }
             None => (
-                State::with_idempotency_capacity(options.idempotency_capacity),
+                State::with_idempotency_window_ms(options.idempotency_window_ms),
                 None,
                 StoredMembership::default(),
                 None,

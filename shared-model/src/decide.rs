@@ -25,7 +25,10 @@ pub const MAX_SEQ: u64 = i64::MAX as u64;
 
 fn check_seq(field: &str, seq: u64) -> Result<(), CommandError> {
     if seq >= MAX_SEQ {
-        return Err(invalid(field, format!("{seq} is out of range: batch seqs stay below {MAX_SEQ} (PostgreSQL bigint)")));
+        return Err(invalid(
+            field,
+            format!("{seq} is out of range: batch seqs stay below {MAX_SEQ} (PostgreSQL bigint)"),
+        ));
     }
     Ok(())
 }

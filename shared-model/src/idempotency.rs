@@ -1,8 +1,12 @@
 //! The idempotency cache: the first result of every recent write, by key, so that a retry after a lost reply is
 //! answered with that result instead of being applied again.
 //!
-//! It is part of the replicated state (every node holds the same cache, in snapshots too) and bounded by count:
-//! the oldest keys are forgotten first, deterministically, so memory stays flat under a steady write load.
+//! It is part of the replicated state (every node holds the same cache, in snapshots too) and bounded by time: a
+//! key is remembered for a window (default 5 minutes, twenty times the clients' 15 s retry deadline) measured on
+//! the proposing leaders' clocks as recorded in the log entries, so every node forgets the same keys at the same
+//! entry. The window's clock is the newest time seen, so a new leader whose clock is behind cannot shorten it. A
+//! very large safety bound on the number of keys (far above what the window holds at the write rates measured)
+//! keeps memory finite under a runaway client.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -14,8 +18,10 @@ use crate::event::Applied;
 use crate::ids::IdempotencyKey;
 use crate::model::LogIndex;
 
-/// How many keys are remembered by default.
-pub const DEFAULT_IDEMPOTENCY_CAPACITY: usize = 16_384;
+/// How long a key is remembered by default: well beyond any client's retry window.
+pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// Safety bound on remembered keys (about 2,000 writes/s for the whole window).
+pub const IDEMPOTENCY_MAX_KEYS: usize = 600_000;
 
 /// The remembered first result of a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,24 +34,27 @@ pub struct Remembered {
     pub result: Result<Applied, CommandError>,
 }
 
-/// Bounded key → first result map.
+/// Key → first result, for a time window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyCache {
-    capacity: usize,
+    window_ms: u64,
+    /// The newest proposal time seen (the window's clock).
+    newest_ms: u64,
     entries: BTreeMap<IdempotencyKey, Remembered>,
-    order: VecDeque<IdempotencyKey>,
+    /// Keys in the order they were first seen, with the time they were.
+    order: VecDeque<(u64, IdempotencyKey)>,
 }
 
 impl Default for IdempotencyCache {
     fn default() -> Self {
-        Self::with_capacity(DEFAULT_IDEMPOTENCY_CAPACITY)
+        Self::with_window_ms(DEFAULT_IDEMPOTENCY_WINDOW_MS)
     }
 }
 
 impl IdempotencyCache {
-    /// A cache that remembers `capacity` keys (at least one).
-    pub fn with_capacity(capacity: usize) -> Self {
-        IdempotencyCache { capacity: capacity.max(1), entries: BTreeMap::new(), order: VecDeque::new() }
+    /// A cache that remembers keys for `window_ms` milliseconds of proposal time.
+    pub fn with_window_ms(window_ms: u64) -> Self {
+        IdempotencyCache { window_ms, newest_ms: 0, entries: BTreeMap::new(), order: VecDeque::new() }
     }
 
     /// The remembered result of `key`.
@@ -53,14 +62,19 @@ impl IdempotencyCache {
         self.entries.get(key)
     }
 
-    /// Remembers the first result of `key`, forgetting the oldest key when full.
-    pub fn remember(&mut self, key: IdempotencyKey, remembered: Remembered) {
+    /// Remembers the first result of `key`, proposed at `at_ms`; forgets keys older than the window.
+    pub fn remember(&mut self, key: IdempotencyKey, remembered: Remembered, at_ms: u64) {
+        self.newest_ms = self.newest_ms.max(at_ms);
         if self.entries.insert(key.clone(), remembered).is_none() {
-            self.order.push_back(key);
-            while self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.entries.remove(&old);
-                }
+            self.order.push_back((self.newest_ms, key));
+        }
+        let horizon = self.newest_ms.saturating_sub(self.window_ms);
+        while let Some((first_ms, _)) = self.order.front() {
+            if *first_ms >= horizon && self.order.len() <= IDEMPOTENCY_MAX_KEYS {
+                break;
+            }
+            if let Some((_, old)) = self.order.pop_front() {
+                self.entries.remove(&old);
             }
         }
     }
@@ -74,6 +88,11 @@ impl IdempotencyCache {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// How long keys are remembered.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
 }
 
 /// A stable fingerprint of a command (xxh3 of its canonical binary form), equal on every node and every run.
@@ -86,15 +105,37 @@ pub fn fingerprint(command: &Command) -> u64 {
 mod tests {
     use super::*;
 
+    fn remembered(i: u64) -> Remembered {
+        Remembered { index: i, fingerprint: 0, result: Ok(Applied { index: i, events: vec![] }) }
+    }
+
+    fn key(i: u64) -> IdempotencyKey {
+        IdempotencyKey::new("c", &i.to_string()).unwrap()
+    }
+
     #[test]
-    fn oldest_keys_are_forgotten_first() {
-        let mut c = IdempotencyCache::with_capacity(2);
-        for i in 0..3 {
-            let key = IdempotencyKey::new("c", &i.to_string()).unwrap();
-            c.remember(key, Remembered { index: i, fingerprint: 0, result: Ok(Applied { index: i, events: vec![] }) });
+    fn keys_are_remembered_for_the_window_whatever_their_number() {
+        let mut c = IdempotencyCache::with_window_ms(1_000);
+        // Many keys within the window: all remembered (no count bound below the safety limit).
+        for i in 0..50_000 {
+            c.remember(key(i), remembered(i), 10_000 + i / 100);
         }
-        assert_eq!(c.len(), 2);
-        assert!(c.get(&IdempotencyKey::new("c", "0").unwrap()).is_none());
-        assert!(c.get(&IdempotencyKey::new("c", "2").unwrap()).is_some());
+        assert_eq!(c.len(), 50_000);
+        // Time moves past the window of the first ones.
+        c.remember(key(60_000), remembered(60_000), 10_000 + 1_200);
+        assert!(c.get(&key(0)).is_none(), "a key older than the window is forgotten");
+        assert!(c.get(&key(49_999)).is_some(), "a key within the window is kept");
+    }
+
+    #[test]
+    fn a_leader_with_a_slow_clock_cannot_shorten_the_window() {
+        let mut c = IdempotencyCache::with_window_ms(1_000);
+        c.remember(key(1), remembered(1), 50_000);
+        // The next leader's clock is 10 s behind: the window's clock stays at the newest time seen.
+        c.remember(key(2), remembered(2), 40_000);
+        c.remember(key(3), remembered(3), 50_900);
+        assert!(c.get(&key(1)).is_some() && c.get(&key(2)).is_some());
+        c.remember(key(4), remembered(4), 51_001);
+        assert!(c.get(&key(1)).is_none() && c.get(&key(2)).is_none() && c.get(&key(3)).is_some());
     }
 }

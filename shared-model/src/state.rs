@@ -169,9 +169,9 @@ impl<'de> Deserialize<'de> for State {
 }
 
 impl State {
-    /// An empty state with a custom idempotency capacity.
-    pub fn with_idempotency_capacity(capacity: usize) -> Self {
-        State::rebuild(StateData { idempotency: IdempotencyCache::with_capacity(capacity), ..Default::default() })
+    /// An empty state whose idempotency cache remembers keys for `window_ms` of proposal time.
+    pub fn with_idempotency_window_ms(window_ms: u64) -> Self {
+        State::rebuild(StateData { idempotency: IdempotencyCache::with_window_ms(window_ms), ..Default::default() })
     }
 
     fn rebuild(data: StateData) -> Self {
@@ -349,6 +349,7 @@ impl State {
                         fingerprint: executed.fingerprint,
                         result: executed.result.clone(),
                     },
+                    executed.proposed_at_unix_ms,
                 );
             }
         }

@@ -345,7 +345,9 @@ fn absurd_seqs_are_refused_before_any_arithmetic() {
         *base_seq = decide::MAX_SEQ - 1;
     }
     h.run(edge).unwrap();
-    let command =
-        Command::AdvanceFrontier { producer: h.fence("cluster_a"), advances: vec![at("cluster_a/edge", decide::MAX_SEQ)] };
+    let command = Command::AdvanceFrontier {
+        producer: h.fence("cluster_a"),
+        advances: vec![at("cluster_a/edge", decide::MAX_SEQ)],
+    };
     assert_eq!(h.rejected(command).code(), "invalid_argument");
 }
