@@ -25,7 +25,7 @@ echo "== cargo pgrx install (pg-extension)"
   || { tail -30 target/pgrx-install.log; status=1; }
 # 3. Everything else.
 RAFT_STORE_CRASH_ITERATIONS="${RAFT_STORE_CRASH_ITERATIONS:-60}" \
-  cargo test --workspace --exclude pg_trickle --locked --all-targets 2>&1 | tee -a target/test-output.log
+  cargo test --workspace --exclude pg_trickle --locked --all-targets --no-fail-fast 2>&1 | tee -a target/test-output.log
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' target/test-output.log | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' target/test-output.log | awk '{s+=$1} END {print s+0}')

@@ -37,7 +37,7 @@ fn members(app: &AppState) -> Vec<MemberView> {
 }
 
 /// This node's view of the Raft cluster.
-#[utoipa::path(get, path = "/v1/admin/status", tag = "admin", responses((status = 200, body = StatusView)))]
+#[utoipa::path(get, path = "/v1/admin/status", tag = "admin", responses((status = 200, body = StatusView), (status = 401, body = ApiError)))]
 pub async fn status(State(app): State<AppState>) -> Json<StatusView> {
     let m = app.raft.metrics().borrow().clone();
     let state = match m.state {
@@ -125,7 +125,7 @@ pub async fn change_membership(State(app): State<AppState>, body: Bytes) -> Resu
 
 /// The node's current state as a snapshot file (the bytes `serve --bootstrap-from` reads).
 #[utoipa::path(get, path = "/v1/admin/snapshot", tag = "admin",
-    responses((status = 200, description = "Snapshot bytes", content_type = "application/octet-stream")))]
+    responses((status = 200, description = "Snapshot bytes", content_type = "application/octet-stream"), (status = 401, body = ApiError)))]
 pub async fn snapshot(State(app): State<AppState>) -> Response {
     // Read the applied id and membership before taking the state's read lock (the lock is not re-entrant).
     let meta = SnapshotMeta {

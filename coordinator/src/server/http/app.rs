@@ -164,6 +164,7 @@ pub fn watch_routes() -> Router<AppState> {
     params(("idempotency-key" = Option<String>, Header, description = "Request id: a retry with the same id is applied once"),
            ("x-pgtrickle-client" = Option<String>, Header, description = "Writing client (first half of the idempotency key)")),
     responses((status = 200, body = Registered), (status = 400, body = ApiError), (status = 401, body = ApiError),
+              (status = 404, body = ApiError, description = "The cluster was deregistered since (a retried request id)"),
               (status = 409, body = ApiError), (status = 413, body = ApiError), (status = 422, body = ApiError), (status = 503, body = ApiError)),
     security(("bearer" = [])))]
 pub async fn register_cluster(
@@ -346,7 +347,7 @@ pub async fn advance_frontiers(
 
 /// Registered clusters.
 #[utoipa::path(get, path = "/v1/clusters", tag = "clusters", params(ReadQuery),
-    responses((status = 200, body = Vec<ClusterView>), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
+    responses((status = 200, body = Vec<ClusterView>), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn list_clusters(
     State(app): State<AppState>,
     q: Result<Query<ReadQuery>, QueryRejection>,
@@ -357,7 +358,7 @@ pub async fn list_clusters(
 
 /// One cluster.
 #[utoipa::path(get, path = "/v1/clusters/{cluster}", tag = "clusters", params(("cluster" = String, Path), ReadQuery),
-    responses((status = 200, body = ClusterView), (status = 400, body = ApiError), (status = 404, body = ApiError),
+    responses((status = 200, body = ClusterView), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 404, body = ApiError),
               (status = 422, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn get_cluster(
     State(app): State<AppState>,
@@ -371,7 +372,7 @@ pub async fn get_cluster(
 
 /// The federation's name and change-log settings.
 #[utoipa::path(get, path = "/v1/federation", tag = "federation", params(ReadQuery),
-    responses((status = 200, body = FederationView), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
+    responses((status = 200, body = FederationView), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn get_federation(
     State(app): State<AppState>,
     q: Result<Query<ReadQuery>, QueryRejection>,
@@ -382,7 +383,7 @@ pub async fn get_federation(
 
 /// Published streams with their frontiers.
 #[utoipa::path(get, path = "/v1/streams", tag = "streams", params(ReadQuery),
-    responses((status = 200, body = Vec<StreamView>), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
+    responses((status = 200, body = Vec<StreamView>), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn list_streams(
     State(app): State<AppState>,
     q: Result<Query<ReadQuery>, QueryRejection>,
@@ -394,7 +395,7 @@ pub async fn list_streams(
 /// One published stream.
 #[utoipa::path(get, path = "/v1/streams/{cluster}/{name}", tag = "streams",
     params(("cluster" = String, Path), ("name" = String, Path, description = "schema.table"), ReadQuery),
-    responses((status = 200, body = StreamView), (status = 400, body = ApiError), (status = 404, body = ApiError),
+    responses((status = 200, body = StreamView), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 404, body = ApiError),
               (status = 422, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn get_stream(
     State(app): State<AppState>,
@@ -408,7 +409,7 @@ pub async fn get_stream(
 
 /// Federated tables with their newest cuts.
 #[utoipa::path(get, path = "/v1/federated-tables", tag = "federated tables", params(ReadQuery),
-    responses((status = 200, body = Vec<FederatedTableView>), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
+    responses((status = 200, body = Vec<FederatedTableView>), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn list_federated_tables(
     State(app): State<AppState>,
     q: Result<Query<ReadQuery>, QueryRejection>,
@@ -420,7 +421,7 @@ pub async fn list_federated_tables(
 /// One federated table.
 #[utoipa::path(get, path = "/v1/federated-tables/{cluster}/{name}", tag = "federated tables",
     params(("cluster" = String, Path), ("name" = String, Path, description = "schema.table"), ReadQuery),
-    responses((status = 200, body = FederatedTableView), (status = 400, body = ApiError), (status = 404, body = ApiError),
+    responses((status = 200, body = FederatedTableView), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 404, body = ApiError),
               (status = 422, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn get_federated_table(
     State(app): State<AppState>,
@@ -434,7 +435,7 @@ pub async fn get_federated_table(
 
 /// Committed frontiers of every stream.
 #[utoipa::path(get, path = "/v1/frontiers", tag = "frontiers", params(ReadQuery),
-    responses((status = 200, body = Vec<FrontierView>), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
+    responses((status = 200, body = Vec<FrontierView>), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn list_frontiers(
     State(app): State<AppState>,
     q: Result<Query<ReadQuery>, QueryRejection>,
@@ -446,7 +447,7 @@ pub async fn list_frontiers(
 /// The committed frontier of one stream.
 #[utoipa::path(get, path = "/v1/frontiers/{cluster}/{name}", tag = "frontiers",
     params(("cluster" = String, Path), ("name" = String, Path, description = "schema.table"), ReadQuery),
-    responses((status = 200, body = FrontierView), (status = 400, body = ApiError), (status = 404, body = ApiError),
+    responses((status = 200, body = FrontierView), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 404, body = ApiError),
               (status = 422, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn get_frontier(
     State(app): State<AppState>,
@@ -460,7 +461,7 @@ pub async fn get_frontier(
 
 /// The global DAG: topological order, edges, SCC and diamond groups.
 #[utoipa::path(get, path = "/v1/dag", tag = "dag", params(ReadQuery),
-    responses((status = 200, body = DagView), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
+    responses((status = 200, body = DagView), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn get_dag(
     State(app): State<AppState>,
     q: Result<Query<ReadQuery>, QueryRejection>,
@@ -471,7 +472,7 @@ pub async fn get_dag(
 
 /// The global DAG in Graphviz DOT (a JSON string).
 #[utoipa::path(get, path = "/v1/dag/dot", tag = "dag", params(ReadQuery),
-    responses((status = 200, body = String, content_type = "application/json"), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
+    responses((status = 200, body = String, content_type = "application/json"), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn get_dag_dot(
     State(app): State<AppState>,
     q: Result<Query<ReadQuery>, QueryRejection>,
@@ -495,7 +496,7 @@ impl Drop for WatcherGuard<'_> {
 /// this node's applied records (every record is committed; a follower may lag the leader). 410 when `after` is
 /// older than the retained history.
 #[utoipa::path(get, path = "/v1/events", tag = "watch", params(EventsQuery),
-    responses((status = 200, body = EventsPage), (status = 400, body = ApiError), (status = 410, body = ApiError)))]
+    responses((status = 200, body = EventsPage), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 410, body = ApiError)))]
 pub async fn events(
     State(app): State<AppState>,
     q: Result<Query<EventsQuery>, QueryRejection>,
@@ -542,7 +543,7 @@ pub async fn events(
 /// Long-poll of a federated table's newest cut: answers when the cut is newer than `after` or `wait_ms` passed.
 #[utoipa::path(get, path = "/v1/cut/{cluster}/{name}", tag = "watch",
     params(("cluster" = String, Path), ("name" = String, Path, description = "schema.table"), CutQuery),
-    responses((status = 200, body = CutView), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 200, body = CutView), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
 pub async fn cut(
     State(app): State<AppState>,
     Path((cluster, name)): Path<(String, String)>,
@@ -592,7 +593,7 @@ async fn long_poll<T>(
 /// Served from this node's applied state (every point is committed; a follower may lag the leader).
 #[utoipa::path(get, path = "/v1/frontiers/{cluster}/{name}/history", tag = "watch",
     params(("cluster" = String, Path), ("name" = String, Path, description = "schema.table"), HistoryQuery),
-    responses((status = 200, body = FrontierHistoryView), (status = 400, body = ApiError), (status = 404, body = ApiError),
+    responses((status = 200, body = FrontierHistoryView), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 404, body = ApiError),
               (status = 422, body = ApiError)))]
 pub async fn frontier_history(
     State(app): State<AppState>,

@@ -58,13 +58,13 @@ pub struct ReadyView {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String, content_type = "application/json")))]
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String, content_type = "application/json"), (status = 401, body = ApiError)))]
 pub async fn healthz() -> Json<&'static str> {
     Json("ok")
 }
 
 /// Readiness: a leader is known and this node applies the log.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = ReadyView), (status = 503, body = ApiError)))]
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = ReadyView), (status = 401, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let m = app.raft.metrics().borrow().clone();
     if m.current_leader.is_some() && m.running_state.is_ok() {
@@ -76,7 +76,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics (text exposition format).
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 401, body = ApiError)))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.encode()).into_response()
 }
