@@ -187,7 +187,7 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
         &mut c,
         "SELECT pgtrickle.create_federated_stream_table('loopy', 'SELECT a_fed.user_id FROM cluster_a.a_fed', \
          ARRAY['kafka://coordinator/cluster_a/a_fed'])",
-        SqlState::INVALID_PARAMETER_VALUE,
+        SqlState::INVALID_RECURSION,
         "cycle",
     );
     println!("cycle: {message}");
