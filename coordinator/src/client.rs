@@ -210,7 +210,11 @@ impl Client {
         for attempt in 0..self.nodes.len() {
             let index = (self.preferred.load(Ordering::Relaxed) + attempt) % self.nodes.len();
             let url = format!("{}{}", self.nodes[index], path);
-            match self.http.get(&url).timeout(self.options.attempt_timeout * 4).send().await {
+            let mut req = self.http.get(&url).timeout(self.options.attempt_timeout * 4);
+            if let Some(token) = &self.options.token {
+                req = req.bearer_auth(token);
+            }
+            match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
                     return resp
                         .bytes()
