@@ -93,6 +93,9 @@ pub struct Registered {
     pub cluster: ClusterView,
     /// Federation name and broker settings to use.
     pub federation: FederationView,
+    /// The federation's message key (64 hex digits): authenticates every broker envelope. Handed out only here,
+    /// to a caller holding the write token; keep it as secret as the token.
+    pub message_key: String,
 }
 
 impl Registered {
@@ -217,6 +220,8 @@ pub struct FrontierHistoryView {
     pub pending_reinit: Option<u64>,
     /// The producer epoch the newest batch was recorded under (the cluster's epoch at publication before any).
     pub producer_epoch: u64,
+    /// The stream's incarnation: changes when it is unpublished and published again (its seqs start over).
+    pub incarnation: u64,
     /// The seq below the points (the consumer's `after_seq`, or older when the log keeps less).
     pub floor_seq: u64,
     /// Its global timestamp.
@@ -245,6 +250,8 @@ pub struct StreamView {
     pub upstream: BTreeSet<NodeKey>,
     pub schema_version: u32,
     pub published_at: LogIndex,
+    /// Changes when the stream is unpublished and published again.
+    pub incarnation: u64,
     pub frontier: FrontierView,
     /// Federated tables that read it.
     pub subscribers: Vec<FederatedTableId>,
@@ -420,6 +427,7 @@ pub mod views {
             columns: info.columns.clone(),
             pending_reinit: info.pending_reinit.as_ref().map(|p| p.epoch),
             producer_epoch: info.producer_epoch,
+            incarnation: info.incarnation,
             floor_seq,
             floor_at,
             truncated,
@@ -437,6 +445,7 @@ pub mod views {
             upstream: info.upstream.clone(),
             schema_version: info.schema_version,
             published_at: info.published_at,
+            incarnation: info.incarnation,
             frontier: frontier(state, id)?,
             subscribers: state.subscribers(id).cloned().collect(),
         })

@@ -138,6 +138,10 @@ CREATE TABLE pgtrickle.pgt_federation (
     -- until it takes the name over.
     system_identifier   text NOT NULL,
     producer_epoch      bigint NOT NULL,
+    -- The federation's message key (64 hex digits), handed out at registration: every envelope this cluster
+    -- sends is authenticated with it, and every envelope it applies must be. As secret as the coordinator token:
+    -- the table has no grants beyond its owner (the superuser that created the extension).
+    message_key         text NOT NULL,
     registered_at       timestamptz NOT NULL DEFAULT now(),
     last_contact        timestamptz,
     last_error          text
@@ -165,6 +169,9 @@ CREATE TABLE pgtrickle.pgt_publications (
     -- Stream seq = local batch seq + seq_shift. Zero until a takeover restarts the stream: its snapshot batch then
     -- becomes the log's next seq, whatever the local seq counter says.
     seq_shift       bigint NOT NULL DEFAULT 0,
+    -- The stream's incarnation at the coordinators (new when it is published after an unpublish): every envelope
+    -- carries it, and consumers apply only envelopes of the incarnation the log names.
+    incarnation     bigint NOT NULL DEFAULT 0,
     columns         jsonb NOT NULL DEFAULT '[]',
     last_sent_at    timestamptz,
     last_error      text
@@ -201,6 +208,10 @@ CREATE TABLE pgtrickle.pgt_federation_sources (
     state             text NOT NULL DEFAULT 'bootstrapping',
     detail            text,
     reinit_requests   bigint NOT NULL DEFAULT 0,
+    -- The stream incarnation the mirror holds (NULL until the first answer of the log binds it).
+    incarnation       bigint,
+    -- Messages on the topic refused (not authenticated by the federation's key, undecodable, contradicting).
+    refused_messages  bigint NOT NULL DEFAULT 0,
     checked_at        timestamptz
 );
 COMMENT ON TABLE pgtrickle.pgt_federation_sources IS 'mirrored sources: applied seq and broker position (stored with each apply), lag, state';
@@ -235,6 +246,8 @@ SELECT ft.table_id AS federated_table,
        s.applied_at,
        s.applied_offset AS broker_offset,
        s.reinit_requests,
+       s.incarnation,
+       s.refused_messages,
        ft.applied_cut_at AS cut_at,
        s.checked_at
 FROM pgtrickle.pgt_federation_sources s

@@ -11,7 +11,9 @@ use serde::Serialize;
 pub const MAGIC: [u8; 4] = *b"PGTF";
 /// The current format version.
 /// Version 2: registrations carry the server's system identifier and producer epoch, advances their fence.
-pub const FORMAT_VERSION: u16 = 2;
+/// Version 3: streams carry their incarnation, the state the federation's message key; envelopes carry
+/// incarnation and producer epoch and are followed by an authentication tag.
+pub const FORMAT_VERSION: u16 = 3;
 /// Size of the header in bytes.
 pub const HEADER_LEN: usize = 4 + 2 + 4 + 8;
 

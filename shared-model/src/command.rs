@@ -9,6 +9,7 @@ use crate::dag::NodeKey;
 use crate::ids::{
     ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, SourceUrl, StreamId, SystemIdentifier,
 };
+use crate::message_key::MessageKey;
 use crate::model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency};
 use crate::state::State;
 
@@ -86,6 +87,9 @@ pub enum Command {
     AdvanceFrontier { producer: ProducerFence, advances: Vec<FrontierAdvance> },
     /// Ask the producer of `stream` to send a snapshot batch (a consumer lost data, or the schema changed).
     RequestReinitialize { stream: StreamId, reason: String },
+    /// Give the federation its message key (drawn by the proposing coordinator) unless it has one: a federation
+    /// keeps its first key, so concurrent or repeated issues agree.
+    IssueMessageKey { key: MessageKey },
     /// Record a checkpoint a cluster wrote to object storage.
     RecordCheckpoint { cluster: ClusterName, checkpoint: CheckpointRecord },
     /// Start a new coordinator cluster from another one's state snapshot; only into an empty state.
@@ -105,6 +109,7 @@ impl Command {
             Command::DropFederatedTable { .. } => "drop_federated_table",
             Command::AdvanceFrontier { .. } => "advance_frontier",
             Command::RequestReinitialize { .. } => "request_reinitialize",
+            Command::IssueMessageKey { .. } => "issue_message_key",
             Command::RecordCheckpoint { .. } => "record_checkpoint",
             Command::RestoreState { .. } => "restore_state",
         }

@@ -86,8 +86,13 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
             Ok(events)
         }
         Command::PublishStream { stream, columns, upstream, base_seq } => {
-            decide_publish(state, stream, columns, upstream, *base_seq)
+            decide_publish(state, index, stream, columns, upstream, *base_seq)
         }
+        Command::IssueMessageKey { key } => match state.message_key() {
+            Some(_) => Ok(vec![]),
+            None if !key.is_known() => Err(invalid("key", "a redacted key cannot be issued")),
+            None => Ok(vec![Event::MessageKeyIssued { key: key.clone() }]),
+        },
         Command::UnpublishStream { stream, cascade } => {
             if !state.streams().contains_key(stream) {
                 return Err(CommandError::UnknownStream { stream: stream.to_string() });
@@ -312,6 +317,7 @@ fn cycle_error(path: Vec<NodeKey>) -> CommandError {
 
 fn decide_publish(
     state: &State,
+    index: LogIndex,
     stream: &StreamId,
     columns: &[ColumnDef],
     upstream: &BTreeSet<NodeKey>,
@@ -359,12 +365,16 @@ fn decide_publish(
         Some(info) => info.schema_version,
     };
     let base_seq = existing.map_or(base_seq, |i| i.frontier.seq());
+    // A new life of the stream gets an incarnation no earlier life had: the log index, kept above every one
+    // handed out before (a restored state may come from an older, longer log).
+    let incarnation = existing.map_or(index.max(state.last_incarnation() + 1), |i| i.incarnation);
     Ok(vec![Event::StreamPublished {
         stream: stream.clone(),
         columns: columns.to_vec(),
         upstream: upstream.clone(),
         base_seq,
         schema_version,
+        incarnation,
     }])
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dag::NodeKey;
 use crate::ids::{ClusterName, FederatedTableId, FederationName, Ident, SourceUrl, StreamId, SystemIdentifier};
+use crate::message_key::MessageKey;
 use crate::model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex};
 use crate::state::State;
 
@@ -36,12 +37,15 @@ pub enum Event {
     /// A cluster left.
     ClusterDeregistered { name: ClusterName },
     /// A stream was published or its definition changed (`schema_version` counts column changes from 1).
+    /// `incarnation` names this life of the stream: new when the stream did not exist (first publication, or
+    /// published again after an unpublish), kept by later changes.
     StreamPublished {
         stream: StreamId,
         columns: Vec<ColumnDef>,
         upstream: BTreeSet<NodeKey>,
         base_seq: u64,
         schema_version: u32,
+        incarnation: u64,
     },
     /// A stream was withdrawn.
     StreamUnpublished { stream: StreamId },
@@ -54,6 +58,11 @@ pub enum Event {
     FrontierAdvanced { stream: StreamId, seq: u64, kind: BatchKind, position: BrokerPosition, producer_epoch: u64 },
     /// A snapshot batch of `stream` was requested; `epoch` counts requests per stream.
     ReinitializeRequested { stream: StreamId, epoch: u64, reason: String },
+    /// The federation's message key was issued (shown redacted in every human-readable form).
+    MessageKeyIssued {
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        key: MessageKey,
+    },
     /// A cluster wrote a checkpoint.
     CheckpointRecorded { cluster: ClusterName, checkpoint: CheckpointRecord },
     /// The state was restored from a snapshot of another coordinator cluster (rebased onto this log's time).
@@ -77,6 +86,7 @@ impl Event {
             Event::FederatedTableDropped { .. } => "FederatedTableDropped",
             Event::FrontierAdvanced { .. } => "FrontierAdvanced",
             Event::ReinitializeRequested { .. } => "ReinitializeRequested",
+            Event::MessageKeyIssued { .. } => "MessageKeyIssued",
             Event::CheckpointRecorded { .. } => "CheckpointRecorded",
             Event::StateRestored { .. } => "StateRestored",
         }

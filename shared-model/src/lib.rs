@@ -17,6 +17,7 @@ pub mod event;
 pub mod frontier;
 pub mod idempotency;
 pub mod ids;
+pub mod message_key;
 pub mod model;
 pub mod planted;
 pub mod protocol;
@@ -32,6 +33,7 @@ pub use ids::{
     Backend, ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, ParseError, RelationId, SourceUrl,
     StreamId, SystemIdentifier,
 };
+pub use message_key::MessageKey;
 pub use model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex};
 pub use state::{Executed, State};
 

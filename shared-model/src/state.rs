@@ -20,6 +20,7 @@ use crate::idempotency::{fingerprint, IdempotencyCache, Remembered};
 use crate::ids::{
     ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, SourceUrl, StreamId, SystemIdentifier,
 };
+use crate::message_key::MessageKey;
 use crate::model::{ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex};
 
 /// The federation's own settings.
@@ -77,6 +78,9 @@ pub struct StreamInfo {
     pub schema_version: u32,
     /// When it was first published.
     pub published_at: LogIndex,
+    /// This life of the stream (see [`Event::StreamPublished`]); never rebased, so a consumer's stored
+    /// incarnation stays comparable across a coordinator restore.
+    pub incarnation: u64,
     /// Its committed frontier.
     pub frontier: Frontier,
     /// The producer epoch its newest batch was recorded under (the cluster's epoch at publication before that):
@@ -110,6 +114,10 @@ struct StateData {
     federated: BTreeMap<FederatedTableId, FederatedTableInfo>,
     idempotency: IdempotencyCache,
     last_applied: LogIndex,
+    /// Authenticates broker envelopes (issued once per federation).
+    message_key: Option<MessageKey>,
+    /// The newest stream incarnation handed out: a new one is above it even after a restore onto a younger log.
+    last_incarnation: u64,
 }
 
 /// What applying one log entry did: kept by the durable store per entry, replayable with [`State::replay`].
@@ -212,6 +220,14 @@ impl State {
     /// The federation's settings.
     pub fn federation(&self) -> &FederationSettings {
         &self.data.federation
+    }
+    /// The federation's message key, once issued.
+    pub fn message_key(&self) -> Option<&MessageKey> {
+        self.data.message_key.as_ref()
+    }
+    /// The newest stream incarnation handed out.
+    pub fn last_incarnation(&self) -> u64 {
+        self.data.last_incarnation
     }
     /// Registered clusters.
     pub fn clusters(&self) -> &BTreeMap<ClusterName, ClusterInfo> {
@@ -382,7 +398,7 @@ impl State {
             Event::ClusterDeregistered { name } => {
                 self.data.clusters.remove(name).ok_or_else(|| fail(format!("cluster {name} is not registered")))?;
             }
-            Event::StreamPublished { stream, columns, upstream, base_seq, schema_version } => {
+            Event::StreamPublished { stream, columns, upstream, base_seq, schema_version, incarnation } => {
                 let Some(cluster) = self.data.clusters.get(stream.cluster()) else {
                     return Err(fail(format!("stream {stream} belongs to unregistered cluster")));
                 };
@@ -392,6 +408,7 @@ impl State {
                     upstream: BTreeSet::new(),
                     schema_version: 0,
                     published_at: index,
+                    incarnation: *incarnation,
                     frontier: Frontier::new(*base_seq, index),
                     producer_epoch,
                     reinit_epoch: 0,
@@ -400,6 +417,13 @@ impl State {
                 info.columns = columns.clone();
                 info.upstream = upstream.clone();
                 info.schema_version = *schema_version;
+                if info.incarnation != *incarnation {
+                    return Err(fail(format!(
+                        "stream {stream} is incarnation {}, not {incarnation}",
+                        info.incarnation
+                    )));
+                }
+                self.data.last_incarnation = self.data.last_incarnation.max(*incarnation);
                 self.dag.add_node(NodeKey::Stream(stream.clone()));
                 self.link_stream(stream);
             }
@@ -500,6 +524,12 @@ impl State {
                 let idempotency = std::mem::take(&mut self.data.idempotency);
                 let last_applied = self.data.last_applied;
                 *self = State::rebuild(StateData { idempotency, last_applied, ..state.data.clone() });
+            }
+            Event::MessageKeyIssued { key } => {
+                if self.data.message_key.is_some() {
+                    return Err(fail("the federation's message key was issued already".to_string()));
+                }
+                self.data.message_key = Some(key.clone());
             }
             Event::CheckpointRecorded { cluster, checkpoint } => {
                 let info = self

@@ -6,8 +6,8 @@
 //! Checked at every apply, against the real log (not the answers the machine saw): every applied batch is
 //! committed, each seq once and in order (or a jump to a committed snapshot), the applied copy is the one the
 //! log recorded (offset and kind) even when the producer sent several, and in causal mode every applied state is
-//! a cut. Once
-//! the faults stop, a few rounds apply everything the log recorded.
+//! a cut; no forged message (same stream, seq and offset as a real one, signed with another key) is ever
+//! applied. Once the faults stop, a few rounds apply everything the log recorded.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,11 +16,15 @@ mod common;
 use common::{FaultTape, Harness};
 use proptest::prelude::*;
 use shared_model::apply::is_consistent;
-use shared_model::envelope::Batch;
-use shared_model::protocol::consumer::{Action, Consumer, FrontierAnswer, Input, Message, SourceConfig};
+use shared_model::envelope::{Batch, RowAction, RowChange};
+use shared_model::protocol::consumer::{Action, AnswerError, Consumer, FrontierAnswer, Input, Message, SourceConfig};
 use shared_model::*;
 
 const TABLE: i64 = 7;
+
+fn federation_key() -> MessageKey {
+    MessageKey::from_bytes([3; 32])
+}
 
 struct Source {
     id: StreamId,
@@ -33,6 +37,7 @@ struct Source {
     /// The consumer's catalog row.
     applied_seq: u64,
     applied_offset: Option<i64>,
+    incarnation: Option<u64>,
     /// The consumer's read position (next offset), as assigned.
     read_next: usize,
 }
@@ -62,6 +67,7 @@ impl World {
                     unrecorded: BTreeMap::new(),
                     applied_seq: 0,
                     applied_offset: None,
+                    incarnation: None,
                     read_next: 0,
                 })
                 .collect(),
@@ -191,6 +197,7 @@ impl World {
                 consistency: self.consistency,
                 applied_seq: s.applied_seq,
                 applied_offset: s.applied_offset,
+                incarnation: s.incarnation,
             })
             .collect()
     }
@@ -219,13 +226,25 @@ impl World {
                     let mut taken = 0;
                     while source.read_next < source.topic.len() && taken < limit {
                         if let Some((seq, kind)) = source.topic[source.read_next] {
-                            let batch = Batch { stream: source.id.clone(), seq, kind, columns: vec![], rows: vec![] };
-                            let payload = batch.encode_chunks(1 << 20).unwrap().remove(0);
-                            messages.push(Message {
+                            let mut batch = Batch {
                                 stream: source.id.clone(),
-                                offset: source.read_next as i64,
-                                payload,
-                            });
+                                incarnation: self.log.state.streams()[&source.id].incarnation,
+                                producer_epoch: 1,
+                                seq,
+                                kind,
+                                columns: vec![],
+                                rows: vec![],
+                            };
+                            let payload = batch.encode_chunks(1 << 20, &federation_key()).unwrap().remove(0);
+                            let offset = source.read_next as i64;
+                            if self.tape.fails(4) {
+                                // A forger's copy at the same place: a row the producer never wrote.
+                                batch.rows.push(RowChange { action: RowAction::Insert, row_id: 666, values: vec![] });
+                                let forged =
+                                    batch.encode_chunks(1 << 20, &MessageKey::from_bytes([4; 32])).unwrap().remove(0);
+                                messages.push(Message { stream: source.id.clone(), offset, payload: forged });
+                            }
+                            messages.push(Message { stream: source.id.clone(), offset, payload });
                         }
                         source.read_next += 1;
                         taken += 1;
@@ -237,7 +256,7 @@ impl World {
                 let mut answers = Vec::new();
                 for (id, after_seq) in after {
                     if self.tape.fails(7) {
-                        answers.push((id, Err("no coordinator answered".to_string())));
+                        answers.push((id, Err(AnswerError::Unreachable("no coordinator answered".to_string()))));
                         break;
                     }
                     let i = self.source_index(&id);
@@ -245,6 +264,7 @@ impl World {
                         frontier: self.frontier(i).tail_after(after_seq),
                         pending_reinit: self.log.state.streams()[&id].pending_reinit.is_some(),
                         as_of: self.log.state.last_applied(),
+                        incarnation: self.log.state.streams()[&id].incarnation,
                     };
                     answers.push((id, Ok(view)));
                     // The next answers may reflect a later log: batches already sent are recorded meanwhile,
@@ -279,6 +299,7 @@ impl World {
                         assert!(*seq == current + 1 || jump, "{id}: seq {seq} after {current}");
                         let held = machine.held(id, *seq).expect("applied from a held batch");
                         assert_eq!(held.batch.seq, *seq);
+                        assert!(held.batch.rows.is_empty(), "{id}: applied a forged batch");
                         assert_eq!(held.batch.kind, point.kind, "{id}: applied a copy of another kind");
                         assert_eq!(
                             held.offset, point.position.offset,
@@ -318,6 +339,12 @@ impl World {
                 };
                 Input::ReinitRequested { stream, result }
             }
+            Action::Reset { stream, incarnation, forget, .. } => {
+                let i = self.source_index(&stream);
+                assert!(!forget, "{stream}: reset to {incarnation} although the incarnation never changed");
+                self.sources[i].incarnation = Some(incarnation);
+                Input::Reset { stream, result: Ok(()) }
+            }
             Action::RefreshFederated { .. } | Action::SetStatus { .. } => return None,
         })
     }
@@ -328,6 +355,7 @@ impl World {
             now_ms: self.now_ms,
             wall_ms: self.now_ms,
             connected: true,
+            key: federation_key(),
             sources: self.configs(),
         });
         let mut steps = 0;

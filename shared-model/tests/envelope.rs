@@ -1,9 +1,13 @@
 //! The broker envelope: chunking under a message limit, reassembly from any order with redeliveries,
-//! and refusal of damaged, foreign or contradictory messages.
+//! and refusal of damaged, forged, foreign or contradictory messages.
 
 use proptest::prelude::*;
 use shared_model::envelope::{decode_envelope, Assembler, Batch, EnvelopeError, RowAction, RowChange};
-use shared_model::{codec, BatchKind, ColumnDef, StreamId};
+use shared_model::{codec, BatchKind, ColumnDef, MessageKey, StreamId};
+
+fn key() -> MessageKey {
+    MessageKey::from_bytes([9; 32])
+}
 
 fn stream() -> StreamId {
     StreamId::parse("cluster_a/public.order_agg").unwrap()
@@ -29,6 +33,8 @@ fn batch_strategy() -> impl Strategy<Value = Batch> {
         })
         .prop_map(|(seq, snapshot, rows, columns)| Batch {
             stream: stream(),
+            incarnation: 3,
+            producer_epoch: 2,
             seq,
             kind: if snapshot { BatchKind::Snapshot } else { BatchKind::Delta },
             columns: (0..columns).map(|i| ColumnDef::new(&format!("c{i}"), "text")).collect(),
@@ -46,7 +52,7 @@ proptest! {
         order_seed in any::<u64>(),
         duplicates in prop::collection::vec(any::<prop::sample::Index>(), 0..5),
     ) {
-        let messages = batch.encode_chunks(limit).unwrap();
+        let messages = batch.encode_chunks(limit, &key()).unwrap();
         prop_assert!(!messages.is_empty());
         for message in &messages {
             prop_assert!(message.len() <= limit, "{} > {}", message.len(), limit);
@@ -64,7 +70,7 @@ proptest! {
         let mut assembler = Assembler::default();
         let mut completed = Vec::new();
         for message in deliveries {
-            if let Some(done) = assembler.add(decode_envelope(&message).unwrap()).unwrap() {
+            if let Some(done) = assembler.add(decode_envelope(&message, &key()).unwrap()).unwrap() {
                 completed.push(done);
             }
         }
@@ -75,12 +81,12 @@ proptest! {
 
     #[test]
     fn any_flipped_byte_is_detected(batch in batch_strategy(), position in any::<prop::sample::Index>(), bit in 0u8..8) {
-        let messages = batch.encode_chunks(64 * 1024).unwrap();
+        let messages = batch.encode_chunks(64 * 1024, &key()).unwrap();
         let mut damaged = messages[0].clone();
         let at = position.index(damaged.len());
         damaged[at] ^= 1 << bit;
-        prop_assert!(decode_envelope(&damaged).is_err());
-        prop_assert!(decode_envelope(&damaged[..damaged.len() - 1]).is_err());
+        prop_assert!(decode_envelope(&damaged, &key()).is_err());
+        prop_assert!(decode_envelope(&damaged[..damaged.len() - 1], &key()).is_err());
     }
 }
 
@@ -88,15 +94,17 @@ proptest! {
 fn an_empty_batch_is_one_message() {
     let batch = Batch {
         stream: stream(),
+        incarnation: 3,
+        producer_epoch: 2,
         seq: 7,
         kind: BatchKind::Snapshot,
         columns: vec![ColumnDef::new("a", "int")],
         rows: vec![],
     };
-    let messages = batch.encode_chunks(1024).unwrap();
+    let messages = batch.encode_chunks(1024, &key()).unwrap();
     assert_eq!(messages.len(), 1);
     let mut assembler = Assembler::default();
-    assert_eq!(assembler.add(decode_envelope(&messages[0]).unwrap()).unwrap(), Some(batch));
+    assert_eq!(assembler.add(decode_envelope(&messages[0], &key()).unwrap()).unwrap(), Some(batch));
     assert_eq!(assembler.pending(), 0);
 }
 
@@ -104,39 +112,104 @@ fn an_empty_batch_is_one_message() {
 fn impossible_limits_and_bad_rows_are_refused_with_the_reason() {
     let columns = vec![ColumnDef::new("a", "text")];
     let big = RowChange { action: RowAction::Insert, row_id: 9, values: vec![Some("x".repeat(5_000))] };
-    let batch = Batch { stream: stream(), seq: 1, kind: BatchKind::Delta, columns: columns.clone(), rows: vec![big] };
-    assert!(matches!(batch.encode_chunks(2_000), Err(EnvelopeError::RowTooLarge { row_id: 9, .. })));
-    assert!(matches!(batch.encode_chunks(10), Err(EnvelopeError::LimitTooSmall { .. })));
+    let batch = Batch {
+        stream: stream(),
+        incarnation: 3,
+        producer_epoch: 2,
+        seq: 1,
+        kind: BatchKind::Delta,
+        columns: columns.clone(),
+        rows: vec![big],
+    };
+    assert!(matches!(batch.encode_chunks(2_000, &key()), Err(EnvelopeError::RowTooLarge { row_id: 9, .. })));
+    assert!(matches!(batch.encode_chunks(10, &key()), Err(EnvelopeError::LimitTooSmall { .. })));
     let wrong = RowChange { action: RowAction::Delete, row_id: 3, values: vec![None, None] };
-    let batch = Batch { stream: stream(), seq: 1, kind: BatchKind::Delta, columns, rows: vec![wrong] };
-    assert!(matches!(batch.encode_chunks(2_000), Err(EnvelopeError::Arity { expected: 1, found: 2, .. })));
+    let batch = Batch {
+        stream: stream(),
+        incarnation: 3,
+        producer_epoch: 2,
+        seq: 1,
+        kind: BatchKind::Delta,
+        columns,
+        rows: vec![wrong],
+    };
+    assert!(matches!(batch.encode_chunks(2_000, &key()), Err(EnvelopeError::Arity { expected: 1, found: 2, .. })));
 }
 
 #[test]
 fn foreign_records_and_contradicting_chunks_are_refused() {
     let state_record = codec::encode(&("not an envelope".to_string(), 1u64));
-    assert!(matches!(decode_envelope(&state_record), Err(EnvelopeError::Codec(codec::CodecError::BadMagic { .. }))));
+    assert!(matches!(decode_envelope(&state_record, &key()), Err(EnvelopeError::Unauthenticated)));
+    // Even authenticated, a state record is not an envelope.
+    let mut tagged = state_record.clone();
+    tagged.extend_from_slice(&key().tag(&state_record));
+    assert!(matches!(decode_envelope(&tagged, &key()), Err(EnvelopeError::Codec(codec::CodecError::BadMagic { .. }))));
 
     let rows: Vec<RowChange> = (0..50)
         .map(|i| RowChange { action: RowAction::Insert, row_id: i, values: vec![Some(format!("value {i:040}"))] })
         .collect();
-    let batch =
-        Batch { stream: stream(), seq: 4, kind: BatchKind::Delta, columns: vec![ColumnDef::new("v", "text")], rows };
-    let messages = batch.encode_chunks(1_500).unwrap();
+    let batch = Batch {
+        stream: stream(),
+        incarnation: 3,
+        producer_epoch: 2,
+        seq: 4,
+        kind: BatchKind::Delta,
+        columns: vec![ColumnDef::new("v", "text")],
+        rows,
+    };
+    let messages = batch.encode_chunks(1_500, &key()).unwrap();
     assert!(messages.len() >= 2);
     let mut assembler = Assembler::default();
-    let first = decode_envelope(&messages[0]).unwrap();
+    let first = decode_envelope(&messages[0], &key()).unwrap();
     assert_eq!(assembler.add(first.clone()).unwrap(), None);
     let mut lying = first.clone();
     lying.rows[0].row_id += 1;
     assert!(matches!(assembler.add(lying), Err(EnvelopeError::Conflict { what: "rows", .. })));
-    let mut other_kind = decode_envelope(&messages[1]).unwrap();
+    let mut other_kind = decode_envelope(&messages[1], &key()).unwrap();
     other_kind.kind = BatchKind::Snapshot;
     assert!(matches!(assembler.add(other_kind), Err(EnvelopeError::Conflict { what: "batch kind", .. })));
     // The refusals changed nothing: the real chunks still complete the batch.
     let mut result = None;
     for message in &messages[1..] {
-        result = assembler.add(decode_envelope(message).unwrap()).unwrap();
+        result = assembler.add(decode_envelope(message, &key()).unwrap()).unwrap();
     }
     assert_eq!(result, Some(batch));
+}
+
+proptest! {
+    #[test]
+    fn a_message_under_another_key_is_refused_before_decoding(batch in batch_strategy(), other in any::<[u8; 32]>()) {
+        prop_assume!(other != [9; 32]);
+        let forged = batch.encode_chunks(64 * 1024, &MessageKey::from_bytes(other)).unwrap();
+        for message in &forged {
+            prop_assert!(matches!(decode_envelope(message, &key()), Err(EnvelopeError::Unauthenticated)));
+        }
+    }
+}
+
+#[test]
+fn incarnations_never_mix_in_reassembly() {
+    let rows: Vec<RowChange> = (0..50)
+        .map(|i| RowChange { action: RowAction::Insert, row_id: i, values: vec![Some(format!("value {i:040}"))] })
+        .collect();
+    let make = |incarnation| Batch {
+        stream: stream(),
+        incarnation,
+        producer_epoch: 2,
+        seq: 4,
+        kind: BatchKind::Delta,
+        columns: vec![ColumnDef::new("v", "text")],
+        rows: rows.clone(),
+    };
+    let old = make(3).encode_chunks(1_500, &key()).unwrap();
+    let new = make(8).encode_chunks(1_500, &key()).unwrap();
+    assert!(old.len() >= 2);
+    let mut assembler = Assembler::default();
+    // Every chunk but the last of each: nothing completes from a mix of the two lives of the stream.
+    for message in old[..old.len() - 1].iter().chain(&new[..new.len() - 1]) {
+        assert_eq!(assembler.add(decode_envelope(message, &key()).unwrap()).unwrap(), None);
+    }
+    let done = assembler.add(decode_envelope(new.last().unwrap(), &key()).unwrap()).unwrap().unwrap();
+    assert_eq!(done, make(8));
+    assert_eq!(assembler.pending(), 1);
 }

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use shared_model::envelope::Batch;
 use shared_model::frontier::{Frontier, FrontierPoint};
-use shared_model::protocol::consumer::{self, Consumer, FrontierAnswer, Message, SourceConfig};
+use shared_model::protocol::consumer::{self, AnswerError, Consumer, FrontierAnswer, Message, SourceConfig};
 use shared_model::protocol::producer::{Action, Input, LocalStream, LogView, Producer, SentCopy};
-use shared_model::{BatchKind, BrokerPosition, Consistency, StreamId};
+use shared_model::{BatchKind, BrokerPosition, Consistency, MessageKey, StreamId};
 
 fn stream(text: &str) -> StreamId {
     StreamId::parse(text).unwrap_or_else(|e| panic!("stream {text:?}: {e}"))
@@ -201,6 +201,11 @@ fn scenario_files(machine: &str) -> Vec<std::path::PathBuf> {
 
 // ----- consumer -------------------------------------------------------------------------------------------------
 
+/// The federation's key in every consumer scenario (`forged` messages are signed with another).
+fn scenario_key() -> MessageKey {
+    MessageKey::from_bytes([1; 32])
+}
+
 fn parse_consumer_input(line: &str) -> consumer::Input {
     let words: Vec<&str> = line.split_whitespace().collect();
     let mut parts = line.split('|');
@@ -212,6 +217,7 @@ fn parse_consumer_input(line: &str) -> consumer::Input {
             now_ms: number(&head, "now"),
             wall_ms: 0,
             connected: !head.contains(&"disconnected"),
+            key: scenario_key(),
             sources: items
                 .iter()
                 .map(|w| SourceConfig {
@@ -220,6 +226,12 @@ fn parse_consumer_input(line: &str) -> consumer::Input {
                     consistency: if w.contains(&"causal") { Consistency::Causal } else { Consistency::Eventual },
                     applied_seq: number(w, "applied"),
                     applied_offset: value(w, "offset").map(|o| o.parse().unwrap()),
+                    // inc=none: not bound yet; default incarnation 1.
+                    incarnation: match value(w, "inc") {
+                        Some("none") => None,
+                        Some(i) => Some(i.parse().unwrap()),
+                        None => Some(1),
+                    },
                 })
                 .collect(),
         },
@@ -229,8 +241,18 @@ fn parse_consumer_input(line: &str) -> consumer::Input {
                 .iter()
                 .map(|w| {
                     let seq = number(w, "seq");
-                    let batch = Batch { stream: stream(w[0]), seq, kind: kind(w[3]), columns: vec![], rows: vec![] };
-                    let payload = batch.encode_chunks(1 << 20).unwrap().remove(0);
+                    let batch = Batch {
+                        // claims=STREAM: the envelope names another stream than the topic it is on.
+                        stream: value(w, "claims").map_or_else(|| stream(w[0]), stream),
+                        incarnation: value(w, "inc").map_or(1, |i| i.parse().unwrap()),
+                        producer_epoch: 1,
+                        seq,
+                        kind: kind(w[3]),
+                        columns: vec![],
+                        rows: vec![],
+                    };
+                    let key = if w.contains(&"forged") { MessageKey::from_bytes([2; 32]) } else { scenario_key() };
+                    let payload = batch.encode_chunks(1 << 20, &key).unwrap().remove(0);
                     Message { stream: stream(w[0]), offset: number(w, "offset") as i64, payload }
                 })
                 .collect(),
@@ -245,7 +267,10 @@ fn parse_consumer_input(line: &str) -> consumer::Input {
                     let w: Vec<&str> = part.split_whitespace().collect();
                     let id = stream(w[0]);
                     if let Some((_, error)) = part.split_once(" err=") {
-                        return (id, Err(error.trim().to_string()));
+                        return (id, Err(AnswerError::Unreachable(error.trim().to_string())));
+                    }
+                    if let Some((_, error)) = part.split_once(" refused=") {
+                        return (id, Err(AnswerError::Refused(error.trim().to_string())));
                     }
                     let points: Vec<FrontierPoint> = value(&w, "points")
                         .unwrap_or("")
@@ -263,8 +288,12 @@ fn parse_consumer_input(line: &str) -> consumer::Input {
                         })
                         .collect();
                     let frontier = Frontier::from_parts(number(&w, "after"), 0, false, points).unwrap();
-                    let answer =
-                        FrontierAnswer { frontier, pending_reinit: w.contains(&"reinit"), as_of: number(&w, "as_of") };
+                    let answer = FrontierAnswer {
+                        frontier,
+                        pending_reinit: w.contains(&"reinit"),
+                        as_of: number(&w, "as_of"),
+                        incarnation: value(&w, "inc").map_or(1, |i| i.parse().unwrap()),
+                    };
                     (id, Ok(answer))
                 })
                 .collect(),
@@ -279,6 +308,7 @@ fn parse_consumer_input(line: &str) -> consumer::Input {
             result: outcome(line),
         },
         "reinit-requested" => consumer::Input::ReinitRequested { stream: stream(words[1]), result: outcome(line) },
+        "reset" => consumer::Input::Reset { stream: stream(words[1]), result: outcome(line) },
         other => panic!("unknown consumer input {other:?}"),
     }
 }
@@ -308,6 +338,9 @@ fn render_consumer(action: &consumer::Action) -> String {
         }
         RefreshFederated { table } => format!("refresh table={table}"),
         RequestReinitialize { stream, reason } => format!("reinit {stream}: {reason}"),
+        Reset { stream, incarnation, forget, reason } => {
+            format!("reset {stream} inc={incarnation}{}: {reason}", if *forget { " forget" } else { "" })
+        }
         SetStatus { stream, status } => {
             let log =
                 status.log.map(|l| format!(" committed={} lag={}", l.committed_seq, l.lag_batches)).unwrap_or_default();
@@ -322,7 +355,11 @@ impl Machine for Consumer {
         self.step(parse_consumer_input(line));
     }
     fn drain(&mut self) -> Vec<String> {
-        std::iter::from_fn(|| self.next_action()).map(|a| render_consumer(&a)).collect()
+        let mut lines: Vec<String> = std::iter::from_fn(|| self.next_action()).map(|a| render_consumer(&a)).collect();
+        lines.extend(
+            std::mem::take(&mut self.rejected_messages).into_iter().map(|(s, why)| format!("refused {s}: {why}")),
+        );
+        lines
     }
 }
 

@@ -19,7 +19,7 @@ use crate::checks::{check_agreement, check_once, Checker};
 use crate::coordinators::{Coordinators, NODES};
 use crate::history::History;
 use crate::net::{LinkFaults, Net};
-use crate::world::{ConsumerWorker, ProducerDb, ProducerWorker, SentArchive, WorkerFaults};
+use crate::world::{world_key, ConsumerWorker, ProducerDb, ProducerWorker, SentArchive, WorkerFaults};
 use crate::{linearizability, Options, Outcome};
 
 /// A bug planted on purpose, to show that the checkers find it. Never in a real run.
@@ -156,6 +156,8 @@ pub async fn run(options: Options) -> Outcome {
         let applied = must(&coordinators, command).await;
         epochs.push(registered_epoch(&applied).expect("a registration event"));
     }
+    must(&coordinators, Command::IssueMessageKey { key: world_key() }).await;
+    let mut incarnations = Vec::new();
     for source in &sources {
         let command = Command::PublishStream {
             stream: source.clone(),
@@ -163,7 +165,12 @@ pub async fn run(options: Options) -> Outcome {
             upstream: BTreeSet::new(),
             base_seq: 0,
         };
-        must(&coordinators, command).await;
+        let applied = must(&coordinators, command).await;
+        let incarnation = applied.events.iter().find_map(|e| match e {
+            Event::StreamPublished { incarnation, .. } => Some(*incarnation),
+            _ => None,
+        });
+        incarnations.push(incarnation.expect("a publication event"));
     }
     let urls = sources
         .iter()
@@ -183,6 +190,7 @@ pub async fn run(options: Options) -> Outcome {
             let mut db = ProducerDb {
                 system_identifier: SystemIdentifier(7_000 + i),
                 epoch: epochs[i as usize],
+                incarnation: incarnations[i as usize],
                 ..ProducerDb::default()
             };
             let mut local = StdRng::seed_from_u64(seed.wrapping_add(100 + i));

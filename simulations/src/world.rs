@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use rand08::rngs::StdRng;
 use rand08::Rng;
 use shared_model::envelope::{Batch, RowAction, RowChange};
+use shared_model::protocol::consumer::AnswerError;
 use shared_model::protocol::consumer::{self, Consumer, FrontierAnswer, SourceConfig};
 use shared_model::protocol::producer::{self, LocalStream, LogView, Producer, SentCopy};
-use shared_model::{BatchKind, ColumnDef, Command, Consistency, ProducerFence, StreamId, SystemIdentifier};
+use shared_model::{BatchKind, ColumnDef, Command, Consistency, MessageKey, ProducerFence, StreamId, SystemIdentifier};
 
 use crate::broker::Broker;
 use crate::checks::Checker;
@@ -53,6 +54,14 @@ pub struct ProducerDb {
     pub system_identifier: SystemIdentifier,
     /// The producer epoch stored at registration or takeover (in the catalog, so a backup holds the old one).
     pub epoch: u64,
+    /// The stream's incarnation, stored at publication.
+    pub incarnation: u64,
+}
+
+/// The federation's message key in every simulated world (issued through the coordinators at setup, as the
+/// real coordinators do at the first registration).
+pub fn world_key() -> MessageKey {
+    MessageKey::from_bytes([0x5a; 32])
 }
 
 fn columns() -> Vec<ColumnDef> {
@@ -354,9 +363,16 @@ impl ProducerWorker {
         let Some(buffered) = self.db().buffer.get(&seq).cloned() else {
             return Err(format!("batch {seq} is no longer in its change buffer"));
         };
-        let batch =
-            Batch { stream: self.stream.clone(), seq, kind: buffered.kind, columns: columns(), rows: buffered.rows };
-        let messages = batch.encode_chunks(MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
+        let batch = Batch {
+            stream: self.stream.clone(),
+            incarnation: self.db().incarnation,
+            producer_epoch: self.db().epoch,
+            seq,
+            kind: buffered.kind,
+            columns: columns(),
+            rows: buffered.rows,
+        };
+        let messages = batch.encode_chunks(MAX_MESSAGE_BYTES, &world_key()).map_err(|e| e.to_string())?;
         let offset = self.broker.append(&self.stream, messages, buffered.table_after.clone());
         self.archive.record(&self.stream, seq, offset, buffered.table_after);
         if rng.gen_range(0..100) < faults.lost_ack_pct {
@@ -371,6 +387,8 @@ impl ProducerWorker {
 pub struct ConsumerDb {
     pub applied: BTreeMap<StreamId, (u64, Option<i64>)>,
     pub mirrors: BTreeMap<StreamId, Table>,
+    /// The incarnation each mirror follows (bound on the first answer).
+    pub incarnations: BTreeMap<StreamId, Option<u64>>,
     pub applies: u64,
 }
 
@@ -406,6 +424,7 @@ impl ConsumerWorker {
         let db = ConsumerDb {
             applied: sources.iter().map(|s| (s.clone(), (0, None))).collect(),
             mirrors: sources.iter().map(|s| (s.clone(), Table::new())).collect(),
+            incarnations: sources.iter().map(|s| (s.clone(), None)).collect(),
             applies: 0,
         };
         ConsumerWorker {
@@ -445,9 +464,10 @@ impl ConsumerWorker {
                 consistency: self.consistency,
                 applied_seq: self.db.applied[s].0,
                 applied_offset: self.db.applied[s].1,
+                incarnation: self.db.incarnations[s],
             })
             .collect();
-        self.machine.step(consumer::Input::Round { now_ms, wall_ms, connected, sources });
+        self.machine.step(consumer::Input::Round { now_ms, wall_ms, connected, key: world_key(), sources });
         let mut steps = 0;
         while let Some(action) = self.machine.next_action() {
             steps += 1;
@@ -514,14 +534,16 @@ impl ConsumerWorker {
                     let answer = self
                         .coordinators
                         .read_frontier(&stream, move |state| {
-                            state.frontier(&id).map(|f| FrontierAnswer {
-                                frontier: f.tail_after(after_seq),
-                                pending_reinit: state.streams().get(&id).is_some_and(|s| s.pending_reinit.is_some()),
+                            state.streams().get(&id).map(|s| FrontierAnswer {
+                                frontier: s.frontier.tail_after(after_seq),
+                                pending_reinit: s.pending_reinit.is_some(),
                                 as_of: state.last_applied(),
+                                incarnation: s.incarnation,
                             })
                         })
                         .await
-                        .and_then(|a| a.ok_or_else(|| "the stream is not published".to_string()));
+                        .map_err(AnswerError::Unreachable)
+                        .and_then(|a| a.ok_or_else(|| AnswerError::Refused("the stream is not published".to_string())));
                     let failed = answer.is_err();
                     answers.push((stream, answer));
                     if failed {
@@ -552,6 +574,15 @@ impl ConsumerWorker {
                 Input::ReinitRequested { stream, result }
             }
             Action::RefreshFederated { .. } => return None,
+            Action::Reset { stream, incarnation, forget, reason } => {
+                self.history.note(format!("consumer: {stream}: reset: {reason}"));
+                self.db.incarnations.insert(stream.clone(), Some(incarnation));
+                if forget {
+                    self.db.applied.insert(stream.clone(), (0, None));
+                    self.db.mirrors.insert(stream.clone(), Table::new());
+                }
+                Input::Reset { stream, result: Ok(()) }
+            }
             Action::SetStatus { stream, status } => {
                 if self.statuses.get(&stream) != Some(&status.state) {
                     self.history.note(format!(

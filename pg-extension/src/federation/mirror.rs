@@ -34,6 +34,13 @@ pub fn create(stream: &StreamId, columns: &[ColumnDef]) -> Result<pg_sys::Oid> {
         .ok_or_else(|| PgTrickleError::Internal(format!("mirror {stream} vanished after creation")))
 }
 
+/// Empties a mirror (its stream is another incarnation now); returns the rows deleted.
+pub fn clear(mirror: pg_sys::Oid) -> Result<i64> {
+    let name = catalog::scalar::<String>("SELECT $1::regclass::text", &[mirror.into()])?
+        .ok_or_else(|| PgTrickleError::Internal(format!("mirror {} is gone", mirror.to_u32())))?;
+    Ok(catalog::exec(&format!("DELETE FROM {name}"))? as i64)
+}
+
 /// Applies one committed batch to a mirror whose columns are `columns`; returns the rows written.
 pub fn apply(mirror: pg_sys::Oid, columns: &[ColumnDef], batch: &Batch) -> Result<i64> {
     if batch.columns != columns {

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 
 use coordinator::api::{PublishStream, RegisterCluster};
 use coordinator::client::{Client, ClientError, ClientOptions};
-use shared_model::{ClusterName, ColumnDef, NodeKey, StreamId, SystemIdentifier};
+use shared_model::{ClusterName, ColumnDef, Event, MessageKey, NodeKey, StreamId, SystemIdentifier};
 
 use crate::catalog;
 use crate::config;
@@ -101,6 +101,13 @@ pub fn membership() -> Result<Option<Membership>> {
     }))
 }
 
+/// The federation's message key, as registration stored it.
+pub fn message_key() -> Result<MessageKey> {
+    let text = catalog::scalar::<String>("SELECT message_key FROM pgtrickle.pgt_federation", &[])?
+        .ok_or(PgTrickleError::NotRegistered)?;
+    MessageKey::parse_hex(&text).map_err(|e| PgTrickleError::Internal(format!("pgt_federation.message_key: {e}")))
+}
+
 /// What registration returns to the caller.
 pub struct Registration {
     pub federation: String,
@@ -160,6 +167,9 @@ pub fn register(coordinator_url: &str, cluster_name: Option<&str>, takeover: boo
     };
     let registered = block_on(client.register_cluster(&body))?.map_err(coordinator_error)?;
     let settings = &registered.federation.changelog;
+    // Checked before it is stored: a reply without a valid key must not leave a row that sends unverifiable data.
+    MessageKey::parse_hex(&registered.message_key)
+        .map_err(|e| PgTrickleError::Internal(format!("the coordinators' message key: {e}")))?;
     let registration = Registration {
         federation: registered.federation.name.to_string(),
         cluster: cluster.to_string(),
@@ -171,12 +181,12 @@ pub fn register(coordinator_url: &str, cluster_name: Option<&str>, takeover: boo
     };
     catalog::exec_with(
         "INSERT INTO pgtrickle.pgt_federation (coordinator_url, cluster_name, federation_name, backend, \
-         bootstrap_servers, topic_prefix, registered_at_index, system_identifier, producer_epoch, last_contact) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now()) \
+         bootstrap_servers, topic_prefix, registered_at_index, system_identifier, producer_epoch, message_key, \
+         last_contact) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now()) \
          ON CONFLICT (singleton) DO UPDATE SET federation_name = EXCLUDED.federation_name, backend = EXCLUDED.backend, \
          bootstrap_servers = EXCLUDED.bootstrap_servers, topic_prefix = EXCLUDED.topic_prefix, \
          system_identifier = EXCLUDED.system_identifier, producer_epoch = EXCLUDED.producer_epoch, \
-         last_contact = now(), last_error = NULL",
+         message_key = EXCLUDED.message_key, last_contact = now(), last_error = NULL",
         &[
             coordinator_url.into(),
             registration.cluster.clone().into(),
@@ -187,6 +197,7 @@ pub fn register(coordinator_url: &str, cluster_name: Option<&str>, takeover: boo
             registration.log_index.into(),
             me.to_string().into(),
             registration.producer_epoch.into(),
+            registered.message_key.clone().into(),
         ],
     )?;
     if takeover {
@@ -294,14 +305,38 @@ pub fn publish(name: &str) -> Result<String> {
     let body = PublishStream { stream: stream.clone(), columns, upstream, base_seq: st.last_batch_seq as u64 };
     let client = client(&member.coordinator_url, Duration::from_secs(15))?;
     let applied = block_on(client.publish_stream(&body))?.map_err(coordinator_error)?;
+    let published = applied.events.iter().find_map(|e| match e {
+        Event::StreamPublished { incarnation, .. } => Some(*incarnation),
+        _ => None,
+    });
+    // An identical re-publication records nothing: the stream's incarnation is asked for.
+    let incarnation = match published {
+        Some(incarnation) => incarnation,
+        None => block_on(client.stream(&stream))?.map_err(coordinator_error)?.incarnation,
+    };
+    // A row of another incarnation (its unpublish reached the coordinators, or they were restored without the
+    // stream) starts over: the new incarnation's seqs begin at this cluster's current batch.
     catalog::exec_with(
-        "INSERT INTO pgtrickle.pgt_publications (pgt_id, stream_id, base_seq, published_index, published_seq, columns) \
-         VALUES ($1, $2, $3, $4, $3, $5) ON CONFLICT (pgt_id) DO UPDATE SET columns = EXCLUDED.columns",
+        "INSERT INTO pgtrickle.pgt_publications AS p (pgt_id, stream_id, base_seq, published_index, published_seq, \
+           proposed_seq, incarnation, columns) VALUES ($1, $2, $3, $4, $3, $3, $5, $6) \
+         ON CONFLICT (pgt_id) DO UPDATE SET columns = EXCLUDED.columns, \
+           base_seq = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.base_seq ELSE EXCLUDED.base_seq END, \
+           published_index = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.published_index \
+             ELSE EXCLUDED.published_index END, \
+           published_seq = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.published_seq \
+             ELSE EXCLUDED.published_seq END, \
+           proposed_seq = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.proposed_seq \
+             ELSE EXCLUDED.proposed_seq END, \
+           proposed_epoch = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.proposed_epoch ELSE 0 END, \
+           seq_shift = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.seq_shift ELSE 0 END, \
+           last_error = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.last_error ELSE NULL END, \
+           incarnation = EXCLUDED.incarnation",
         &[
             st.pgt_id.into(),
             stream.to_string().into(),
             st.last_batch_seq.into(),
             (applied.index as i64).into(),
+            (incarnation as i64).into(),
             pgrx::JsonB(serde_json::to_value(&body.columns).unwrap_or_default()).into(),
         ],
     )?;
@@ -309,12 +344,43 @@ pub fn publish(name: &str) -> Result<String> {
 }
 
 /// Withdraws a stream table from the federation (with `cascade`, the coordinator also drops what reads it).
+///
+/// The local row goes now; the coordinators are told when the transaction commits (its pre-commit step), so a
+/// transaction that rolls back withdraws nothing anywhere, and a refusal there (dependents without `cascade`,
+/// coordinators unreachable) aborts the transaction, so the local row stays too. Only a crash between the
+/// coordinators' answer and the local commit can leave the row behind; the publisher then shows the stream's
+/// "not published" error on it, and publishing it again repairs it.
 pub fn unpublish(name: &str, cascade: bool) -> Result<()> {
     let member = membership()?.ok_or(PgTrickleError::NotRegistered)?;
     let st = catalog::find_by_name(name)?;
     let stream = stream_id(&member, &st)?;
+    let deleted = catalog::exec_with("DELETE FROM pgtrickle.pgt_publications WHERE pgt_id = $1", &[st.pgt_id.into()])?;
+    if deleted == 0 {
+        return Err(PgTrickleError::InvalidArgument {
+            argument: "name",
+            message: format!("{} is not published", st.qualified()),
+            hint: "SELECT stream_id FROM pgtrickle.pgt_publications lists what this cluster publishes.".into(),
+        });
+    }
     let client = client(&member.coordinator_url, Duration::from_secs(15))?;
-    block_on(client.unpublish_stream(&stream, cascade))?.map_err(coordinator_error)?;
-    catalog::exec_with("DELETE FROM pgtrickle.pgt_publications WHERE pgt_id = $1", &[st.pgt_id.into()])?;
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PrePrepare, || {
+        PgTrickleError::InvalidArgument {
+            argument: "transaction",
+            message: "a transaction that unpublishes a stream cannot be prepared (two-phase commit)".into(),
+            hint: "Unpublish in an ordinary transaction.".into(),
+        }
+        .raise()
+    });
+    let call = std::panic::AssertUnwindSafe((client, stream));
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PreCommit, move || {
+        let (client, stream) = &*call;
+        let result = block_on(client.unpublish_stream(stream, cascade)).and_then(|r| r.map_err(coordinator_error));
+        match result {
+            Ok(_) => {}
+            // Withdrawn already (a retried transaction, or by cascade from elsewhere): the goal holds.
+            Err(PgTrickleError::Coordinator { code, .. }) if code == "unknown_stream" => {}
+            Err(error) => error.raise(),
+        }
+    });
     Ok(())
 }

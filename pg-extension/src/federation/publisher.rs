@@ -16,7 +16,7 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use shared_model::envelope::{Batch, RowAction, RowChange};
 use shared_model::protocol::producer::{Action, Input, LocalStream, LogView, Producer, SentCopy};
-use shared_model::{BatchKind, ClusterName, ColumnDef, ProducerFence, StreamId};
+use shared_model::{BatchKind, ClusterName, ColumnDef, MessageKey, ProducerFence, StreamId};
 
 use super::broker::{topic_name, KafkaProducer, MAX_MESSAGE_BYTES};
 use super::runtime::{new_runtime, run_worker_loop};
@@ -37,6 +37,7 @@ struct Publication {
     proposed_seq: i64,
     proposed_epoch: i64,
     seq_shift: i64,
+    incarnation: i64,
     last_batch_seq: i64,
     columns_changed: bool,
 }
@@ -57,6 +58,8 @@ struct Settings {
     client_id: String,
     /// Presented with every frontier advance.
     fence: ProducerFence,
+    /// Authenticates every envelope.
+    message_key: MessageKey,
 }
 
 fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
@@ -80,11 +83,12 @@ fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
             system_identifier: system_identifier()?,
             producer_epoch: member.producer_epoch,
         },
+        message_key: super::message_key()?,
     };
     let publications = Spi::connect(|client| {
         // columns_changed: the defining query's columns differ from the published ones (a new query).
         let sql = "SELECT p.pgt_id, st.pgt_relid, p.stream_id, p.published_seq, st.last_batch_seq, p.proposed_seq, \
-                     p.proposed_epoch, p.seq_shift, \
+                     p.proposed_epoch, p.seq_shift, p.incarnation, \
                      p.columns IS DISTINCT FROM (SELECT coalesce(jsonb_agg(jsonb_build_object('name', attname::text, \
                        'type_name', format_type(atttypid, atttypmod)) ORDER BY attnum), '[]') FROM pg_attribute \
                        WHERE attrelid = st.pgt_relid AND attnum > 0 AND NOT attisdropped \
@@ -103,7 +107,8 @@ fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
                 proposed_seq: row.get(6)?.unwrap_or_default(),
                 proposed_epoch: row.get(7)?.unwrap_or_default(),
                 seq_shift: row.get(8)?.unwrap_or_default(),
-                columns_changed: row.get(9)?.unwrap_or(false),
+                incarnation: row.get(9)?.unwrap_or_default(),
+                columns_changed: row.get(10)?.unwrap_or(false),
             });
         }
         Ok::<_, PgTrickleError>(found)
@@ -112,7 +117,7 @@ fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
 }
 
 /// Reads local batch `seq` of a stream table's change buffer, as the stream's batch `stream_seq`.
-fn read_batch(publication: &Publication, seq: i64, stream_seq: u64) -> Result<Batch> {
+fn read_batch(publication: &Publication, seq: i64, stream_seq: u64, producer_epoch: u64) -> Result<Batch> {
     let columns: Vec<ColumnDef> =
         crate::cdc::user_columns(publication.relid)?.iter().map(|(n, t)| ColumnDef::new(n, t)).collect();
     let values = if columns.is_empty() {
@@ -155,7 +160,15 @@ fn read_batch(publication: &Publication, seq: i64, stream_seq: u64) -> Result<Ba
             publication.stream
         )));
     }
-    Ok(Batch { stream: publication.stream.clone(), seq: stream_seq, kind, columns, rows })
+    Ok(Batch {
+        stream: publication.stream.clone(),
+        incarnation: publication.incarnation.max(0) as u64,
+        producer_epoch,
+        seq: stream_seq,
+        kind,
+        columns,
+        rows,
+    })
 }
 
 /// Whether an unpublished snapshot batch is already waiting in the buffer.
@@ -305,7 +318,17 @@ impl Publisher {
                     let history = self
                         .runtime
                         .block_on(client.frontier_history(&stream, after_seq, Duration::ZERO))
-                        .map_err(|e| format!("coordinator: {}", coordinator_error(e)))?;
+                        .map_err(|e| not_published(&stream, coordinator_error(e)))?;
+                    if history.incarnation != publication.incarnation.max(0) as u64 {
+                        return Err(format!(
+                            "the coordinators know {stream} as incarnation {}, this publication is incarnation {}: \
+                             it was unpublished and published again behind this server's back; publish it again \
+                             here: SELECT pgtrickle.publish_stream_table('{}')",
+                            history.incarnation,
+                            publication.incarnation,
+                            stream.0.qualified_name()
+                        ));
+                    }
                     Ok(LogView {
                         committed_seq: history.points.last().map_or(history.floor_seq, |p| p.seq),
                         committed_epoch: history.producer_epoch,
@@ -407,8 +430,9 @@ impl Publisher {
             }
             self.topics.insert(topic.clone());
         }
-        let batch = run_in_transaction(|| read_batch(publication, publication.to_local(seq), seq))?;
-        let messages = batch.encode_chunks(MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
+        let epoch = settings.fence.producer_epoch;
+        let batch = run_in_transaction(|| read_batch(publication, publication.to_local(seq), seq, epoch))?;
+        let messages = batch.encode_chunks(MAX_MESSAGE_BYTES, &settings.message_key).map_err(|e| e.to_string())?;
         let producer = self.producer(settings)?;
         match producer.send_all(&topic, &publication.stream.to_string(), &messages) {
             Ok(offset) => Ok(SentCopy { kind: batch.kind, offset }),
@@ -417,6 +441,19 @@ impl Publisher {
                 Err(error)
             }
         }
+    }
+}
+
+/// A failed frontier request as the stream's error; "no such stream" names the repair.
+fn not_published(stream: &StreamId, error: PgTrickleError) -> String {
+    match &error {
+        PgTrickleError::Coordinator { code, .. } if code == "unknown_stream" => format!(
+            "{stream} is not published at the coordinators (its unpublish reached them, or they were restored \
+             without it): publish it again with SELECT pgtrickle.publish_stream_table('{}'), or withdraw it here \
+             with SELECT pgtrickle.unpublish_stream_table('{0}')",
+            stream.0.qualified_name()
+        ),
+        _ => format!("coordinator: {error}"),
     }
 }
 

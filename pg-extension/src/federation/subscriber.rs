@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 use coordinator::client::Client;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
-use shared_model::protocol::consumer::{Action, Consumer, FrontierAnswer, Input, Message, SourceConfig, Status};
-use shared_model::{BatchKind, ColumnDef, Consistency, StreamId};
+use shared_model::protocol::consumer::{
+    Action, AnswerError, Consumer, FrontierAnswer, Input, Message, SourceConfig, Status,
+};
+use shared_model::{BatchKind, ColumnDef, Consistency, MessageKey, StreamId};
 
 use super::broker::{KafkaConsumer, Topics};
 use super::runtime::{new_runtime, run_worker_loop};
@@ -38,12 +40,15 @@ struct Source {
     columns: Vec<ColumnDef>,
     applied_seq: u64,
     applied_offset: Option<i64>,
+    incarnation: Option<u64>,
 }
 
 struct Settings {
     coordinator_url: String,
     bootstrap_servers: String,
     client_id: String,
+    /// Every message must be authenticated by it.
+    message_key: MessageKey,
 }
 
 /// What a round works on: settings, federated tables (by stream table id) and their sources.
@@ -57,15 +62,19 @@ fn load() -> Result<Option<Loaded>> {
     let Some(member) = super::membership()? else { return Ok(None) };
     let servers =
         catalog::scalar::<String>("SELECT bootstrap_servers FROM pgtrickle.pgt_federation", &[])?.unwrap_or_default();
-    let settings =
-        Settings { coordinator_url: member.coordinator_url, bootstrap_servers: servers, client_id: client_id()? };
+    let settings = Settings {
+        coordinator_url: member.coordinator_url,
+        bootstrap_servers: servers,
+        client_id: client_id()?,
+        message_key: super::message_key()?,
+    };
     let (tables, sources) = Spi::connect(|client| {
         let mut tables = BTreeMap::new();
         for row in client.select("SELECT pgt_id, consistency FROM pgtrickle.pgt_federated_tables", None, &[])? {
             let consistency: String = row.get(2)?.unwrap_or_default();
             tables.insert(row.get::<i64>(1)?.unwrap_or_default(), consistency.parse().unwrap_or(Consistency::Eventual));
         }
-        let sql = "SELECT stream_id, pgt_id, mirror_relid, topic, columns, applied_seq, applied_offset \
+        let sql = "SELECT stream_id, pgt_id, mirror_relid, topic, columns, applied_seq, applied_offset, incarnation \
                    FROM pgtrickle.pgt_federation_sources ORDER BY stream_id";
         let mut sources = Vec::new();
         for row in client.select(sql, None, &[])? {
@@ -80,6 +89,7 @@ fn load() -> Result<Option<Loaded>> {
                     .map_err(|e| PgTrickleError::Internal(format!("columns of {id}: {e}")))?,
                 applied_seq: row.get::<i64>(6)?.unwrap_or_default() as u64,
                 applied_offset: row.get::<i64>(7)?,
+                incarnation: row.get::<i64>(8)?.map(|i| i.max(0) as u64),
             });
         }
         Ok::<_, PgTrickleError>((tables, sources))
@@ -187,19 +197,19 @@ impl Subscriber {
                 consistency: tables.get(&s.pgt_id).copied().unwrap_or(Consistency::Eventual),
                 applied_seq: s.applied_seq,
                 applied_offset: s.applied_offset,
+                incarnation: s.incarnation,
             })
             .collect();
         let now = self.started.elapsed().as_millis() as u64;
-        self.machine.step(Input::Round { now_ms: now, wall_ms: now_ms(), connected, sources: configs });
+        let key = settings.message_key.clone();
+        self.machine.step(Input::Round { now_ms: now, wall_ms: now_ms(), connected, key, sources: configs });
         let by_stream: BTreeMap<StreamId, &Source> = sources.iter().map(|s| (s.stream.clone(), s)).collect();
         while let Some(action) = self.machine.next_action() {
             if let Some(result) = self.perform(&settings, &by_stream, action) {
                 self.machine.step(result);
             }
         }
-        for rejected in &self.machine.rejected_messages {
-            pgrx::log!("pg_trickle subscriber: refused message: {rejected}");
-        }
+        count_refused(&self.machine.rejected_messages);
         match self.machine.round_error() {
             Some(error) => Err(error.to_string()),
             None => Ok(self.machine.applied_this_round()),
@@ -235,24 +245,25 @@ impl Subscriber {
             Action::FetchFrontiers { after } => {
                 let mut answers = Vec::new();
                 match self.client(settings) {
-                    Err(error) => answers.push((after[0].0.clone(), Err(error.to_string()))),
+                    Err(error) => answers.push((after[0].0.clone(), Err(AnswerError::Unreachable(error.to_string())))),
                     Ok(client) => {
                         for (stream, after_seq) in after {
                             let answer = self
                                 .runtime
                                 .block_on(client.frontier_history(&stream, after_seq, Duration::ZERO))
-                                .map_err(|e| coordinator_error(e).to_string())
+                                .map_err(|e| answer_error(&stream, coordinator_error(e)))
                                 .and_then(|view| {
-                                    let frontier = view.frontier()?;
+                                    let frontier = view.frontier().map_err(AnswerError::Unreachable)?;
                                     Ok(FrontierAnswer {
                                         frontier,
                                         pending_reinit: view.pending_reinit.is_some(),
                                         as_of: view.as_of,
+                                        incarnation: view.incarnation,
                                     })
                                 });
-                            let failed = answer.is_err();
+                            let unreachable = matches!(answer, Err(AnswerError::Unreachable(_)));
                             answers.push((stream, answer));
-                            if failed {
+                            if unreachable {
                                 break; // the round stalls: no need to wait for every other request to fail too
                             }
                         }
@@ -312,6 +323,12 @@ impl Subscriber {
                 write_status(&stream, &status);
                 return None;
             }
+            Action::Reset { stream, incarnation, forget, reason } => {
+                pgrx::log!("pg_trickle subscriber: {stream}: {reason}");
+                let source = sources[&stream];
+                let result = run_in_transaction(|| reset_source(source, incarnation, forget, &reason));
+                Input::Reset { stream, result }
+            }
         })
     }
 
@@ -336,6 +353,54 @@ impl Subscriber {
         let (_, consumer, admin) = self.consumer.as_mut().expect("set above");
         admin.ensure(&self.runtime, &names)?;
         consumer.assign(&wanted)
+    }
+}
+
+/// The coordinators' answer about a source as the machine takes it: a refusal (the stream is gone) is the
+/// source's own error; anything else means they cannot be asked.
+fn answer_error(stream: &StreamId, error: PgTrickleError) -> AnswerError {
+    match &error {
+        PgTrickleError::Coordinator { code, .. } if code == "unknown_stream" => AnswerError::Refused(format!(
+            "{stream} is no longer published at the coordinators; this source waits for it to be published again \
+             (then it starts over from a snapshot), or drop the federated stream table"
+        )),
+        PgTrickleError::Coordinator { rejected: true, .. } => AnswerError::Refused(error.to_string()),
+        _ => AnswerError::Unreachable(error.to_string()),
+    }
+}
+
+/// Binds a source to the log's incarnation of its stream, in one transaction; with `forget`, the mirror held
+/// another incarnation: it is emptied and the source starts over (applied seq 0, read from the topic's start).
+fn reset_source(source: &Source, incarnation: u64, forget: bool, reason: &str) -> Result<()> {
+    if forget {
+        mirror::clear(source.mirror)?;
+    }
+    catalog::exec_with(
+        "UPDATE pgtrickle.pgt_federation_sources SET incarnation = $2, \
+           applied_seq = CASE WHEN $3 THEN 0 ELSE applied_seq END, \
+           applied_offset = CASE WHEN $3 THEN NULL ELSE applied_offset END, \
+           state = CASE WHEN $3 THEN 'reinitializing' ELSE state END, \
+           detail = CASE WHEN $3 THEN $4 ELSE detail END WHERE stream_id = $1",
+        &[source.stream.to_string().into(), (incarnation as i64).into(), forget.into(), reason.into()],
+    )?;
+    Ok(())
+}
+
+/// Logs refused messages and adds them to their source's count.
+fn count_refused(rejected: &[(StreamId, String)]) {
+    let mut counts: BTreeMap<&StreamId, i64> = BTreeMap::new();
+    for (stream, why) in rejected {
+        pgrx::log!("pg_trickle subscriber: {stream}: refused a message: {why}");
+        *counts.entry(stream).or_default() += 1;
+    }
+    for (stream, count) in counts {
+        let _ = run_in_transaction(|| {
+            catalog::exec_with(
+                "UPDATE pgtrickle.pgt_federation_sources SET refused_messages = refused_messages + $2 \
+                 WHERE stream_id = $1",
+                &[stream.to_string().into(), count.into()],
+            )
+        });
     }
 }
 

@@ -11,6 +11,13 @@
 //! - causal: every source up to the newest cut whose batches are all at hand, in ONE apply that also refreshes
 //!   the table; frontiers read at different log indexes are first cut back to the oldest (`as_of`).
 //!
+//! Every message must carry the federation's authentication tag ([`crate::message_key`]) and the incarnation
+//! of the stream the consumer follows: a forged or foreign message is refused and counted, a message of another
+//! incarnation (the stream was unpublished and published again, or dropped and re-created) is never applied.
+//! When the log names a new incarnation, the source is reset (its mirror emptied, its position forgotten) and
+//! bootstraps again like a new one. A source the coordinators refuse to answer about (the stream is gone) shows
+//! the error on its own row; the other sources go on.
+//!
 //! A batch the log recorded and the broker lost (read past, or not delivered for [`LOSS_TIMEOUT_MS`] on the
 //! consumer's OWN monotonic clock while it reads without errors) makes it ask for a REINITIALIZE and read that
 //! source's topic again from its start. Every wait and stall becomes a status (state and reason) per source.
@@ -20,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::apply::{blocking_batch, plan_causal, plan_source, Loss, SourceProgress, SourceStep, Waiting};
 use crate::envelope::{decode_envelope, Assembler, Batch};
 use crate::frontier::Frontier;
+use crate::message_key::MessageKey;
 use crate::planted::{planted, Bug};
 use crate::{Consistency, LogIndex, StreamId};
 
@@ -40,6 +48,8 @@ pub struct SourceConfig {
     pub applied_seq: u64,
     /// The broker offset of the newest applied batch's last message.
     pub applied_offset: Option<i64>,
+    /// The stream incarnation the mirror holds (None: not bound yet, a source created before incarnations).
+    pub incarnation: Option<u64>,
 }
 
 /// One message the broker delivered.
@@ -59,6 +69,18 @@ pub struct FrontierAnswer {
     pub pending_reinit: bool,
     /// The log index the answer reflects.
     pub as_of: LogIndex,
+    /// The stream's current incarnation.
+    pub incarnation: u64,
+}
+
+/// Why the log could not say anything about a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerError {
+    /// The coordinators could not be reached (or failed): nothing is applied anywhere this round.
+    Unreachable(String),
+    /// The coordinators answered and refused (the stream is no longer published, …): this source shows the
+    /// error and waits; the others go on.
+    Refused(String),
 }
 
 /// A source's state as users see it (`pgtrickle.federation_sources.state`).
@@ -109,17 +131,20 @@ pub struct LogShown {
 pub enum Input {
     /// A new round: the catalog as read now, the worker's monotonic clock, the wall clock (for lag shown), and
     /// whether the worker still has the broker connection it was assigned on.
-    Round { now_ms: u64, wall_ms: u64, connected: bool, sources: Vec<SourceConfig> },
+    /// `key` authenticates messages (the federation's message key, handed out at registration).
+    Round { now_ms: u64, wall_ms: u64, connected: bool, key: MessageKey, sources: Vec<SourceConfig> },
     /// [`Action::Assign`] done (or the broker could not be reached).
     Assigned { result: Result<(), String> },
     /// [`Action::Poll`] done: messages in offset order per source, a broker error, a lost connection.
     Polled { messages: Vec<Message>, error: Option<String>, disconnected: bool },
     /// [`Action::FetchFrontiers`] answered, per source.
-    Frontiers { answers: Vec<(StreamId, Result<FrontierAnswer, String>)> },
+    Frontiers { answers: Vec<(StreamId, Result<FrontierAnswer, AnswerError>)> },
     /// [`Action::Apply`] committed (or rolled back): the table and the newest seq it applied per source.
     Applied { table: TableKey, applied: Vec<(StreamId, u64)>, result: Result<(), String> },
     /// [`Action::RequestReinitialize`] accepted (or not).
     ReinitRequested { stream: StreamId, result: Result<(), String> },
+    /// [`Action::Reset`] done (or not).
+    Reset { stream: StreamId, result: Result<(), String> },
 }
 
 /// What the machine asks the worker to do.
@@ -139,6 +164,10 @@ pub enum Action {
     RefreshFederated { table: TableKey },
     /// Ask the coordinators for a snapshot of the source.
     RequestReinitialize { stream: StreamId, reason: String },
+    /// The log names another incarnation of the stream: store it, and (`forget`: the mirror held another one)
+    /// empty the mirror and forget the applied seq and offset, in one transaction. The source then bootstraps
+    /// like a new one.
+    Reset { stream: StreamId, incarnation: u64, forget: bool, reason: String },
     /// Show a source's status.
     SetStatus { stream: StreamId, status: Status },
 }
@@ -194,6 +223,10 @@ struct SourceMemory {
     shown: Option<Status>,
     /// The reason of a reinitialize request being sent this round.
     asking: Option<String>,
+    /// The coordinators' refusal this round.
+    refused: Option<String>,
+    /// A reset is out this round: nothing else is planned for the source.
+    resetting: bool,
 }
 
 /// The consumer state machine.
@@ -214,8 +247,10 @@ pub struct Consumer {
     applying: BTreeMap<TableKey, (usize, bool)>,
     round_error: Option<String>,
     applied_this_round: bool,
-    /// Envelopes that did not decode or assemble (shown in the log by the worker).
-    pub rejected_messages: Vec<String>,
+    /// Messages refused this round (not authenticated, not decodable, contradicting): per source, why. The worker
+    /// logs them and adds them to the source's count.
+    pub rejected_messages: Vec<(StreamId, String)>,
+    key: Option<MessageKey>,
 }
 
 impl Consumer {
@@ -247,10 +282,11 @@ impl Consumer {
     /// Feeds one input; the actions it leads to are queued for [`Consumer::next_action`].
     pub fn step(&mut self, input: Input) {
         match input {
-            Input::Round { now_ms, wall_ms, connected, sources } => {
+            Input::Round { now_ms, wall_ms, connected, key, sources } => {
                 if !connected {
                     self.assigned = None;
                 }
+                self.key = Some(key);
                 self.start_round(now_ms, wall_ms, sources)
             }
             Input::Assigned { result } => match result {
@@ -298,6 +334,15 @@ impl Consumer {
                     ),
                 }
             }
+            Input::Reset { stream, result } => {
+                if let Err(error) = result {
+                    self.show(
+                        &stream,
+                        SourceState::Error,
+                        Some(format!("cannot reset for the new incarnation: {error}")),
+                    );
+                }
+            }
         }
     }
 
@@ -317,6 +362,8 @@ impl Consumer {
             memory.first_committed_ms.retain(|seq, _| *seq > config.applied_seq);
             memory.answer = None;
             memory.asking = None;
+            memory.refused = None;
+            memory.resetting = false;
             let id = config.stream.clone();
             memory.config = Some(config);
             next.insert(id, memory);
@@ -352,15 +399,24 @@ impl Consumer {
             let Some(memory) = self.sources.get_mut(&message.stream) else { continue };
             memory.read_offset = Some(memory.read_offset.map_or(message.offset, |o| o.max(message.offset)));
             let applied = memory.config.as_ref().map_or(0, |c| c.applied_seq);
-            let envelope = match decode_envelope(&message.payload) {
+            let Some(key) = &self.key else { continue };
+            let envelope = match decode_envelope(&message.payload, key) {
                 Ok(envelope) => envelope,
                 Err(error) => {
-                    self.rejected_messages.push(format!("{} offset {}: {error}", message.stream, message.offset));
+                    self.rejected_messages
+                        .push((message.stream.clone(), format!("offset {}: {error}", message.offset)));
                     continue;
                 }
             };
-            if envelope.stream != message.stream || envelope.seq <= applied {
+            if envelope.stream != message.stream {
+                let found = envelope.stream.clone();
+                self.rejected_messages
+                    .push((message.stream.clone(), format!("offset {}: a message of {found}", message.offset)));
                 continue;
+            }
+            let incarnation = memory.config.as_ref().and_then(|c| c.incarnation);
+            if envelope.seq <= applied || incarnation.is_some_and(|i| i != envelope.incarnation) {
+                continue; // applied already, or of another life of the stream
             }
             match self.assembler.add(envelope) {
                 Ok(Some(batch)) => {
@@ -376,7 +432,7 @@ impl Consumer {
                     }
                 }
                 Ok(None) => {}
-                Err(error) => self.rejected_messages.push(format!("{}: {error}", message.stream)),
+                Err(error) => self.rejected_messages.push((message.stream.clone(), error.to_string())),
             }
         }
     }
@@ -422,13 +478,18 @@ impl Consumer {
         }
     }
 
-    fn plan(&mut self, answers: Vec<(StreamId, Result<FrontierAnswer, String>)>) {
+    fn plan(&mut self, answers: Vec<(StreamId, Result<FrontierAnswer, AnswerError>)>) {
         let mut failure = None;
         for (stream, answer) in answers {
             match answer {
                 Ok(answer) => {
                     let now = self.now_ms;
                     if let Some(memory) = self.sources.get_mut(&stream) {
+                        let config = memory.config.as_ref().expect("configured this round");
+                        if config.incarnation != Some(answer.incarnation) {
+                            self.reset(&stream, answer.incarnation);
+                            continue;
+                        }
                         for seq in answer.frontier.oldest_retained()..=answer.frontier.seq() {
                             memory.first_committed_ms.entry(seq).or_insert(now);
                         }
@@ -438,10 +499,16 @@ impl Consumer {
                         }
                     }
                 }
-                Err(error) => failure = Some(error),
+                Err(AnswerError::Refused(error)) => {
+                    if let Some(memory) = self.sources.get_mut(&stream) {
+                        memory.refused = Some(error.clone());
+                    }
+                    self.show(&stream, SourceState::Error, Some(error));
+                }
+                Err(AnswerError::Unreachable(error)) => failure = Some(error),
             }
         }
-        let missing = self.sources.values().any(|m| m.answer.is_none());
+        let missing = self.sources.values().any(|m| m.answer.is_none() && m.refused.is_none() && !m.resetting);
         if failure.is_some() || missing {
             let reason =
                 format!("coordinator unreachable, applying nothing: {}", failure.unwrap_or_else(|| "no answer".into()));
@@ -458,11 +525,48 @@ impl Consumer {
             tables.entry(config.table).or_insert((config.consistency, Vec::new())).1.push(id.clone());
         }
         for (table, (consistency, streams)) in tables {
+            // Sources without an answer (refused, or being reset) wait; an eventual table goes on without them,
+            // a causal one cannot reach a cut over all its sources.
+            let (answered, unanswered): (Vec<StreamId>, Vec<StreamId>) =
+                streams.into_iter().partition(|s| self.sources[s].answer.is_some());
             match consistency {
-                Consistency::Eventual => self.plan_eventual(table, &streams),
-                Consistency::Causal => self.plan_causal(table, &streams),
+                Consistency::Eventual => self.plan_eventual(table, &answered),
+                Consistency::Causal if unanswered.is_empty() => self.plan_causal(table, &answered),
+                Consistency::Causal => {
+                    let blocking: Vec<String> = unanswered.iter().map(|s| s.to_string()).collect();
+                    let detail =
+                        format!("for the other sources to reach a cut: {} cannot be read", blocking.join(", "));
+                    for stream in answered {
+                        self.show(&stream, SourceState::Waiting, Some(detail.clone()));
+                    }
+                }
             }
         }
+    }
+
+    /// The log names another incarnation than the mirror's: nothing held or read of this source counts any more.
+    fn reset(&mut self, stream: &StreamId, incarnation: u64) {
+        let memory = self.sources.get_mut(stream).expect("a source");
+        let config = memory.config.as_ref().expect("configured this round");
+        let (forget, reason) = match config.incarnation {
+            Some(old) => (
+                true,
+                format!(
+                    "the stream is a new incarnation ({old} -> {incarnation}: published again, or re-created); \
+                         the mirror starts over from a snapshot"
+                ),
+            ),
+            None => (false, format!("following incarnation {incarnation} of the stream")),
+        };
+        memory.held.clear();
+        memory.other_copies.clear();
+        memory.first_committed_ms.clear();
+        memory.resetting = true;
+        memory.rewind = true;
+        memory.shown = None;
+        self.assigned = None;
+        self.assembler.forget_through(stream, u64::MAX);
+        self.ready.push_back(Action::Reset { stream: stream.clone(), incarnation, forget, reason });
     }
 
     fn frontier_of(&self, stream: &StreamId) -> (Frontier, bool) {

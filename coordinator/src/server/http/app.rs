@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use shared_model::{Applied, ClusterName, Command, FederatedTableId, IdempotencyKey, Request, StreamId};
+use shared_model::{Applied, ClusterName, Command, FederatedTableId, IdempotencyKey, MessageKey, Request, StreamId};
 use utoipa::IntoParams;
 
 use super::{now_ms, parse_body, relation, AppState, Failure};
@@ -182,12 +182,21 @@ pub async fn register_cluster(
         known_epoch: req.known_epoch,
         takeover: req.takeover,
     };
+    // The federation's message key is issued with its first registration (a no-op once it exists).
+    if app.sm.with_state(|s| s.message_key().is_none()) {
+        let key = MessageKey::from_bytes(rand::random());
+        propose(&app, &HeaderMap::new(), Command::IssueMessageKey { key }).await?;
+    }
     let applied = propose(&app, &headers, command).await?;
-    let (federation, cluster) = app.sm.with_state(|s| (views::federation(s), views::cluster(s, &name)));
+    let (federation, cluster, key) = app
+        .sm
+        .with_state(|s| (views::federation(s), views::cluster(s, &name), s.message_key().map(MessageKey::to_hex)));
+    let message_key =
+        key.ok_or_else(|| Failure::unavailable("no_message_key", "the message key is not applied yet"))?;
     // Gone again only if a deregistration committed right after: the caller sees that as any other race.
     let cluster = cluster
         .ok_or_else(|| Failure::command(&shared_model::CommandError::UnknownCluster { cluster: name.to_string() }))?;
-    Ok(Json(Registered { applied, cluster, federation }))
+    Ok(Json(Registered { applied, cluster, federation, message_key }))
 }
 
 /// Deregister a cluster (with `cascade`, also everything it publishes or owns and what depends on those).
