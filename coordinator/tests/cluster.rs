@@ -134,7 +134,15 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
     let base = cluster.nodes[&2].url(); // a follower or the leader: both must answer alike
     rt().block_on(async {
         let a = client.register_cluster(&register("cluster_a")).await.unwrap();
-        client.register_cluster(&register("cluster_c")).await.unwrap();
+        let c = client.register_cluster(&register("cluster_c")).await.unwrap();
+        // One message key per federation, handed out with every registration, never shown by a read.
+        assert_eq!(a.message_key.len(), 64, "{}", a.message_key);
+        assert!(a.message_key.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(a.message_key, c.message_key, "two registrations, two keys");
+        let events = client.events(0, Duration::ZERO, 1000).await.unwrap();
+        let shown = serde_json::to_string(&events).unwrap();
+        assert!(shown.contains("MessageKeyIssued") && shown.contains("<redacted>"), "no redacted key event");
+        assert!(!shown.contains(&a.message_key), "the watch API shows the message key");
         client.publish_stream(&publish("cluster_a/order_agg")).await.unwrap();
         let fence = serde_json::to_string(&a.fence()).unwrap();
         let mut stale = a.fence();
@@ -161,6 +169,9 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
             ("POST", format!("{base}/v1/streams"), Some(TOKEN), b"{\"stream\": ".to_vec(), 400, "malformed_json"),
             ("POST", format!("{base}/v1/streams"), Some(TOKEN), b"[1,2]".to_vec(), 422, "invalid_argument"),
             ("POST", format!("{base}/v1/streams"), Some(TOKEN), br#"{"stream":"nope/x","columns":[{"name":"k","type_name":"int"}]}"#.to_vec(), 404, "unknown_cluster"),
+            // A crafted type name never reaches the log (nor a consumer's DDL).
+            ("POST", format!("{base}/v1/streams"), Some(TOKEN), br#"{"stream":"cluster_a/x","columns":[{"name":"k","type_name":"int); DROP TABLE pgtrickle.pgt_federation; --"}]}"#.to_vec(), 422, "invalid_argument"),
+            ("POST", format!("{base}/v1/streams"), Some(TOKEN), br#"{"stream":"cluster_a/x","columns":[{"name":"k","type_name":"int, evil text"}]}"#.to_vec(), 422, "invalid_argument"),
             ("POST", format!("{base}/v1/federated-tables"), Some(TOKEN), br#"{"table":"cluster_c/t2","sources":["kafka://coordinator/cluster_a/missing"]}"#.to_vec(), 404, "unknown_stream"),
             ("POST", format!("{base}/v1/federated-tables"), Some(TOKEN), br#"{"table":"cluster_c/t2","sources":["gopher://coordinator/cluster_a/order_agg"]}"#.to_vec(), 422, "invalid_argument"),
             // order_agg reading a mirror of the dashboard that reads order_agg: a cycle.

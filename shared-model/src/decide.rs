@@ -304,8 +304,8 @@ fn check_columns(columns: &[ColumnDef]) -> Result<(), CommandError> {
         if !seen.insert(&c.name) {
             return Err(invalid("columns", format!("column {:?} appears twice", c.name)));
         }
-        if c.type_name.trim().is_empty() || c.type_name.len() > 256 || c.type_name.chars().any(|ch| ch.is_control()) {
-            return Err(invalid("column type", format!("type of {:?} must be 1 to 256 printable bytes", c.name)));
+        if let Err(why) = crate::model::check_type_name(&c.type_name) {
+            return Err(invalid("column type", format!("column {:?}: {why}", c.name)));
         }
     }
     Ok(())

@@ -34,7 +34,9 @@ pub use ids::{
     StreamId, SystemIdentifier,
 };
 pub use message_key::MessageKey;
-pub use model::{BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex};
+pub use model::{
+    check_type_name, BatchKind, BrokerPosition, ChangeLogSettings, CheckpointRecord, ColumnDef, Consistency, LogIndex,
+};
 pub use state::{Executed, State};
 
 /// `apply(state, index, command)`: the events a command causes, or why it is rejected; `state` is not changed.

@@ -27,6 +27,100 @@ impl ColumnDef {
     }
 }
 
+/// Checks that `text` has the shape of a type name as `format_type()` prints one, so that it can be written into
+/// DDL and casts: an identifier or quoted identifier, optionally schema-qualified, lower-case words
+/// (`double precision`, `character varying`, `with time zone`, `day to second`), at most two type modifiers of
+/// digits in parentheses, and array brackets — e.g. `numeric(12,2)`, `timestamp(3) with time zone`,
+/// `"Mood"[]`, `public.us_postal_code`. Nothing else (no quote, semicolon, comment or unbalanced parenthesis)
+/// passes, so a checked name can never end a statement or a column definition. Whether the type exists is for
+/// the consumer's PostgreSQL to say (`to_regtype`).
+pub fn check_type_name(text: &str) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("{text:?} is not a type name: {why}"));
+    if text.is_empty() || text.len() > 256 {
+        return refuse("1 to 256 bytes");
+    }
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    // One identifier (plain lower-case or double-quoted), returning where it ends.
+    let ident = |mut i: usize| -> Option<usize> {
+        if bytes.get(i) == Some(&b'"') {
+            i += 1;
+            let start = i;
+            loop {
+                match bytes.get(i)? {
+                    b'"' if bytes.get(i + 1) == Some(&b'"') => i += 2,
+                    b'"' => return (i > start).then_some(i + 1),
+                    0 => return None,
+                    _ => i += 1,
+                }
+            }
+        }
+        let start = i;
+        while let Some(c) = bytes.get(i) {
+            let ok = c.is_ascii_lowercase() || *c == b'_' || (i > start && (c.is_ascii_digit() || *c == b'$'));
+            if !ok {
+                break;
+            }
+            i += 1;
+        }
+        (i > start).then_some(i)
+    };
+    let Some(end) = ident(i) else { return refuse("it must start with an identifier") };
+    i = end;
+    if bytes.get(i) == Some(&b'.') {
+        let Some(end) = ident(i + 1) else { return refuse("a qualified name needs an identifier after the dot") };
+        i = end;
+    }
+    let mut modifiers = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b' ' => {
+                let start = i + 1;
+                let mut j = start;
+                while j < bytes.len() && bytes[j].is_ascii_lowercase() {
+                    j += 1;
+                }
+                if j == start {
+                    return refuse("words are lower-case letters, one space apart");
+                }
+                i = j;
+            }
+            b'(' if modifiers == 0 || bytes[i - 1] != b')' => {
+                modifiers += 1;
+                if modifiers > 2 {
+                    return refuse("too many type modifiers");
+                }
+                let close = match text[i..].find(')') {
+                    Some(offset) => i + offset,
+                    None => return refuse("unbalanced parenthesis"),
+                };
+                let inside = &text[i + 1..close];
+                let parts: Vec<&str> = inside.split(',').map(|p| p.trim_start_matches(' ')).collect();
+                let digits = |p: &&str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit());
+                if parts.is_empty() || parts.len() > 2 || !parts.iter().all(digits) {
+                    return refuse("type modifiers are one or two numbers");
+                }
+                i = close + 1;
+            }
+            b'[' => {
+                let close = match text[i..].find(']') {
+                    Some(offset) => i + offset,
+                    None => return refuse("unbalanced bracket"),
+                };
+                if !text[i + 1..close].bytes().all(|c| c.is_ascii_digit()) || close - i > 6 {
+                    return refuse("array bounds are digits");
+                }
+                i = close + 1;
+                if i < bytes.len() && bytes[i] != b'[' {
+                    return refuse("array brackets end the name");
+                }
+            }
+            _ => return refuse("unexpected character"),
+        }
+    }
+    Ok(())
+}
+
 /// Where a batch sits in the broker: Kafka partition + offset, or (partition 0) a JetStream stream sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -116,4 +210,67 @@ pub struct CheckpointRecord {
     pub size_bytes: u64,
     /// When the cluster took it (milliseconds since the Unix epoch, the cluster's clock).
     pub taken_at_unix_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_type_name;
+
+    #[test]
+    fn type_names_as_format_type_prints_them_pass() {
+        for name in [
+            "bigint",
+            "integer[]",
+            "numeric(12,2)",
+            "numeric(12, 2)",
+            "character varying(10)",
+            "double precision",
+            "timestamp with time zone",
+            "timestamp(3) without time zone",
+            "time(2) with time zone[]",
+            "interval day to second(3)",
+            "interval year to month",
+            "bit varying(5)",
+            "\"Mood\"",
+            "\"my \"\"odd\"\" type\"[]",
+            "public.us_postal_code",
+            "\"Sales\".\"Amount\"",
+            "text[][]",
+            "int4[3]",
+            "money",
+            "jsonb",
+        ] {
+            assert_eq!(check_type_name(name), Ok(()), "{name}");
+        }
+    }
+
+    #[test]
+    fn anything_that_could_leave_a_column_definition_is_refused() {
+        for name in [
+            "",
+            "int); DROP TABLE t; --",
+            "int, x text",
+            "int) , x (text",
+            "text COLLATE \"C\"",
+            "int -- comment",
+            "int /* c */",
+            "'text'",
+            "text;",
+            "Integer",
+            "numeric(12,2",
+            "numeric(a)",
+            "numeric(1,2,3)",
+            "int[]x",
+            "int[",
+            "\"unterminated",
+            "\"\"",
+            "int\u{0}",
+            "int  array",
+            " int",
+            "int\ttext",
+            "a.b.c",
+        ] {
+            assert!(check_type_name(name).is_err(), "{name:?} passed");
+        }
+    }
 }

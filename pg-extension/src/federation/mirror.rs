@@ -24,14 +24,39 @@ pub fn create(stream: &StreamId, columns: &[ColumnDef]) -> Result<pg_sys::Oid> {
     if taken {
         return Err(PgTrickleError::AlreadyExists(name));
     }
+    // Type names come from the coordinators or an envelope: each is checked for shape and resolved here before
+    // it is written into DDL.
+    let mut definitions = String::new();
+    for column in columns {
+        definitions.push_str(&format!("{} {}, ", quote_ident(&column.name), resolved_type(&column.type_name)?));
+    }
     catalog::exec(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&stream.0.cluster.to_string())))?;
-    let definitions: String = columns.iter().map(|c| format!("{} {}, ", quote_ident(&c.name), c.type_name)).collect();
     catalog::exec(&format!("CREATE TABLE {name} ({definitions}__pgt_row_id bigint PRIMARY KEY)"))?;
     catalog::exec(&format!(
         "COMMENT ON TABLE {name} IS 'pg_trickle mirror of {stream}: changed only by the subscriber'"
     ))?;
     catalog::scalar::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[name.into()])?
         .ok_or_else(|| PgTrickleError::Internal(format!("mirror {stream} vanished after creation")))
+}
+
+/// A column type name from the wire, once it has the shape of a type name (so it cannot leave a column
+/// definition or a cast) and names a type that exists on this cluster.
+pub fn resolved_type(type_name: &str) -> Result<&str> {
+    shared_model::check_type_name(type_name).map_err(|why| PgTrickleError::InvalidArgument {
+        argument: "column type",
+        message: why,
+        hint: "Column types travel as format_type() prints them; the source's column types must be plain types.".into(),
+    })?;
+    let exists = catalog::scalar::<bool>("SELECT to_regtype($1) IS NOT NULL", &[type_name.into()])?.unwrap_or(false);
+    if !exists {
+        return Err(PgTrickleError::InvalidArgument {
+            argument: "column type",
+            message: format!("type {type_name} does not exist on this cluster"),
+            hint: "Create it here first (the enum, domain or extension type the source's column uses), then retry."
+                .into(),
+        });
+    }
+    Ok(type_name)
 }
 
 /// Empties a mirror (its stream is another incarnation now); returns the rows deleted.
@@ -54,6 +79,10 @@ pub fn apply(mirror: pg_sys::Oid, columns: &[ColumnDef], batch: &Batch) -> Resul
     }
     let name = catalog::scalar::<String>("SELECT $1::regclass::text", &[mirror.into()])?
         .ok_or_else(|| PgTrickleError::Internal(format!("mirror {} of {} is gone", mirror.to_u32(), batch.stream)))?;
+    // The mirror's columns were resolved when it was created; the shape is checked again before any cast.
+    for column in columns {
+        shared_model::check_type_name(&column.type_name).map_err(PgTrickleError::Internal)?;
+    }
     let mut written = 0i64;
     if batch.kind == BatchKind::Snapshot {
         written += catalog::exec(&format!("DELETE FROM {name}"))? as i64;

@@ -447,7 +447,7 @@ impl Publisher {
 /// A failed frontier request as the stream's error; "no such stream" names the repair.
 fn not_published(stream: &StreamId, error: PgTrickleError) -> String {
     match &error {
-        PgTrickleError::Coordinator { code, .. } if code == "unknown_stream" => format!(
+        PgTrickleError::Coordinator { code, .. } if code == "unknown_stream" || code == "not_found" => format!(
             "{stream} is not published at the coordinators (its unpublish reached them, or they were restored \
              without it): publish it again with SELECT pgtrickle.publish_stream_table('{}'), or withdraw it here \
              with SELECT pgtrickle.unpublish_stream_table('{0}')",

@@ -360,10 +360,12 @@ impl Subscriber {
 /// source's own error; anything else means they cannot be asked.
 fn answer_error(stream: &StreamId, error: PgTrickleError) -> AnswerError {
     match &error {
-        PgTrickleError::Coordinator { code, .. } if code == "unknown_stream" => AnswerError::Refused(format!(
-            "{stream} is no longer published at the coordinators; this source waits for it to be published again \
+        PgTrickleError::Coordinator { code, .. } if code == "unknown_stream" || code == "not_found" => {
+            AnswerError::Refused(format!(
+                "{stream} is no longer published at the coordinators; this source waits for it to be published again \
              (then it starts over from a snapshot), or drop the federated stream table"
-        )),
+            ))
+        }
         PgTrickleError::Coordinator { rejected: true, .. } => AnswerError::Refused(error.to_string()),
         _ => AnswerError::Unreachable(error.to_string()),
     }
@@ -379,6 +381,8 @@ fn reset_source(source: &Source, incarnation: u64, forget: bool, reason: &str) -
         "UPDATE pgtrickle.pgt_federation_sources SET incarnation = $2, \
            applied_seq = CASE WHEN $3 THEN 0 ELSE applied_seq END, \
            applied_offset = CASE WHEN $3 THEN NULL ELSE applied_offset END, \
+           committed_seq = CASE WHEN $3 THEN 0 ELSE committed_seq END, \
+           lag_batches = CASE WHEN $3 THEN 0 ELSE lag_batches END, \
            state = CASE WHEN $3 THEN 'reinitializing' ELSE state END, \
            detail = CASE WHEN $3 THEN $4 ELSE detail END WHERE stream_id = $1",
         &[source.stream.to_string().into(), (incarnation as i64).into(), forget.into(), reason.into()],
