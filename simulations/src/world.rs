@@ -363,10 +363,14 @@ impl ProducerWorker {
         let Some(buffered) = self.db().buffer.get(&seq).cloned() else {
             return Err(format!("batch {seq} is no longer in its change buffer"));
         };
+        let (incarnation, producer_epoch) = {
+            let db = self.db();
+            (db.incarnation, db.epoch)
+        };
         let batch = Batch {
             stream: self.stream.clone(),
-            incarnation: self.db().incarnation,
-            producer_epoch: self.db().epoch,
+            incarnation,
+            producer_epoch,
             seq,
             kind: buffered.kind,
             columns: columns(),

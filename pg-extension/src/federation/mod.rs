@@ -7,7 +7,8 @@
 //!
 //! Submodules: [`broker`] (Kafka), [`publisher`] (change buffers → broker → frontier advances, a background
 //! worker), [`subscriber`] (broker → mirrors gated by the frontier, a background worker), [`mirror`] (mirror
-//! tables and applying batches to them), [`federated`] (federated stream tables).
+//! tables and applying batches to them), [`federated`] (federated stream tables), [`wire`] (the text form values
+//! travel in).
 
 pub mod broker;
 pub mod federated;
@@ -15,6 +16,7 @@ pub mod mirror;
 pub mod publisher;
 pub mod runtime;
 pub mod subscriber;
+pub mod wire;
 
 use std::time::Duration;
 

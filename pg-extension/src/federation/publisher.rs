@@ -431,7 +431,9 @@ impl Publisher {
             self.topics.insert(topic.clone());
         }
         let epoch = settings.fence.producer_epoch;
-        let batch = run_in_transaction(|| read_batch(publication, publication.to_local(seq), seq, epoch))?;
+        let batch = run_in_transaction(|| {
+            super::wire::with_wire_settings(|| read_batch(publication, publication.to_local(seq), seq, epoch))
+        })?;
         let messages = batch.encode_chunks(MAX_MESSAGE_BYTES, &settings.message_key).map_err(|e| e.to_string())?;
         let producer = self.producer(settings)?;
         match producer.send_all(&topic, &publication.stream.to_string(), &messages) {

@@ -116,7 +116,7 @@ fn apply_source(source: &Source, machine: &Consumer, seqs: &[u64], cut_at: Optio
             columns = batch.columns.clone();
         }
         let started = Instant::now();
-        let rows = mirror::apply(mirror_oid, &columns, batch)?;
+        let rows = super::wire::with_wire_settings(|| mirror::apply(mirror_oid, &columns, batch))?;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         let kind = if batch.kind == BatchKind::Snapshot { "snapshot" } else { "delta" };
         catalog::exec_with(
