@@ -43,6 +43,11 @@ fn is_root() -> bool {
 
 /// Runs a PostgreSQL program as the `postgres` user (directly when not root).
 fn run_as_postgres(program: &Path, args: &[&str]) -> Result<Output> {
+    run_as_postgres_with(program, args, &[])
+}
+
+/// The same with extra environment variables (a server started so inherits them).
+fn run_as_postgres_with(program: &Path, args: &[&str], env: &[(String, String)]) -> Result<Output> {
     let mut command = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -51,6 +56,7 @@ fn run_as_postgres(program: &Path, args: &[&str]) -> Result<Output> {
         Command::new(program)
     };
     // Servers inherit the environment: keep Rust backtraces out of their error DETAILs.
+    command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let output = command.env("RUST_BACKTRACE", "0").env("RUST_LIB_BACKTRACE", "0").args(args).output()?;
     if !output.status.success() {
         return Err(HarnessError::Command {
@@ -102,6 +108,8 @@ pub struct Cluster {
     pub socket_dir: PathBuf,
     pub log_file: PathBuf,
     settings: Vec<String>,
+    /// Environment of the server from its next start on (e.g. libfaketime's, to skew its clock).
+    env: Vec<(String, String)>,
     running: bool,
 }
 
@@ -128,12 +136,19 @@ impl Cluster {
         }
         let data = self.data_dir.display().to_string();
         let log = self.log_file.display().to_string();
-        run_as_postgres(
+        run_as_postgres_with(
             &pg_bindir().join("pg_ctl"),
             &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options, "start"],
+            &self.env,
         )?;
         self.running = true;
         Ok(())
+    }
+
+    /// Environment for the server's next start (the caller restarts it).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Stops the server (fast shutdown).
@@ -254,6 +269,7 @@ impl Clusters {
                 data_dir,
                 socket_dir,
                 settings: all_settings,
+                env: Vec::new(),
                 running: false,
             };
             cluster.start()?;
@@ -301,6 +317,7 @@ impl Clusters {
             data_dir,
             socket_dir,
             settings: self.clusters[primary].settings.clone(),
+            env: Vec::new(),
             running: false,
         };
         standby.start()?;
