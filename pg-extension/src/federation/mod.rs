@@ -40,7 +40,12 @@ pub fn system_identifier() -> Result<SystemIdentifier> {
 
 /// This cluster's client id at the coordinators (part of every write's idempotency key).
 pub fn client_id() -> Result<String> {
-    Ok(format!("pg-{}", system_identifier()?))
+    Ok(client_id_of(system_identifier()?))
+}
+
+/// The client id of the server with identifier `me`.
+pub fn client_id_of(me: SystemIdentifier) -> String {
+    format!("pg-{me}")
 }
 
 /// A coordinator client (no I/O until used); `client_id` from [`client_id`].

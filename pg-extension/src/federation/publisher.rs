@@ -16,11 +16,11 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use shared_model::envelope::{Batch, RowAction, RowChange};
 use shared_model::protocol::producer::{Action, Input, LocalStream, LogView, Producer, SentCopy};
-use shared_model::{BatchKind, ClusterName, ColumnDef, MessageKey, ProducerFence, StreamId};
+use shared_model::{BatchKind, ClusterName, ColumnDef, MessageKey, ProducerFence, StreamId, SystemIdentifier};
 
 use super::broker::{topic_name, KafkaProducer, MAX_MESSAGE_BYTES};
 use super::runtime::{new_runtime, run_worker_loop};
-use super::{client_id, client_with_id, coordinator_error, membership, system_identifier};
+use super::{client_id_of, client_with_id, coordinator_error, membership, system_identifier};
 use crate::catalog::{self, RowLock};
 use crate::config;
 use crate::error::{PgTrickleError, Result};
@@ -62,7 +62,8 @@ struct Settings {
     message_key: MessageKey,
 }
 
-fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
+/// The catalog at the start of a round; `me` is this server's system identifier (read once per worker).
+fn load(me: SystemIdentifier) -> Result<Option<(Settings, Vec<Publication>)>> {
     let Some(member) = membership()? else { return Ok(None) };
     let broker = catalog::scalar::<pgrx::JsonB>(
         "SELECT jsonb_build_object('servers', bootstrap_servers, 'prefix', topic_prefix) FROM pgtrickle.pgt_federation",
@@ -74,13 +75,13 @@ fn load() -> Result<Option<(Settings, Vec<Publication>)>> {
         coordinator_url: member.coordinator_url,
         bootstrap_servers: broker["servers"].as_str().unwrap_or_default().to_string(),
         topic_prefix: broker["prefix"].as_str().unwrap_or("pgtrickle").to_string(),
-        client_id: client_id()?,
+        client_id: client_id_of(me),
         fence: ProducerFence {
             cluster: ClusterName::parse(&member.cluster_name)
                 .map_err(|e| PgTrickleError::Internal(format!("stored cluster name: {e}")))?,
             // This server's own identifier, not the stored one: a row restored onto another server must not
             // speak for the server that wrote it.
-            system_identifier: system_identifier()?,
+            system_identifier: me,
             producer_epoch: member.producer_epoch,
         },
         message_key: super::message_key()?,
@@ -232,6 +233,8 @@ struct Publisher {
     machine: Producer,
     /// The worker's monotonic clock (backoffs are times on it).
     started: Instant,
+    /// This server's system identifier.
+    me: SystemIdentifier,
 }
 
 impl Publisher {
@@ -264,7 +267,8 @@ impl Publisher {
 
     /// One round: the catalog in, every action the machine asks for performed; returns whether anything was sent.
     fn round(&mut self) -> std::result::Result<bool, String> {
-        let Some((settings, publications)) = run_in_transaction(load)? else { return Ok(false) };
+        let me = self.me;
+        let Some((settings, publications)) = run_in_transaction(|| load(me))? else { return Ok(false) };
         if self.producer.as_ref().is_some_and(|(_, producer)| !producer.healthy()) {
             self.drop_producer(); // the broker connection was lost: sends reconnect with a fresh producer
         }
@@ -478,6 +482,13 @@ pub extern "C-unwind" fn pg_trickle_publisher_main(arg: pg_sys::Datum) {
             return;
         }
     };
+    let me = match run_in_transaction(system_identifier) {
+        Ok(me) => me,
+        Err(error) => {
+            pgrx::warning!("pg_trickle publisher: {error}");
+            return;
+        }
+    };
     let mut publisher = Publisher {
         runtime,
         client: None,
@@ -485,6 +496,7 @@ pub extern "C-unwind" fn pg_trickle_publisher_main(arg: pg_sys::Datum) {
         topics: BTreeSet::new(),
         machine: Producer::new(),
         started: Instant::now(),
+        me,
     };
     run_worker_loop(
         "publisher",

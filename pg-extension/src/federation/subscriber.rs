@@ -58,14 +58,15 @@ struct Loaded {
     sources: Vec<Source>,
 }
 
-fn load() -> Result<Option<Loaded>> {
+/// The catalog at the start of a round; `client_id` is read once per worker.
+fn load(client_id: &str) -> Result<Option<Loaded>> {
     let Some(member) = super::membership()? else { return Ok(None) };
     let servers =
         catalog::scalar::<String>("SELECT bootstrap_servers FROM pgtrickle.pgt_federation", &[])?.unwrap_or_default();
     let settings = Settings {
         coordinator_url: member.coordinator_url,
         bootstrap_servers: servers,
-        client_id: client_id()?,
+        client_id: client_id.to_string(),
         message_key: super::message_key()?,
     };
     let (tables, sources) = Spi::connect(|client| {
@@ -170,6 +171,8 @@ struct Subscriber {
     machine: Consumer,
     /// The worker's monotonic clock (loss timeouts are times on it).
     started: Instant,
+    /// This server's client id at the coordinators.
+    client_id: String,
 }
 
 impl Subscriber {
@@ -184,7 +187,10 @@ impl Subscriber {
     /// One round: the catalog in, every action the machine asks for performed; returns whether anything was
     /// applied.
     fn round(&mut self) -> std::result::Result<bool, String> {
-        let Some(Loaded { settings, tables, sources }) = run_in_transaction(load)? else { return Ok(false) };
+        let client_id = self.client_id.clone();
+        let Some(Loaded { settings, tables, sources }) = run_in_transaction(|| load(&client_id))? else {
+            return Ok(false);
+        };
         if sources.is_empty() {
             return Ok(false);
         }
@@ -444,8 +450,21 @@ pub extern "C-unwind" fn pg_trickle_subscriber_main(arg: pg_sys::Datum) {
             return;
         }
     };
-    let mut subscriber =
-        Subscriber { runtime, client: None, consumer: None, machine: Consumer::new(), started: Instant::now() };
+    let client_id = match run_in_transaction(client_id) {
+        Ok(id) => id,
+        Err(error) => {
+            pgrx::warning!("pg_trickle subscriber: {error}");
+            return;
+        }
+    };
+    let mut subscriber = Subscriber {
+        runtime,
+        client: None,
+        consumer: None,
+        machine: Consumer::new(),
+        started: Instant::now(),
+        client_id,
+    };
     run_worker_loop(
         "subscriber",
         // The broker poll inside the round already waited.
