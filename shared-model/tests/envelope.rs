@@ -9,6 +9,11 @@ fn key() -> MessageKey {
     MessageKey::from_bytes([9; 32])
 }
 
+/// A delta batch of incarnation 3, epoch 2.
+fn delta(seq: u64, columns: Vec<ColumnDef>, rows: Vec<RowChange>) -> Batch {
+    Batch { stream: stream(), incarnation: 3, producer_epoch: 2, seq, kind: BatchKind::Delta, columns, rows }
+}
+
 fn stream() -> StreamId {
     StreamId::parse("cluster_a/public.order_agg").unwrap()
 }
@@ -112,27 +117,11 @@ fn an_empty_batch_is_one_message() {
 fn impossible_limits_and_bad_rows_are_refused_with_the_reason() {
     let columns = vec![ColumnDef::new("a", "text")];
     let big = RowChange { action: RowAction::Insert, row_id: 9, values: vec![Some("x".repeat(5_000))] };
-    let batch = Batch {
-        stream: stream(),
-        incarnation: 3,
-        producer_epoch: 2,
-        seq: 1,
-        kind: BatchKind::Delta,
-        columns: columns.clone(),
-        rows: vec![big],
-    };
+    let batch = delta(1, columns.clone(), vec![big]);
     assert!(matches!(batch.encode_chunks(2_000, &key()), Err(EnvelopeError::RowTooLarge { row_id: 9, .. })));
     assert!(matches!(batch.encode_chunks(10, &key()), Err(EnvelopeError::LimitTooSmall { .. })));
     let wrong = RowChange { action: RowAction::Delete, row_id: 3, values: vec![None, None] };
-    let batch = Batch {
-        stream: stream(),
-        incarnation: 3,
-        producer_epoch: 2,
-        seq: 1,
-        kind: BatchKind::Delta,
-        columns,
-        rows: vec![wrong],
-    };
+    let batch = delta(1, columns, vec![wrong]);
     assert!(matches!(batch.encode_chunks(2_000, &key()), Err(EnvelopeError::Arity { expected: 1, found: 2, .. })));
 }
 

@@ -131,7 +131,11 @@ pub fn dashboard_difference(a: &mut postgres::Client, b: &mut postgres::Client, 
         ORDER_AGG.replace("FROM orders", "FROM expected.orders"),
         USER_STATS.replace("FROM users", "FROM expected.users")
     );
-    let actual = "SELECT name, country, orders, total FROM dashboard";
+    rows_differing(c, &expected, "SELECT name, country, orders, total FROM dashboard")
+}
+
+/// Rows in one query's result and not the other's, both ways, counting duplicates (EXCEPT ALL).
+pub fn rows_differing(c: &mut postgres::Client, expected: &str, actual: &str) -> i64 {
     c.query_one(
         &format!(
             "SELECT count(*) FROM (({expected} EXCEPT ALL {actual}) UNION ALL ({actual} EXCEPT ALL {expected})) d"

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use testkit::federation::Federation;
-use testkit::seed::{sources_view, tail};
+use testkit::seed::{rows_differing, sources_view, tail};
 use testkit::wait_for;
 
 const TYPES: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy', 'it''s \"fine\"');
@@ -74,16 +74,7 @@ fn difference(a: &mut postgres::Client, c: &mut postgres::Client) -> i64 {
     if !rows.is_empty() {
         c.batch_execute(&format!("INSERT INTO expected ({COLUMNS}) VALUES {}", rows.join(","))).unwrap();
     }
-    let expected = format!("SELECT {COMPARED} FROM expected");
-    let actual = format!("SELECT {COMPARED} FROM kinds_fed");
-    c.query_one(
-        &format!(
-            "SELECT count(*) FROM (({expected} EXCEPT ALL {actual}) UNION ALL ({actual} EXCEPT ALL {expected})) d"
-        ),
-        &[],
-    )
-    .unwrap()
-    .get(0)
+    rows_differing(c, &format!("SELECT {COMPARED} FROM expected"), &format!("SELECT {COMPARED} FROM kinds_fed"))
 }
 
 /// `coalesce(quote_literal(col::text) || '::type', 'NULL')` for every column: the canonical text, typed again.
