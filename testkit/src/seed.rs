@@ -253,6 +253,17 @@ pub fn sources_view(c: &mut postgres::Client) -> String {
     .join("\n")
 }
 
+/// Whether C applied every batch the log committed for each of its sources (and each has committed one).
+pub fn caught_up(c: &mut postgres::Client) -> bool {
+    c.query_one(
+        "SELECT bool_and(applied_seq = committed_seq AND committed_seq > 0) FROM pgtrickle.federation_sources",
+        &[],
+    )
+    .unwrap()
+    .get::<_, Option<bool>>(0)
+    .unwrap_or(false)
+}
+
 /// Waits until the dashboard equals its query over A's and B's current contents and C applied every committed
 /// batch.
 pub fn converge(
@@ -263,16 +274,8 @@ pub fn converge(
     within: Duration,
 ) {
     let converged = wait_for(within, || {
-        let caught_up: bool = c
-            .query_one(
-                "SELECT bool_and(applied_seq = committed_seq AND committed_seq > 0) FROM pgtrickle.federation_sources",
-                &[],
-            )
-            .unwrap()
-            .get::<_, Option<bool>>(0)
-            .unwrap_or(false);
         // The local refreshes on A and B must have run too: compare only then.
-        (caught_up && dashboard_difference(a, b, c) == 0).then_some(())
+        (caught_up(c) && dashboard_difference(a, b, c) == 0).then_some(())
     });
     if converged.is_none() {
         panic!(

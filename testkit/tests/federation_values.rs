@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use testkit::federation::Federation;
-use testkit::seed::{rows_differing, sources_view, tail};
+use testkit::seed::{caught_up, rows_differing, sources_view, tail};
 use testkit::wait_for;
 
 const TYPES: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy', 'it''s \"fine\"');
@@ -107,17 +107,7 @@ fn literal_list() -> String {
 }
 
 fn wait_converged(fed: &Federation, a: &mut postgres::Client, c: &mut postgres::Client) {
-    let done = wait_for(Duration::from_secs(60), || {
-        let caught_up: bool = c
-            .query_one(
-                "SELECT bool_and(applied_seq = committed_seq AND committed_seq > 0) FROM pgtrickle.federation_sources",
-                &[],
-            )
-            .unwrap()
-            .get::<_, Option<bool>>(0)
-            .unwrap_or(false);
-        (caught_up && difference(a, c) == 0).then_some(())
-    });
+    let done = wait_for(Duration::from_secs(60), || (caught_up(c) && difference(a, c) == 0).then_some(()));
     if done.is_none() {
         let shown: Vec<String> = c
             .query(&format!("SELECT format('%s', ROW({COMPARED})) FROM kinds_fed ORDER BY id"), &[])
