@@ -235,6 +235,12 @@ pub fn alter(
     Ok(())
 }
 
+/// Plans a stream table again over its own query, in place (its sources were rebuilt with other columns): same
+/// id and publication, storage rebuilt, a snapshot batch follows. Refused while other stream tables read it.
+pub fn requery(st: &StreamTable) -> Result<()> {
+    replace_query(st, &st.defining_query, &st.refresh_mode)
+}
+
 /// A new defining query: the storage is rebuilt under the same name and a snapshot batch follows
 /// (seqs continue). Refused while other stream tables read this one, since its columns may change.
 fn replace_query(st: &StreamTable, query: &str, refresh_mode: &str) -> Result<()> {

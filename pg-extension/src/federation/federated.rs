@@ -20,6 +20,7 @@ use super::{client, coordinator_error, membership, mirror};
 use crate::api::define;
 use crate::catalog;
 use crate::error::{PgTrickleError, Result};
+use crate::query::render::quote_ident;
 
 fn invalid(argument: &'static str, message: String, hint: &str) -> PgTrickleError {
     PgTrickleError::InvalidArgument { argument, message, hint: hint.into() }
@@ -258,55 +259,55 @@ pub fn drop(name: &str) -> Result<()> {
     }
 }
 
-/// A source's columns changed (its snapshot batch says so): rebuilds that mirror with the new columns and the
-/// federated stream table over it, in the caller's transaction (the subscriber's apply). The table keeps its id at
-/// the coordinator, its consistency and every source's applied position; its query is analysed again, so a query
-/// the new columns break fails here, visibly, and nothing changes. Returns the new mirror.
+/// A source's columns changed (its snapshot batch says so): rebuilds that mirror with the new columns and plans
+/// the federated stream table again over it **in place**, in the caller's transaction (the subscriber's apply):
+/// the stream table keeps its id, schedule and publication (a federated stream table this cluster publishes goes
+/// on publishing: its REINITIALIZE is a snapshot batch for the clusters reading it, with new columns if its own
+/// output changed), the federated table keeps its id at the coordinator, its consistency and every source's
+/// applied position. Its query is analysed again, so a query the new columns break fails here, visibly, and
+/// nothing changes; so does a federated stream table other local stream tables read (their columns could not
+/// follow). Returns the new mirror.
 pub fn rebuild_mirror(stream: &shared_model::StreamId, columns: &[ColumnDef]) -> Result<pgrx::pg_sys::Oid> {
     let row = catalog::scalar::<pgrx::JsonB>(
-        "SELECT jsonb_build_object('pgt_id', st.pgt_id, 'query', st.defining_query, 'mode', st.refresh_mode, \
-           'schedule', extract(epoch FROM st.schedule)::text || 's', 'mirror', s.mirror_relid::regclass::text) \
-         FROM pgtrickle.pgt_federation_sources s JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) \
-         WHERE s.stream_id = $1",
+        "SELECT jsonb_build_object('pgt_id', s.pgt_id, 'mirror', s.mirror_relid::regclass::text, \
+           'mirror_oid', s.mirror_relid::bigint) FROM pgtrickle.pgt_federation_sources s WHERE s.stream_id = $1",
         &[stream.to_string().into()],
     )?
     .ok_or_else(|| PgTrickleError::Internal(format!("{stream} is not mirrored here")))?
     .0;
     let pgt_id = row["pgt_id"].as_i64().unwrap_or_default();
-    let text = |key: &str| row[key].as_str().map(str::to_string);
+    let old_mirror = row["mirror"].as_str().unwrap_or_default().to_string();
+    let old_oid = pgrx::pg_sys::Oid::from(row["mirror_oid"].as_i64().unwrap_or_default() as u32);
     let st = catalog::load(pgt_id, crate::catalog::RowLock::Wait)?
         .ok_or_else(|| PgTrickleError::Internal(format!("federated stream table {pgt_id} vanished")))?;
-    // Keep the federation rows aside while the stream table is dropped and created again.
-    let saved_table = catalog::scalar::<pgrx::JsonB>(
-        "SELECT to_jsonb(t) FROM pgtrickle.pgt_federated_tables t WHERE pgt_id = $1",
-        &[pgt_id.into()],
-    )?;
-    let saved_sources = catalog::scalar::<pgrx::JsonB>(
-        "SELECT jsonb_agg(to_jsonb(s)) FROM pgtrickle.pgt_federation_sources s WHERE pgt_id = $1",
-        &[pgt_id.into()],
-    )?;
-    catalog::exec_with("DELETE FROM pgtrickle.pgt_federated_tables WHERE pgt_id = $1", &[pgt_id.into()])?;
-    define::drop(&st.qualified(), false)?;
+    // Rebuilding drops the stream table's change buffer: batches its publisher has not sent yet would be lost.
+    let unsent = catalog::scalar::<i64>(
+        "SELECT $2 - published_seq FROM pgtrickle.pgt_publications WHERE pgt_id = $1",
+        &[pgt_id.into(), st.last_batch_seq.into()],
+    )?
+    .unwrap_or(0);
+    if unsent > 0 {
+        return Err(PgTrickleError::Internal(format!(
+            "{} has {unsent} batches its publisher has not sent yet; the rebuild for {stream}'s new columns waits",
+            st.qualified()
+        )));
+    }
     catalog::allow_internal_ddl()?;
-    catalog::exec(&format!("DROP TABLE {}", text("mirror").unwrap_or_default()))?;
-    catalog::end_internal_ddl()?;
+    catalog::exec(&format!(
+        "ALTER TABLE {old_mirror} RENAME TO {}",
+        quote_ident(&format!("__pgt_old_mirror_{}", old_oid.to_u32()))
+    ))?;
     let mirror = mirror::create(stream, columns)?;
-    define::create(&st.qualified(), &st.defining_query, text("schedule").as_deref(), &st.refresh_mode)?;
-    let new_id = catalog::find_by_name(&st.qualified())?.pgt_id;
+    define::requery(&st)?;
+    // The capture on the old mirror was released by the new plan (it no longer reads it).
+    catalog::allow_internal_ddl()?;
+    let drop_old = catalog::scalar::<String>("SELECT format('DROP TABLE %s', $1::regclass)", &[old_oid.into()])?
+        .ok_or_else(|| PgTrickleError::Internal(format!("the old mirror of {stream} vanished")))?;
+    catalog::exec(&drop_old)?;
+    catalog::end_internal_ddl()?;
     catalog::exec_with(
-        "INSERT INTO pgtrickle.pgt_federated_tables \
-         SELECT * FROM jsonb_populate_record(NULL::pgtrickle.pgt_federated_tables, $1 || jsonb_build_object('pgt_id', $2))",
-        &[saved_table.into(), new_id.into()],
-    )?;
-    catalog::exec_with(
-        "INSERT INTO pgtrickle.pgt_federation_sources \
-         SELECT * FROM jsonb_populate_recordset(NULL::pgtrickle.pgt_federation_sources, \
-           (SELECT jsonb_agg(CASE WHEN e->>'stream_id' = $3 \
-                 THEN e || jsonb_build_object('pgt_id', $2, 'mirror_relid', $4::oid, 'columns', $5::jsonb) \
-                 ELSE e || jsonb_build_object('pgt_id', $2) END) FROM jsonb_array_elements($1) e))",
+        "UPDATE pgtrickle.pgt_federation_sources SET mirror_relid = $2, columns = $3 WHERE stream_id = $1",
         &[
-            saved_sources.into(),
-            new_id.into(),
             stream.to_string().into(),
             mirror.into(),
             pgrx::JsonB(serde_json::to_value(columns).unwrap_or_default()).into(),
