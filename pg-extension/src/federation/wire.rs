@@ -23,17 +23,24 @@ pub const WIRE_SETTINGS: &[(&str, &str)] = &[
     ("lc_monetary", "C"),
 ];
 
-/// Runs `work` under [`WIRE_SETTINGS`] (transaction-local), then puts the settings back as they were.
+/// Runs `work` under [`WIRE_SETTINGS`] (transaction-local), then puts the settings back as they were. One
+/// statement each way: this runs around every batch read and every apply.
 pub fn with_wire_settings<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
-    let mut saved = Vec::with_capacity(WIRE_SETTINGS.len());
-    for (name, value) in WIRE_SETTINGS {
-        let before = catalog::scalar::<String>("SELECT current_setting($1)", &[(*name).into()])?.unwrap_or_default();
-        catalog::scalar::<String>("SELECT set_config($1, $2, true)", &[(*name).into(), (*value).into()])?;
-        saved.push((*name, before));
-    }
+    let names: Vec<String> = WIRE_SETTINGS.iter().map(|(name, _)| name.to_string()).collect();
+    let values: Vec<String> = WIRE_SETTINGS.iter().map(|(_, value)| value.to_string()).collect();
+    // Each row reads its setting before setting it; the rows name distinct settings, so the order rows are
+    // produced in does not matter.
+    let before = catalog::scalar::<Vec<String>>(
+        "SELECT array_agg(before ORDER BY ord) FROM (SELECT ord, current_setting(name) AS before, value, name \
+           FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS s(name, value, ord) OFFSET 0) settings \
+         WHERE set_config(name, value, true) IS NOT NULL",
+        &[names.clone().into(), values.into()],
+    )?
+    .unwrap_or_default();
     let out = work()?;
-    for (name, before) in saved {
-        catalog::scalar::<String>("SELECT set_config($1, $2, true)", &[name.into(), before.into()])?;
-    }
+    catalog::scalar::<i64>(
+        "SELECT count(set_config(name, value, true)) FROM unnest($1::text[], $2::text[]) AS s(name, value)",
+        &[names.into(), before.into()],
+    )?;
     Ok(out)
 }
