@@ -273,19 +273,33 @@ pub fn converge(
     c: &mut postgres::Client,
     within: Duration,
 ) {
-    let converged = wait_for(within, || {
+    converge_or_explain(
+        fed,
+        within,
+        &mut (a, b, c),
         // The local refreshes on A and B must have run too: compare only then.
-        (caught_up(c) && dashboard_difference(a, b, c) == 0).then_some(())
-    });
-    if converged.is_none() {
-        panic!(
-            "no convergence within {within:?}; difference {}\nsources:\n{}\nC log:\n{}\nA log:\n{}",
-            dashboard_difference(a, b, c),
-            sources_view(c),
-            tail(&fed.clusters[2].log()),
-            tail(&fed.clusters[0].log())
-        );
+        |(a, b, c)| caught_up(c) && dashboard_difference(a, b, c) == 0,
+        |(a, b, c)| format!("difference {}\nsources:\n{}", dashboard_difference(a, b, c), sources_view(c)),
+        &[2, 0],
+    );
+}
+
+/// Waits until `done` holds on `state` (the test's connections); otherwise panics with `explain` (what differs,
+/// the sources) and the log tails of clusters `logs_of`.
+pub fn converge_or_explain<S>(
+    fed: &Federation,
+    within: Duration,
+    state: &mut S,
+    mut done: impl FnMut(&mut S) -> bool,
+    explain: impl FnOnce(&mut S) -> String,
+    logs_of: &[usize],
+) {
+    if wait_for(within, || done(state).then_some(())).is_some() {
+        return;
     }
+    let logs: Vec<String> =
+        logs_of.iter().map(|&i| format!("{} log:\n{}", fed.clusters[i].name, tail(&fed.clusters[i].log()))).collect();
+    panic!("no convergence within {within:?}: {}\n{}", explain(state), logs.join("\n"));
 }
 
 pub fn tail(log: &str) -> String {

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use testkit::federation::Federation;
-use testkit::seed::{caught_up, sources_view, tail};
-use testkit::wait_for;
+use testkit::seed::{caught_up, converge_or_explain, sources_view};
 
 const ORDER_AGG: &str = "SELECT user_id, count(*) AS orders, sum(amount) AS total FROM orders GROUP BY user_id";
 const ORDER_AGG_WIDER: &str = "SELECT user_id, count(*) AS orders, sum(amount) AS total, max(amount) AS biggest \
@@ -32,19 +31,22 @@ fn rows(client: &mut postgres::Client, sql: &str) -> Vec<String> {
 }
 
 fn converge(fed: &Federation, a: &mut postgres::Client, b: &mut postgres::Client, c: &mut postgres::Client) {
-    let done =
-        wait_for(Duration::from_secs(90), || (caught_up(b) && caught_up(c) && expected(a) == actual(c)).then_some(()));
-    if done.is_none() {
-        panic!(
-            "C did not converge: expected {:?}\nC has {:?}\nB sources:\n{}\nC sources:\n{}\nB log:\n{}\nC log:\n{}",
-            expected(a),
-            actual(c),
-            sources_view(b),
-            sources_view(c),
-            tail(&fed.clusters[1].log()),
-            tail(&fed.clusters[2].log())
-        );
-    }
+    converge_or_explain(
+        fed,
+        Duration::from_secs(90),
+        &mut (a, b, c),
+        |(a, b, c)| caught_up(b) && caught_up(c) && expected(a) == actual(c),
+        |(a, b, c)| {
+            format!(
+                "expected {:?}\nC has {:?}\nB sources:\n{}\nC sources:\n{}",
+                expected(a),
+                actual(c),
+                sources_view(b),
+                sources_view(c)
+            )
+        },
+        &[1, 2],
+    );
 }
 
 fn writes(a: &mut postgres::Client, rng: &mut rand::rngs::StdRng, count: usize) {

@@ -11,8 +11,7 @@
 use std::time::Duration;
 
 use testkit::federation::Federation;
-use testkit::seed::{caught_up, rows_differing, sources_view, tail};
-use testkit::wait_for;
+use testkit::seed::{caught_up, converge_or_explain, rows_differing, sources_view};
 
 const TYPES: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy', 'it''s \"fine\"');
      CREATE DOMAIN posint AS integer CHECK (VALUE > 0);";
@@ -107,23 +106,27 @@ fn literal_list() -> String {
 }
 
 fn wait_converged(fed: &Federation, a: &mut postgres::Client, c: &mut postgres::Client) {
-    let done = wait_for(Duration::from_secs(60), || (caught_up(c) && difference(a, c) == 0).then_some(()));
-    if done.is_none() {
-        let shown: Vec<String> = c
-            .query(&format!("SELECT format('%s', ROW({COMPARED})) FROM kinds_fed ORDER BY id"), &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        panic!(
-            "C differs from A by {} rows\nC has:\n{}\nsources:\n{}\nC log:\n{}\nA log:\n{}",
-            difference(a, c),
-            shown.join("\n"),
-            sources_view(c),
-            tail(&fed.clusters[2].log()),
-            tail(&fed.clusters[0].log())
-        );
-    }
+    converge_or_explain(
+        fed,
+        Duration::from_secs(60),
+        &mut (a, c),
+        |(a, c)| caught_up(c) && difference(a, c) == 0,
+        |(a, c)| {
+            let shown: Vec<String> = c
+                .query(&format!("SELECT format('%s', ROW({COMPARED})) FROM kinds_fed ORDER BY id"), &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            format!(
+                "C differs from A by {} rows\nC has:\n{}\nsources:\n{}",
+                difference(a, c),
+                shown.join("\n"),
+                sources_view(c)
+            )
+        },
+        &[2, 0],
+    );
 }
 
 #[test]
