@@ -142,6 +142,13 @@ CREATE TABLE pgtrickle.pgt_federation (
     -- sends is authenticated with it, and every envelope it applies must be. As secret as the coordinator token:
     -- the table has no grants beyond its owner (the superuser that created the extension).
     message_key         text NOT NULL,
+    -- How this cluster's clients talk to the broker: librdkafka properties under librdkafka's own names
+    -- (security.protocol, sasl.mechanism, ssl.ca.location, ...). Never secrets: those go in the file named by
+    -- pg_trickle.broker_properties_file, re-read on reload. Set with pgtrickle.set_broker_settings().
+    broker_settings     jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(broker_settings) = 'object'),
+    -- How the publisher creates a stream's topic (a stream uses partition 0 only: its batches stay in order).
+    topic_partitions    integer NOT NULL DEFAULT 1 CHECK (topic_partitions BETWEEN 1 AND 10000),
+    topic_replication_factor integer NOT NULL DEFAULT 1 CHECK (topic_replication_factor BETWEEN 1 AND 32),
     registered_at       timestamptz NOT NULL DEFAULT now(),
     last_contact        timestamptz,
     last_error          text

@@ -7,6 +7,7 @@
 //! committed batches a consumer may apply) and [`protocol`] (the producer's state machine; the consumer's follows).
 
 pub mod apply;
+pub mod broker_settings;
 pub mod codec;
 pub mod command;
 pub mod dag;

@@ -3,6 +3,13 @@
 //! Storage is in memory (a restart comes back empty), or persistent: tansu's `s3://` engine on a local s3s-fs
 //! server (`~/.cache/pgtrickle-federation/s3s/bin/s3s-fs`, `PGTRICKLE_S3S_BIN`), so a SIGKILL and restart keeps
 //! every acknowledged message.
+//!
+//! A TLS broker ([`Broker::start_tls`]): stunnel (Debian's `stunnel4`) terminates TLS in front of tansu, with a
+//! certificate from a throwaway CA made with `openssl`; tansu advertises stunnel's port, so every connection a
+//! client makes goes through TLS. tansu 0.6.0's own TLS cannot be used (`--cert` and `--key` are refused
+//! together), and its SASL cannot either: with `--authentication` it refuses every login, because SCRAM users
+//! created with `tansu user create` do not survive the restart that turns logins on, and without it it refuses
+//! every SASL handshake. So SASL can be tested here only as a login the broker refuses.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -57,18 +64,9 @@ impl ObjectStore {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(HarnessError::Command {
-                    program: "s3s-fs".into(),
-                    status: "not listening after 10 s".into(),
-                    stderr: String::new(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(ObjectStore { port, child })
+        let store = ObjectStore { port, child };
+        wait_listening(port, "s3s-fs", String::new)?;
+        Ok(store)
     }
 }
 
@@ -86,22 +84,186 @@ pub struct Broker {
     dir: tempfile::TempDir,
     starts: usize,
     store: Option<ObjectStore>,
+    secure: Option<Secure>,
+}
+
+/// TLS in front of a broker.
+struct Secure {
+    /// Where tansu itself listens (plain); `Broker::port` is stunnel's TLS port.
+    inner_port: u16,
+    stunnel: Child,
+}
+
+impl Drop for Secure {
+    fn drop(&mut self) {
+        let _ = self.stunnel.kill();
+        let _ = self.stunnel.wait();
+    }
+}
+
+fn run(program: &str, args: &[&str], dir: &std::path::Path) -> Result<()> {
+    let out = Command::new(program).args(args).current_dir(dir).output()?;
+    if !out.status.success() {
+        return Err(HarnessError::Command {
+            program: format!("{program} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        });
+    }
+    Ok(())
+}
+
+/// A CA (`ca.pem`), a server certificate for 127.0.0.1 signed by it (`server.pem`, `server.key`) and another CA
+/// (`other-ca.pem`) in `dir`.
+fn make_certificates(dir: &std::path::Path) -> Result<()> {
+    let subject = |cn: &str| format!("/CN={cn}");
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            &subject("pgtrickle-test-ca"),
+        ],
+        dir,
+    )?;
+    run(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            &subject("127.0.0.1"),
+        ],
+        dir,
+    )?;
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")?;
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        ],
+        dir,
+    )?;
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "other-ca.key",
+            "-out",
+            "other-ca.pem",
+            "-subj",
+            &subject("another-ca"),
+        ],
+        dir,
+    )
+}
+
+fn wait_listening(port: u16, program: &str, log: impl Fn() -> String) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(HarnessError::Command {
+                program: program.into(),
+                status: "not listening after 10 s".into(),
+                stderr: log(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 impl Broker {
     /// Starts an in-memory broker on a free port.
     pub fn start() -> Result<Broker> {
         let dir = tempfile::Builder::new().prefix("pgtrickle-broker-").tempdir()?;
-        let mut broker = Broker { port: free_port()?, child: None, dir, starts: 0, store: None };
+        let mut broker = Broker { port: free_port()?, child: None, dir, starts: 0, store: None, secure: None };
         broker.spawn()?;
         Ok(broker)
+    }
+
+    /// Starts an in-memory broker behind TLS; clients trust [`Broker::ca_file`] (and not
+    /// [`Broker::other_ca_file`], a CA that signed nothing of it).
+    pub fn start_tls() -> Result<Broker> {
+        let dir = tempfile::Builder::new().prefix("pgtrickle-broker-").tempdir()?;
+        make_certificates(dir.path())?;
+        let (port, inner_port) = (free_port()?, free_port()?);
+        let config = format!(
+            "foreground = yes\npid =\ndebug = 4\noutput = {}\n[kafka]\naccept = 127.0.0.1:{port}\n\
+             connect = 127.0.0.1:{inner_port}\ncert = {}\nkey = {}\n",
+            dir.path().join("stunnel.log").display(),
+            dir.path().join("server.pem").display(),
+            dir.path().join("server.key").display(),
+        );
+        std::fs::write(dir.path().join("stunnel.conf"), config)?;
+        let stunnel = Command::new("stunnel4")
+            .arg(dir.path().join("stunnel.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut broker =
+            Broker { port, child: None, dir, starts: 0, store: None, secure: Some(Secure { inner_port, stunnel }) };
+        wait_listening(port, "stunnel4", || broker.stunnel_log())?;
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// A CA that did not sign the TLS broker's certificate.
+    pub fn other_ca_file(&self) -> PathBuf {
+        self.dir.path().join("other-ca.pem")
+    }
+
+    /// The CA certificate a TLS broker's clients must trust.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn stunnel_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stunnel.log")).unwrap_or_default()
     }
 
     /// Starts a broker that keeps its data in a local S3 server, across restarts.
     pub fn start_persistent() -> Result<Broker> {
         let dir = tempfile::Builder::new().prefix("pgtrickle-broker-").tempdir()?;
         let store = ObjectStore::start(&dir.path().join("s3"))?;
-        let mut broker = Broker { port: free_port()?, child: None, dir, starts: 0, store: Some(store) };
+        let mut broker = Broker { port: free_port()?, child: None, dir, starts: 0, store: Some(store), secure: None };
         broker.spawn()?;
         Ok(broker)
     }
@@ -114,9 +276,11 @@ impl Broker {
     fn spawn(&mut self) -> Result<()> {
         self.starts += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("tansu-{}.log", self.starts)))?;
-        let url = format!("tcp://{}", self.address());
+        let advertised = format!("tcp://{}", self.address());
+        let listen_port = self.secure.as_ref().map_or(self.port, |secure| secure.inner_port);
+        let listener = format!("tcp://127.0.0.1:{listen_port}");
         let mut command = Command::new(binary()?);
-        command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url]);
+        command.args(["broker", "--listener-url", &listener, "--advertised-listener-url", &advertised]);
         match &self.store {
             None => {
                 command.args(["--storage-engine", "memory://tansu/"]);
@@ -133,18 +297,7 @@ impl Broker {
         }
         let child = command.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(log).spawn()?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(self.address()).is_err() {
-            if Instant::now() > deadline {
-                return Err(HarnessError::Command {
-                    program: "tansu broker".into(),
-                    status: "not listening after 10 s".into(),
-                    stderr: self.log(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        wait_listening(listen_port, "tansu broker", || self.log())
     }
 
     /// SIGKILLs the broker (it stays down).

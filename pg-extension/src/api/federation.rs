@@ -46,8 +46,11 @@ fn deregister_federation(cascade: default!(bool, false)) {
     federation::deregister(cascade).or_raise()
 }
 
-/// How the coordinators are doing, as seen from here now (never fails because they are down: `reachable` says).
+/// How the coordinators are doing, as seen from here now (never fails because they are down: `reachable` says),
+/// and the broker settings in force as the properties file reads now (secrets redacted; `broker_error` says why
+/// there are none).
 #[pg_extern(schema = "pgtrickle")]
+#[allow(clippy::type_complexity)] // pgrx reads the column names from the name!() markers in this very signature
 fn federation_status() -> TableIterator<
     'static,
     (
@@ -57,10 +60,44 @@ fn federation_status() -> TableIterator<
         name!(reachable, bool),
         name!(leader, Option<String>),
         name!(detail, String),
+        name!(broker_settings, Option<pgrx::JsonB>),
+        name!(topic_partitions, i32),
+        name!(topic_replication_factor, i32),
+        name!(properties_file, Option<String>),
+        name!(broker_error, Option<String>),
     ),
 > {
     let s = federation::status().or_raise();
-    TableIterator::once((s.coordinator_url, s.cluster, s.federation, s.reachable, s.leader, s.detail))
+    TableIterator::once((
+        s.coordinator_url,
+        s.cluster,
+        s.federation,
+        s.reachable,
+        s.leader,
+        s.detail,
+        s.broker_settings.map(pgrx::JsonB),
+        s.topic_partitions,
+        s.topic_replication_factor,
+        s.properties_file,
+        s.broker_error,
+    ))
+}
+
+/// Sets how this cluster's clients talk to the broker: `settings` replaces the librdkafka properties kept in the
+/// catalog (`{"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "ssl.ca.location": "..."}`;
+/// secrets belong in `pg_trickle.broker_properties_file`), `topic_partitions` and `topic_replication_factor` how
+/// new topics are created. NULL keeps a part as it is. Returns the settings then in force, secrets redacted; the
+/// workers use them from their next round on.
+#[pg_extern(schema = "pgtrickle")]
+fn set_broker_settings(
+    settings: default!(Option<pgrx::JsonB>, "NULL"),
+    topic_partitions: default!(Option<i32>, "NULL"),
+    topic_replication_factor: default!(Option<i32>, "NULL"),
+) -> pgrx::JsonB {
+    pgrx::JsonB(
+        federation::set_broker_settings(settings.as_ref().map(|j| &j.0), topic_partitions, topic_replication_factor)
+            .or_raise(),
+    )
 }
 
 /// Offers a stream table to the federation (as `cluster/schema.table`); returns that stream id. Idempotent.

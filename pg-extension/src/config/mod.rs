@@ -13,6 +13,9 @@ pub static UNCONSUMED_BATCH_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(
 /// Bearer token for the coordinators' write API (readable by superusers only).
 pub static COORDINATOR_TOKEN: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
+/// A librdkafka properties file (`key=value` lines) with this server's broker credentials.
+pub static BROKER_PROPERTIES_FILE: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
 /// Upper bound (seconds) of the retry backoff of a failing stream table.
 pub static MAX_BACKOFF_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// Fault injection for tests: the publisher exits right after the broker acknowledged a round's batches, before
@@ -97,6 +100,15 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
+    GucRegistry::define_string_guc(
+        c"pg_trickle.broker_properties_file",
+        c"librdkafka properties file (key=value lines) with this server's broker credentials.",
+        c"Read by the federation workers at start and on every reload (SIGHUP); keys must not repeat \
+          pgtrickle.pgt_federation.broker_settings. Relative paths are relative to the data directory.",
+        &BROKER_PROPERTIES_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     // SAFETY: called once from _PG_init with a static NUL-terminated prefix.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_trickle".as_ptr()) };
 }
@@ -104,4 +116,9 @@ pub fn register() {
 /// The coordinator token, if set.
 pub fn coordinator_token() -> Option<String> {
     COORDINATOR_TOKEN.get().and_then(|t| t.into_string().ok()).filter(|t| !t.is_empty())
+}
+
+/// The broker properties file, if one is set.
+pub fn broker_properties_file() -> Option<String> {
+    BROKER_PROPERTIES_FILE.get().and_then(|t| t.into_string().ok()).filter(|t| !t.trim().is_empty())
 }

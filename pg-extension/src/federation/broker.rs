@@ -12,6 +12,10 @@
 //! server down. So: topics are always created (admin request, idempotent) before a producer or consumer names
 //! them; clients reconnect only after a long backoff; and a client that reports a lost broker connection is
 //! dropped at once and replaced, after its topics exist again, by a fresh one.
+//!
+//! Clients are built from a [`BrokerConfig`] (TLS, SASL and other librdkafka properties; see [`super::broker_config`]).
+//! A refused handshake or login (`SSL`, `Authentication`) is noted by the client's context and ends a wait at once
+//! with that reason, instead of a send waiting for its acknowledgement timeout.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -25,6 +29,9 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use shared_model::broker_settings::TopicSettings;
+
+use super::broker_config::BrokerConfig;
 use super::runtime::with_signals_blocked;
 
 /// Chunks of a batch stay under this many bytes (librdkafka's default `message.max.bytes` is 1,000,000).
@@ -47,42 +54,93 @@ fn is_disconnect(error: &KafkaError) -> bool {
     )
 }
 
-/// Collects delivery reports on the thread that polls the producer, and notes a lost broker connection.
+/// Whether a Kafka error means the broker refused this client's TLS handshake or credentials.
+fn is_refusal(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::SSL
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+        )
+    )
+}
+
+/// What a client's librdkafka threads reported: a lost connection, a refused handshake or login.
+#[derive(Default)]
+pub struct ClientState {
+    disconnected: std::sync::atomic::AtomicBool,
+    refused: Mutex<Option<String>>,
+}
+
+impl ClientState {
+    fn note(&self, error: &KafkaError, reason: &str) {
+        if is_disconnect(error) {
+            self.disconnected.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        // A failed TLS handshake is reported as a transport failure by some paths: its reason tells.
+        if is_refusal(error) || reason.contains("SSL handshake failed") {
+            let why = if reason.is_empty() { error.to_string() } else { reason.to_string() };
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        }
+    }
+
+    /// Why the broker refused this client, if it did.
+    pub fn refused(&self) -> Option<String> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone().map(|why| {
+            format!(
+                "the broker refused this cluster's connection: {why} (HINT: check security.protocol, sasl.* and \
+                 ssl.* in pgtrickle.pgt_federation.broker_settings and pg_trickle.broker_properties_file, then \
+                 SELECT pg_reload_conf())"
+            )
+        })
+    }
+}
+
+impl ClientContext for ClientState {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.note(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ClientState {}
+
+/// Collects delivery reports on the thread that polls the producer, and what [`ClientState`] notes.
 #[derive(Default)]
 pub struct Deliveries {
     reports: Mutex<Vec<Result<i64, String>>>,
-    disconnected: std::sync::atomic::AtomicBool,
+    state: ClientState,
 }
 
 impl ClientContext for Deliveries {
     fn error(&self, error: KafkaError, reason: &str) {
-        if is_disconnect(&error) {
-            self.disconnected.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        let _ = reason;
+        self.state.note(&error, reason);
     }
 }
 
-/// Creates topics (one partition each) through the admin API, remembering which exist.
+/// Creates topics through the admin API (with the configured partitions and replication), remembering which exist.
 pub struct Topics {
     admin: AdminClient<DefaultClientContext>,
+    settings: TopicSettings,
     created: std::collections::BTreeSet<String>,
 }
 
 impl Topics {
-    pub fn connect(bootstrap_servers: &str) -> Result<Self, String> {
-        let admin =
-            with_signals_blocked(|| base_config(bootstrap_servers).create::<AdminClient<DefaultClientContext>>())
-                .map_err(|e| format!("cannot create a Kafka admin client for {bootstrap_servers}: {e}"))?;
-        Ok(Topics { admin, created: Default::default() })
+    pub fn connect(config: &BrokerConfig) -> Result<Self, String> {
+        let admin = with_signals_blocked(|| base_config(config).create::<AdminClient<DefaultClientContext>>())
+            .map_err(|e| format!("cannot create a Kafka admin client for {}: {e}", config.bootstrap_servers))?;
+        Ok(Topics { admin, settings: config.topics, created: Default::default() })
     }
 
     /// Creates the topics not created through this client yet; an existing topic is fine.
     pub fn ensure(&mut self, runtime: &tokio::runtime::Runtime, topics: &[&str]) -> Result<(), String> {
+        let (partitions, replicas) = (self.settings.partitions, self.settings.replication_factor);
         let missing: Vec<NewTopic> = topics
             .iter()
             .filter(|t| !self.created.contains(**t))
-            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replicas)))
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -120,41 +178,56 @@ pub struct KafkaProducer {
     topics: Topics,
 }
 
-fn base_config(bootstrap_servers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap_servers)
+/// Our defaults, then the configured properties (validated: none of them is one the protocol owns), then the
+/// bootstrap servers.
+fn base_config(config: &BrokerConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
         .set("socket.timeout.ms", "10000")
         .set("reconnect.backoff.ms", "5000")
         .set("reconnect.backoff.max.ms", "5000")
         .set("log_level", "3");
-    config
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client.set("bootstrap.servers", &config.bootstrap_servers);
+    client
 }
 
 impl KafkaProducer {
-    pub fn connect(bootstrap_servers: &str) -> Result<Self, String> {
+    pub fn connect(config: &BrokerConfig) -> Result<Self, String> {
+        let servers = &config.bootstrap_servers;
         with_signals_blocked(|| {
-            let producer = base_config(bootstrap_servers)
+            let producer = base_config(config)
                 .set("enable.idempotence", "true")
                 .set("acks", "all")
                 .set("linger.ms", "0")
                 .set("message.timeout.ms", ACK_TIMEOUT.as_millis().to_string())
                 .create_with_context::<_, BaseProducer<Deliveries>>(Deliveries::default())
-                .map_err(|e| format!("cannot create a Kafka producer for {bootstrap_servers}: {e}"))?;
+                .map_err(|e| format!("cannot create a Kafka producer for {servers}: {e}"))?;
             Ok(producer)
         })
-        .and_then(|producer| Ok(KafkaProducer { producer, topics: Topics::connect(bootstrap_servers)? }))
+        .and_then(|producer| Ok(KafkaProducer { producer, topics: Topics::connect(config)? }))
     }
 
     /// Serves pending callbacks; false once the broker connection was lost (then drop this producer).
     pub fn healthy(&self) -> bool {
         self.producer.poll(Duration::ZERO);
-        !self.producer.context().disconnected.load(std::sync::atomic::Ordering::Relaxed)
+        !self.producer.context().state.disconnected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Creates the topic unless this producer already did.
+    /// Why the broker refused this producer (TLS or login), if it did.
+    pub fn refused(&self) -> Option<String> {
+        self.producer.context().state.refused()
+    }
+
+    /// Creates the topic unless this producer already did. An admin request that got no answer is explained by
+    /// the producer's own connection when the broker refused it (the admin client's errors are not served).
     pub fn ensure_topic(&mut self, runtime: &tokio::runtime::Runtime, topic: &str) -> Result<(), String> {
-        self.topics.ensure(runtime, &[topic])
+        self.topics.ensure(runtime, &[topic]).map_err(|error| {
+            self.producer.poll(Duration::ZERO);
+            self.refused().unwrap_or(error)
+        })
     }
 
     /// Sends the messages to partition 0 of `topic` in order and waits until the broker acknowledged every one;
@@ -180,6 +253,9 @@ impl KafkaProducer {
         while self.producer.in_flight_count() > 0 {
             if std::time::Instant::now() > deadline {
                 return Err(format!("{topic}: no acknowledgement within {:?}", ACK_TIMEOUT + Duration::from_secs(5)));
+            }
+            if let Some(why) = self.refused() {
+                return Err(why);
             }
             self.producer.poll(Duration::from_millis(1));
         }
@@ -220,13 +296,13 @@ pub struct Polled {
 
 /// An assign-mode consumer over partition 0 of several topics.
 pub struct KafkaConsumer {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ClientState>,
 }
 
 impl KafkaConsumer {
-    pub fn connect(bootstrap_servers: &str, client_id: &str) -> Result<Self, String> {
+    pub fn connect(config: &BrokerConfig, client_id: &str) -> Result<Self, String> {
         with_signals_blocked(|| {
-            let consumer = base_config(bootstrap_servers)
+            let consumer = base_config(config)
                 .set("group.id", client_id)
                 .set("client.id", client_id)
                 .set("enable.auto.commit", "false")
@@ -238,10 +314,32 @@ impl KafkaConsumer {
                 .set("allow.auto.create.topics", "true")
                 .set("fetch.wait.max.ms", "50")
                 .set("topic.metadata.refresh.interval.ms", "2000")
-                .create::<BaseConsumer>()
-                .map_err(|e| format!("cannot create a Kafka consumer for {bootstrap_servers}: {e}"))?;
+                .create_with_context::<_, BaseConsumer<ClientState>>(ClientState::default())
+                .map_err(|e| format!("cannot create a Kafka consumer for {}: {e}", config.bootstrap_servers))?;
             Ok(KafkaConsumer { consumer })
         })
+    }
+
+    /// Why the broker refused this consumer's connection (TLS or login), if it did. Serves pending events: call
+    /// it only when the consumer's position does not matter (it is assigned again before reading).
+    pub fn refused(&self) -> Option<String> {
+        // Each poll serves at most one event, and one that carried an error returns nothing: poll a bounded
+        // number of times rather than until nothing comes back.
+        let drain = || {
+            for _ in 0..100 {
+                if self.consumer.context().refused().is_some() {
+                    break;
+                }
+                let _ = self.consumer.poll(Duration::ZERO);
+            }
+        };
+        drain();
+        if self.consumer.context().refused().is_none() {
+            // A consumer that was never assigned may not have connected yet: a metadata request makes it try.
+            let _ = self.consumer.fetch_metadata(None, Duration::from_secs(3));
+            drain();
+        }
+        self.consumer.context().refused()
     }
 
     /// Reads each topic from the offset after `next` (`None`: from the beginning).
@@ -278,6 +376,12 @@ impl KafkaConsumer {
                 }
             }
             timeout = Duration::ZERO;
+        }
+        // A refused handshake or login reaches the context, not always the poll: it is the poll's error then,
+        // and the consumer is replaced (by one built from the settings in force then).
+        if let Some(why) = self.consumer.context().refused() {
+            error = Some(why);
+            disconnected = true;
         }
         Polled { messages: out, error, disconnected }
     }

@@ -11,6 +11,7 @@
 //! travel in).
 
 pub mod broker;
+pub mod broker_config;
 pub mod federated;
 pub mod mirror;
 pub mod publisher;
@@ -91,28 +92,59 @@ pub struct Membership {
     pub system_identifier: String,
     /// The producer epoch it was handed.
     pub producer_epoch: u64,
+    pub bootstrap_servers: String,
+    pub topic_prefix: String,
+    /// The federation's message key as stored (hex); [`Membership::message_key`] parses it.
+    message_key: String,
+    /// The catalog's librdkafka properties (no secrets).
+    pub broker_settings: std::collections::BTreeMap<String, String>,
+    pub topics: shared_model::broker_settings::TopicSettings,
 }
 
+impl Membership {
+    /// The federation's message key.
+    pub fn message_key(&self) -> Result<MessageKey> {
+        MessageKey::parse_hex(&self.message_key)
+            .map_err(|e| PgTrickleError::Internal(format!("pgt_federation.message_key: {e}")))
+    }
+
+    /// The broker configuration in force with the properties file's `file` settings.
+    pub fn broker_config(
+        &self,
+        file: &std::collections::BTreeMap<String, String>,
+    ) -> std::result::Result<broker_config::BrokerConfig, broker_config::ConfigError> {
+        broker_config::effective(&self.bootstrap_servers, &self.broker_settings, file, self.topics)
+    }
+}
+
+/// The registration row (one query: the workers read it every round).
 pub fn membership() -> Result<Option<Membership>> {
     let row = catalog::scalar::<pgrx::JsonB>(
         "SELECT jsonb_build_object('url', coordinator_url, 'cluster', cluster_name, 'federation', federation_name, \
-         'system_identifier', system_identifier, 'producer_epoch', producer_epoch) FROM pgtrickle.pgt_federation",
+         'system_identifier', system_identifier, 'producer_epoch', producer_epoch, \
+         'servers', bootstrap_servers, 'prefix', topic_prefix, 'key', message_key, 'settings', broker_settings, \
+         'partitions', topic_partitions, 'replication', topic_replication_factor) FROM pgtrickle.pgt_federation",
         &[],
     )?;
-    Ok(row.map(|json| Membership {
-        coordinator_url: json.0["url"].as_str().unwrap_or_default().to_string(),
-        cluster_name: json.0["cluster"].as_str().unwrap_or_default().to_string(),
-        federation_name: json.0["federation"].as_str().unwrap_or_default().to_string(),
-        system_identifier: json.0["system_identifier"].as_str().unwrap_or_default().to_string(),
-        producer_epoch: json.0["producer_epoch"].as_u64().unwrap_or_default(),
+    let Some(pgrx::JsonB(json)) = row else { return Ok(None) };
+    let text = |key: &str| json[key].as_str().unwrap_or_default().to_string();
+    let topics = shared_model::broker_settings::TopicSettings::new(
+        json["partitions"].as_i64().unwrap_or(1) as i32,
+        json["replication"].as_i64().unwrap_or(1) as i32,
+    )
+    .map_err(|e| PgTrickleError::Internal(format!("pgt_federation: {e}")))?;
+    Ok(Some(Membership {
+        coordinator_url: text("url"),
+        cluster_name: text("cluster"),
+        federation_name: text("federation"),
+        system_identifier: text("system_identifier"),
+        producer_epoch: json["producer_epoch"].as_u64().unwrap_or_default(),
+        bootstrap_servers: text("servers"),
+        topic_prefix: text("prefix"),
+        message_key: text("key"),
+        broker_settings: broker_config::stored_settings(&json["settings"]),
+        topics,
     }))
-}
-
-/// The federation's message key, as registration stored it.
-pub fn message_key() -> Result<MessageKey> {
-    let text = catalog::scalar::<String>("SELECT message_key FROM pgtrickle.pgt_federation", &[])?
-        .ok_or(PgTrickleError::NotRegistered)?;
-    MessageKey::parse_hex(&text).map_err(|e| PgTrickleError::Internal(format!("pgt_federation.message_key: {e}")))
 }
 
 /// What registration returns to the caller.
@@ -237,6 +269,13 @@ pub struct Status {
     pub reachable: bool,
     pub leader: Option<String>,
     pub detail: String,
+    /// The broker settings in force as the properties file reads now (secrets redacted), or none when they
+    /// cannot be put together ([`Status::broker_error`] says why).
+    pub broker_settings: Option<serde_json::Value>,
+    pub topic_partitions: i32,
+    pub topic_replication_factor: i32,
+    pub properties_file: Option<String>,
+    pub broker_error: Option<String>,
 }
 
 pub fn status() -> Result<Status> {
@@ -258,6 +297,11 @@ pub fn status() -> Result<Status> {
          last_error = CASE WHEN $1 THEN NULL ELSE $2 END",
         &[reachable.into(), detail.clone().into()],
     )?;
+    let broker = broker_config::read_properties_file().and_then(|file| member.broker_config(&file));
+    let (broker_settings, broker_error) = match broker {
+        Ok(config) => (Some(serde_json::to_value(config.shown()).unwrap_or_default()), None),
+        Err(error) => (None, Some(error.to_string())),
+    };
     Ok(Status {
         coordinator_url: member.coordinator_url,
         cluster: member.cluster_name,
@@ -265,7 +309,55 @@ pub fn status() -> Result<Status> {
         reachable,
         leader,
         detail,
+        broker_settings,
+        topic_partitions: member.topics.partitions,
+        topic_replication_factor: member.topics.replication_factor,
+        properties_file: config::broker_properties_file(),
+        broker_error,
     })
+}
+
+/// Replaces the catalog's broker settings (when given) and the topic settings (those given); returns the
+/// configuration then in force, secrets redacted. Refused — nothing changed — when the result is not one the
+/// workers could use: a secret or protocol-owned key, a key the properties file also sets, an unreadable file,
+/// or properties librdkafka does not accept. The workers pick the change up at their next round.
+pub fn set_broker_settings(
+    settings: Option<&serde_json::Value>,
+    topic_partitions: Option<i32>,
+    topic_replication_factor: Option<i32>,
+) -> Result<serde_json::Value> {
+    let member = membership()?.ok_or(PgTrickleError::NotRegistered)?;
+    let catalog_settings = match settings {
+        Some(json) => broker_config::catalog_settings(json)?,
+        None => member.broker_settings.clone(),
+    };
+    let topics = shared_model::broker_settings::TopicSettings::new(
+        topic_partitions.unwrap_or(member.topics.partitions),
+        topic_replication_factor.unwrap_or(member.topics.replication_factor),
+    )
+    .map_err(|message| PgTrickleError::InvalidArgument {
+        argument: "topic_partitions",
+        message,
+        hint: "A stream uses one partition; raise it only where the broker's policy demands more.".into(),
+    })?;
+    let refused = |error: broker_config::ConfigError| PgTrickleError::InvalidArgument {
+        argument: "settings",
+        message: error.message,
+        hint: format!("{} Nothing was changed.", error.hint),
+    };
+    let file = broker_config::read_properties_file().map_err(refused)?;
+    let config =
+        broker_config::effective(&member.bootstrap_servers, &catalog_settings, &file, topics).map_err(refused)?;
+    catalog::exec_with(
+        "UPDATE pgtrickle.pgt_federation SET broker_settings = $1, topic_partitions = $2, \
+         topic_replication_factor = $3",
+        &[
+            pgrx::JsonB(serde_json::to_value(&catalog_settings).unwrap_or_default()).into(),
+            topics.partitions.into(),
+            topics.replication_factor.into(),
+        ],
+    )?;
+    Ok(serde_json::to_value(config.shown()).unwrap_or_default())
 }
 
 /// `cluster/schema.table` of a stream table of this cluster; names must be plain lower-case identifiers.
@@ -324,20 +416,13 @@ pub fn publish(name: &str) -> Result<String> {
     // A row of another incarnation (its unpublish reached the coordinators, or they were restored without the
     // stream) starts over: the new incarnation's seqs begin at this cluster's current batch.
     catalog::exec_with(
-        "INSERT INTO pgtrickle.pgt_publications AS p (pgt_id, stream_id, base_seq, published_index, published_seq, \
+        "DELETE FROM pgtrickle.pgt_publications WHERE pgt_id = $1 AND incarnation IS DISTINCT FROM $2",
+        &[st.pgt_id.into(), (incarnation as i64).into()],
+    )?;
+    catalog::exec_with(
+        "INSERT INTO pgtrickle.pgt_publications (pgt_id, stream_id, base_seq, published_index, published_seq, \
            proposed_seq, incarnation, columns) VALUES ($1, $2, $3, $4, $3, $3, $5, $6) \
-         ON CONFLICT (pgt_id) DO UPDATE SET columns = EXCLUDED.columns, \
-           base_seq = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.base_seq ELSE EXCLUDED.base_seq END, \
-           published_index = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.published_index \
-             ELSE EXCLUDED.published_index END, \
-           published_seq = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.published_seq \
-             ELSE EXCLUDED.published_seq END, \
-           proposed_seq = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.proposed_seq \
-             ELSE EXCLUDED.proposed_seq END, \
-           proposed_epoch = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.proposed_epoch ELSE 0 END, \
-           seq_shift = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.seq_shift ELSE 0 END, \
-           last_error = CASE WHEN p.incarnation = EXCLUDED.incarnation THEN p.last_error ELSE NULL END, \
-           incarnation = EXCLUDED.incarnation",
+         ON CONFLICT (pgt_id) DO UPDATE SET columns = EXCLUDED.columns",
         &[
             st.pgt_id.into(),
             stream.to_string().into(),

@@ -19,6 +19,7 @@ use shared_model::protocol::producer::{Action, Input, LocalStream, LogView, Prod
 use shared_model::{BatchKind, ClusterName, ColumnDef, MessageKey, ProducerFence, StreamId, SystemIdentifier};
 
 use super::broker::{topic_name, KafkaProducer, MAX_MESSAGE_BYTES};
+use super::broker_config::{BrokerConfig, FileProperties};
 use super::runtime::{new_runtime, run_worker_loop};
 use super::{client_id_of, client_with_id, coordinator_error, membership, system_identifier};
 use crate::catalog::{self, RowLock};
@@ -53,7 +54,8 @@ impl Publication {
 
 struct Settings {
     coordinator_url: String,
-    bootstrap_servers: String,
+    /// The broker configuration in force, or why there is none (a broken properties file, a conflict).
+    broker: std::result::Result<BrokerConfig, String>,
     topic_prefix: String,
     client_id: String,
     /// Presented with every frontier advance.
@@ -62,19 +64,14 @@ struct Settings {
     message_key: MessageKey,
 }
 
-/// The catalog at the start of a round; `me` is this server's system identifier (read once per worker).
-fn load(me: SystemIdentifier) -> Result<Option<(Settings, Vec<Publication>)>> {
+/// The catalog at the start of a round; `me` is this server's system identifier (read once per worker), `file`
+/// the broker properties file as last read.
+fn load(me: SystemIdentifier, file: &mut FileProperties) -> Result<Option<(Settings, Vec<Publication>)>> {
     let Some(member) = membership()? else { return Ok(None) };
-    let broker = catalog::scalar::<pgrx::JsonB>(
-        "SELECT jsonb_build_object('servers', bootstrap_servers, 'prefix', topic_prefix) FROM pgtrickle.pgt_federation",
-        &[],
-    )?
-    .map(|j| j.0)
-    .unwrap_or_default();
     let settings = Settings {
-        coordinator_url: member.coordinator_url,
-        bootstrap_servers: broker["servers"].as_str().unwrap_or_default().to_string(),
-        topic_prefix: broker["prefix"].as_str().unwrap_or("pgtrickle").to_string(),
+        coordinator_url: member.coordinator_url.clone(),
+        broker: file.current().and_then(|file| member.broker_config(file)).map_err(|e| e.to_string()),
+        topic_prefix: member.topic_prefix.clone(),
         client_id: client_id_of(me),
         fence: ProducerFence {
             cluster: ClusterName::parse(&member.cluster_name)
@@ -84,7 +81,7 @@ fn load(me: SystemIdentifier) -> Result<Option<(Settings, Vec<Publication>)>> {
             system_identifier: me,
             producer_epoch: member.producer_epoch,
         },
-        message_key: super::message_key()?,
+        message_key: member.message_key()?,
     };
     let publications = Spi::connect(|client| {
         // columns_changed: the defining query's columns differ from the published ones (a new query).
@@ -227,7 +224,10 @@ fn restart(publication: &Publication, committed_seq: u64, epoch: u64) -> Result<
 struct Publisher {
     runtime: tokio::runtime::Runtime,
     client: Option<(String, Client)>,
-    producer: Option<(String, KafkaProducer)>,
+    /// The producer, and the configuration it was built from.
+    producer: Option<(BrokerConfig, KafkaProducer)>,
+    /// The broker properties file as last read (again after each reload).
+    file: FileProperties,
     /// Topics known to exist on the broker the producer is connected to.
     topics: BTreeSet<String>,
     machine: Producer,
@@ -248,10 +248,10 @@ impl Publisher {
     }
 
     fn producer(&mut self, settings: &Settings) -> std::result::Result<&mut KafkaProducer, String> {
-        if self.producer.as_ref().is_none_or(|(servers, _)| *servers != settings.bootstrap_servers) {
+        let config = settings.broker.as_ref().map_err(Clone::clone)?;
+        if self.producer.as_ref().is_none_or(|(built_from, _)| built_from != config) {
             self.topics.clear();
-            self.producer =
-                Some((settings.bootstrap_servers.clone(), KafkaProducer::connect(&settings.bootstrap_servers)?));
+            self.producer = Some((config.clone(), KafkaProducer::connect(config)?));
         }
         Ok(&mut self.producer.as_mut().expect("set above").1)
     }
@@ -268,9 +268,11 @@ impl Publisher {
     /// One round: the catalog in, every action the machine asks for performed; returns whether anything was sent.
     fn round(&mut self) -> std::result::Result<bool, String> {
         let me = self.me;
-        let Some((settings, publications)) = run_in_transaction(|| load(me))? else { return Ok(false) };
-        if self.producer.as_ref().is_some_and(|(_, producer)| !producer.healthy()) {
-            self.drop_producer(); // the broker connection was lost: sends reconnect with a fresh producer
+        let Some((settings, publications)) = run_in_transaction(|| load(me, &mut self.file))? else { return Ok(false) };
+        if self.producer.as_ref().is_some_and(|(_, producer)| !producer.healthy() || producer.refused().is_some()) {
+            // The broker connection was lost, or the broker refused it: sends reconnect with a fresh producer
+            // (built from the settings in force then).
+            self.drop_producer();
         }
         // Whether a snapshot waits unsent, for every stream in one transaction (not one transaction per stream).
         let streams = run_in_transaction(|| {
@@ -493,6 +495,7 @@ pub extern "C-unwind" fn pg_trickle_publisher_main(arg: pg_sys::Datum) {
         runtime,
         client: None,
         producer: None,
+        file: FileProperties::default(),
         topics: BTreeSet::new(),
         machine: Producer::new(),
         started: Instant::now(),

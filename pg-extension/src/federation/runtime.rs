@@ -41,6 +41,14 @@ pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
     Ok(new_runtime()?.block_on(future))
 }
 
+/// How many reloads (SIGHUP) this worker has processed: what reads files named by settings compares it.
+static RELOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The number of reloads this process has processed.
+pub fn reloads() -> u64 {
+    RELOADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The main loop the publisher and the subscriber share: reload configuration on SIGHUP, run a round, then wait —
 /// briefly after work, `idle` when there was none, with doubling backoff (200 ms … 5 s) after a failure, which
 /// `on_error` records. Returns when SIGTERM arrives, or when `nothing_to_do` has held for 10 s (the database's
@@ -61,6 +69,7 @@ pub fn run_worker_loop(
         if BackgroundWorker::sighup_received() {
             // SAFETY: called from the worker's main loop, outside any transaction.
             unsafe { pgrx::pg_sys::ProcessConfigFile(pgrx::pg_sys::GucContext::PGC_SIGHUP) };
+            RELOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let wait = match round() {
             Ok(true) => {

@@ -22,6 +22,7 @@ use shared_model::protocol::consumer::{
 use shared_model::{BatchKind, ColumnDef, Consistency, MessageKey, StreamId};
 
 use super::broker::{KafkaConsumer, Topics};
+use super::broker_config::{BrokerConfig, FileProperties};
 use super::runtime::{new_runtime, run_worker_loop};
 use super::{client_id, client_with_id, coordinator_error, mirror};
 use crate::catalog::{self, RowLock};
@@ -45,7 +46,8 @@ struct Source {
 
 struct Settings {
     coordinator_url: String,
-    bootstrap_servers: String,
+    /// The broker configuration in force, or why there is none (a broken properties file, a conflict).
+    broker: std::result::Result<BrokerConfig, String>,
     client_id: String,
     /// Every message must be authenticated by it.
     message_key: MessageKey,
@@ -58,16 +60,15 @@ struct Loaded {
     sources: Vec<Source>,
 }
 
-/// The catalog at the start of a round; `client_id` is read once per worker.
-fn load(client_id: &str) -> Result<Option<Loaded>> {
+/// The catalog at the start of a round; `client_id` is read once per worker, `file` is the broker properties
+/// file as last read.
+fn load(client_id: &str, file: &mut FileProperties) -> Result<Option<Loaded>> {
     let Some(member) = super::membership()? else { return Ok(None) };
-    let servers =
-        catalog::scalar::<String>("SELECT bootstrap_servers FROM pgtrickle.pgt_federation", &[])?.unwrap_or_default();
     let settings = Settings {
-        coordinator_url: member.coordinator_url,
-        bootstrap_servers: servers,
+        coordinator_url: member.coordinator_url.clone(),
+        broker: file.current().and_then(|file| member.broker_config(file)).map_err(|e| e.to_string()),
         client_id: client_id.to_string(),
-        message_key: super::message_key()?,
+        message_key: member.message_key()?,
     };
     let (tables, sources) = Spi::connect(|client| {
         let mut tables = BTreeMap::new();
@@ -167,7 +168,10 @@ fn refresh_federated(source: &Source, known_id: i64, lock: RowLock) -> Result<i6
 struct Subscriber {
     runtime: tokio::runtime::Runtime,
     client: Option<(String, Client)>,
-    consumer: Option<(String, KafkaConsumer, Topics)>,
+    /// The consumer and its admin client, and the configuration they were built from.
+    consumer: Option<(BrokerConfig, KafkaConsumer, Topics)>,
+    /// The broker properties file as last read (again after each reload).
+    file: FileProperties,
     machine: Consumer,
     /// The worker's monotonic clock (loss timeouts are times on it).
     started: Instant,
@@ -188,13 +192,17 @@ impl Subscriber {
     /// applied.
     fn round(&mut self) -> std::result::Result<bool, String> {
         let client_id = self.client_id.clone();
-        let Some(Loaded { settings, tables, sources }) = run_in_transaction(|| load(&client_id))? else {
+        let Some(Loaded { settings, tables, sources }) = run_in_transaction(|| load(&client_id, &mut self.file))?
+        else {
             return Ok(false);
         };
         if sources.is_empty() {
             return Ok(false);
         }
-        let connected = self.consumer.as_ref().is_some_and(|(servers, _, _)| *servers == settings.bootstrap_servers);
+        let connected = self
+            .consumer
+            .as_ref()
+            .is_some_and(|(built_from, _, _)| settings.broker.as_ref().is_ok_and(|config| config == built_from));
         let configs = sources
             .iter()
             .map(|s| SourceConfig {
@@ -349,15 +357,22 @@ impl Subscriber {
         let wanted: Vec<(String, Option<i64>)> =
             positions.iter().map(|(stream, next)| (sources[stream].topic.clone(), *next)).collect();
         let names: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
-        if self.consumer.as_ref().is_none_or(|(servers, _, _)| *servers != settings.bootstrap_servers) {
+        let config = settings.broker.as_ref().map_err(Clone::clone)?;
+        if self.consumer.as_ref().is_none_or(|(built_from, _, _)| built_from != config) {
             self.consumer = None;
-            let topics = Topics::connect(&settings.bootstrap_servers)?;
-            let consumer =
-                KafkaConsumer::connect(&settings.bootstrap_servers, &format!("{}-subscriber", settings.client_id))?;
-            self.consumer = Some((settings.bootstrap_servers.clone(), consumer, topics));
+            let topics = Topics::connect(config)?;
+            let consumer = KafkaConsumer::connect(config, &format!("{}-subscriber", settings.client_id))?;
+            self.consumer = Some((config.clone(), consumer, topics));
         }
         let (_, consumer, admin) = self.consumer.as_mut().expect("set above");
-        admin.ensure(&self.runtime, &names)?;
+        if let Err(error) = admin.ensure(&self.runtime, &names) {
+            // An unanswered admin request is explained by the consumer's own connection when the broker refused it.
+            let why = consumer.refused().unwrap_or(error);
+            if consumer.refused().is_some() {
+                self.consumer = None; // rebuilt (from the settings in force then) next round
+            }
+            return Err(why);
+        }
         consumer.assign(&wanted)
     }
 }
@@ -461,6 +476,7 @@ pub extern "C-unwind" fn pg_trickle_subscriber_main(arg: pg_sys::Datum) {
         runtime,
         client: None,
         consumer: None,
+        file: FileProperties::default(),
         machine: Consumer::new(),
         started: Instant::now(),
         client_id,

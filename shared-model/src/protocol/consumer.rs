@@ -301,8 +301,11 @@ impl Consumer {
                     self.ready.push_back(Action::Poll);
                 }
                 Err(error) => {
+                    // The broker cannot be read this round (unreachable, or it refused the login): each source
+                    // still shows where it waits, and why.
                     self.assigned = None;
-                    self.round_error = Some(error);
+                    self.round_error = Some(error.clone());
+                    self.step(Input::Polled { messages: Vec::new(), error: Some(error), disconnected: true });
                 }
             },
             Input::Polled { messages, error, disconnected } => {

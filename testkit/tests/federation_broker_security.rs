@@ -1,0 +1,151 @@
+//! Production Kafka settings with real servers: a broker behind TLS (tansu with stunnel in front; see
+//! `testkit::broker` for why SASL can be tested only as a refused login), three PostgreSQL clusters and three
+//! coordinators. A and B name TLS and the CA in their catalog (`set_broker_settings`) and publish over TLS. C is
+//! misconfigured twice and repaired, always by the same subscriber process:
+//! 1. SASL_SSL with SCRAM credentials in its properties file: the broker refuses the login;
+//! 2. plain TLS (a catalog change) but a CA in its properties file that did not sign the broker's certificate:
+//!    the handshake fails;
+//! 3. the right CA in the file and `SELECT pg_reload_conf()`: C converges on A's and B's data through a workload.
+//!
+//! Each refusal shows in C's sources, and nothing is applied while C cannot read. Bad settings are refused with
+//! SQLSTATE 22023 and change nothing; the status shows the settings in force, secrets redacted.
+
+use std::time::Duration;
+
+use rand::SeedableRng;
+use testkit::broker::Broker;
+use testkit::federation::Federation;
+use testkit::seed::*;
+
+const SECRET: &str = "scram-secret-5521";
+
+fn write_properties(fed: &Federation, index: usize, text: &str) {
+    std::fs::write(fed.clusters[index].data_dir.join("broker.properties"), text).unwrap();
+}
+
+fn set_settings(client: &mut postgres::Client, settings: serde_json::Value) -> serde_json::Value {
+    client.query_one("SELECT pgtrickle.set_broker_settings($1)", &[&settings]).unwrap().get(0)
+}
+
+/// The SQLSTATE and HINT of a refused call.
+fn refusal(client: &mut postgres::Client, sql: &str) -> (String, String) {
+    let error = client.batch_execute(sql).expect_err(sql);
+    let db = error.as_db_error().unwrap_or_else(|| panic!("{sql}: {error}"));
+    (db.code().code().to_string(), db.hint().unwrap_or_default().to_string())
+}
+
+fn stored_settings(client: &mut postgres::Client) -> String {
+    client.query_one("SELECT broker_settings::text FROM pgtrickle.pgt_federation", &[]).unwrap().get(0)
+}
+
+fn subscriber_pid(c: &mut postgres::Client) -> Option<i32> {
+    c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_trickle subscriber'", &[])
+        .unwrap()
+        .map(|row| row.get(0))
+}
+
+/// Waits until every source of C shows `expected` in its detail, and checks that C applied nothing.
+fn refused_and_nothing_applied(fed: &Federation, c: &mut postgres::Client, expected: &str) {
+    let shown = testkit::wait_for(Duration::from_secs(60), || {
+        let details: Vec<String> = c
+            .query("SELECT coalesce(detail, '') FROM pgtrickle.federation_sources", &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        (!details.is_empty() && details.iter().all(|d| d.contains(expected))).then_some(())
+    });
+    assert!(
+        shown.is_some(),
+        "C's sources never showed {expected:?}:\n{}\nC log:\n{}",
+        sources_view(c),
+        tail(&fed.clusters[2].log())
+    );
+    let applied: i64 = c.query_one("SELECT count(*) FROM dashboard", &[]).unwrap().get(0);
+    assert_eq!(applied, 0, "C applied rows without reading the broker");
+    let batches: i64 = c
+        .query_one("SELECT coalesce(sum(applied_seq), 0)::bigint FROM pgtrickle.federation_sources", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(batches, 0, "C applied batches without reading the broker");
+}
+
+#[test]
+fn tls_settings_and_credentials_take_effect_without_a_restart() {
+    let broker = Broker::start_tls().expect("TLS broker");
+    let (ca, other_ca) = (broker.ca_file(), broker.other_ca_file());
+    let fed = Federation::start_with(broker, 3, &["pg_trickle.broker_properties_file=broker.properties"])
+        .expect("federation");
+    let tls = serde_json::json!({"security.protocol": "SSL", "ssl.ca.location": ca.to_str().unwrap()});
+    for index in 0..2 {
+        write_properties(&fed, index, "# nothing secret on this server\n");
+        let shown = set_settings(&mut fed.connect(index).unwrap(), tls.clone());
+        assert_eq!(shown["security.protocol"], "SSL", "{shown}");
+        assert_eq!(shown["bootstrap.servers"], fed.broker.address(), "{shown}");
+    }
+    let mut c = fed.connect(2).unwrap();
+    write_properties(
+        &fed,
+        2,
+        &format!("sasl.mechanism = SCRAM-SHA-512\nsasl.username = cluster_c\nsasl.password = {SECRET}\n"),
+    );
+    let shown = set_settings(
+        &mut c,
+        serde_json::json!({"security.protocol": "SASL_SSL", "ssl.ca.location": ca.to_str().unwrap()}),
+    );
+    assert_eq!(shown["sasl.password"], "********", "the secret is shown: {shown}");
+    assert_eq!(shown["sasl.username"], "cluster_c", "{shown}");
+
+    // Refused settings change nothing.
+    let before = stored_settings(&mut c);
+    for (sql, hint_mentions) in [
+        ("SELECT pgtrickle.set_broker_settings('{\"sasl.password\": \"x\"}')", "broker_properties_file"),
+        ("SELECT pgtrickle.set_broker_settings('{\"enable.idempotence\": false}')", "Leave it out"),
+        ("SELECT pgtrickle.set_broker_settings('{\"no.such.property\": \"1\"}')", "CONFIGURATION.md"),
+        // sasl.username is in C's properties file already.
+        ("SELECT pgtrickle.set_broker_settings('{\"sasl.username\": \"other\"}')", "Keep each key in one place"),
+        ("SELECT pgtrickle.set_broker_settings('[1, 2]')", "set_broker_settings"),
+        ("SELECT pgtrickle.set_broker_settings(topic_partitions => 0)", "one partition"),
+    ] {
+        let (code, hint) = refusal(&mut c, sql);
+        assert_eq!(code, "22023", "{sql}");
+        assert!(hint.contains(hint_mentions), "{sql}: hint {hint:?}");
+    }
+    assert_eq!(stored_settings(&mut c), before, "a refused call changed the settings");
+
+    let (mut a, mut b) = setup_sources(&fed);
+    create_dashboard(&mut c);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(77);
+    workload(&mut a, &mut b, &mut rng, 30);
+
+    // 1. The broker refuses C's login.
+    refused_and_nothing_applied(&fed, &mut c, "refused this cluster's connection");
+    let pid = subscriber_pid(&mut c).expect("C's subscriber runs");
+    let status = c
+        .query_one(
+            "SELECT broker_settings::text, properties_file, broker_error FROM pgtrickle.federation_status()",
+            &[],
+        )
+        .unwrap();
+    let shown: String = status.get(0);
+    assert!(!shown.contains(SECRET) && shown.contains("\"sasl.password\": \"********\""), "{shown}");
+    assert_eq!(status.get::<_, Option<String>>(1).as_deref(), Some("broker.properties"));
+    assert_eq!(status.get::<_, Option<String>>(2), None);
+
+    // 2. Plain TLS now (the catalog), but the file names a CA that did not sign the broker's certificate.
+    write_properties(&fed, 2, &format!("ssl.ca.location = {}\n", other_ca.display()));
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    set_settings(&mut c, serde_json::json!({"security.protocol": "SSL"}));
+    refused_and_nothing_applied(&fed, &mut c, "certificate verify failed");
+
+    // 3. The right CA: the same worker reads the file again on reload and C converges.
+    write_properties(&fed, 2, &format!("ssl.ca.location = {}\n", ca.display()));
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
+    workload(&mut a, &mut b, &mut rng, 30);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    check_apply_log(&mut c);
+    assert_eq!(subscriber_pid(&mut c), Some(pid), "the subscriber was restarted instead of reloading");
+    let rows: i64 = c.query_one("SELECT count(*) FROM dashboard", &[]).unwrap().get(0);
+    assert!(rows > 0, "nothing flowed");
+}
