@@ -116,83 +116,17 @@ fn run(program: &str, args: &[&str], dir: &std::path::Path) -> Result<()> {
 /// A CA (`ca.pem`), a server certificate for 127.0.0.1 signed by it (`server.pem`, `server.key`) and another CA
 /// (`other-ca.pem`) in `dir`.
 fn make_certificates(dir: &std::path::Path) -> Result<()> {
-    let subject = |cn: &str| format!("/CN={cn}");
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            &subject("pgtrickle-test-ca"),
-        ],
-        dir,
-    )?;
-    run(
-        "openssl",
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            &subject("127.0.0.1"),
-        ],
-        dir,
-    )?;
+    let openssl = |args: &str| run("openssl", &args.split_whitespace().collect::<Vec<_>>(), dir);
+    let self_signed = |name: &str| {
+        format!("req -x509 -newkey rsa:2048 -nodes -days 2 -keyout {name}.key -out {name}.pem -subj /CN={name}")
+    };
+    openssl(&self_signed("ca"))?;
+    openssl("req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1")?;
     std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")?;
-    run(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.cnf",
-        ],
-        dir,
+    openssl(
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.cnf",
     )?;
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            "other-ca.key",
-            "-out",
-            "other-ca.pem",
-            "-subj",
-            &subject("another-ca"),
-        ],
-        dir,
-    )
+    openssl(&self_signed("other-ca"))
 }
 
 fn wait_listening(port: u16, program: &str, log: impl Fn() -> String) -> Result<()> {
