@@ -54,6 +54,12 @@ pub enum PgTrickleError {
     #[error("stream table \"{name}\" is being refreshed by another session")]
     Busy { name: String },
 
+    #[error(
+        "{stream} changed its columns; {table} must be rebuilt over the new ones, and stream tables read it: \
+         {dependents}"
+    )]
+    ColumnChangeBlocked { table: String, stream: String, dependents: String },
+
     #[error("the coordinator refused: {message}")]
     Coordinator { code: String, message: String, hint: String, rejected: bool },
 
@@ -84,9 +90,12 @@ impl PgTrickleError {
             | QueryRejected { .. }
             | NotDifferential { .. }
             | VolatileFunction { .. } => ErrorClass::User,
-            UnknownStreamTable(_) | AlreadyExists(_) | UnsupportedSource { .. } | Cycle { .. } | InUse { .. } => {
-                ErrorClass::Schema
-            }
+            UnknownStreamTable(_)
+            | AlreadyExists(_)
+            | UnsupportedSource { .. }
+            | Cycle { .. }
+            | InUse { .. }
+            | ColumnChangeBlocked { .. } => ErrorClass::Schema,
             Coordinator { rejected: true, .. } => ErrorClass::User,
             AlreadyRegistered { .. } | NotRegistered | Published { .. } => ErrorClass::Schema,
             Busy { .. } | CoordinatorUnavailable(_) | Coordinator { .. } => ErrorClass::Transient,
@@ -106,7 +115,7 @@ impl PgTrickleError {
             NotDifferential { .. } | UnsupportedSource { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             VolatileFunction { .. } => ERRCODE_INVALID_OBJECT_DEFINITION,
             Cycle { .. } => ERRCODE_INVALID_RECURSION,
-            InUse { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            InUse { .. } | ColumnChangeBlocked { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             Busy { .. } => ERRCODE_LOCK_NOT_AVAILABLE,
             Coordinator { rejected: true, code, .. } => coordinator_sqlstate(code),
             Coordinator { .. } | CoordinatorUnavailable(_) => ERRCODE_CONNECTION_FAILURE,
@@ -146,6 +155,10 @@ impl PgTrickleError {
                     .into()
             }
             Busy { .. } => "Retry when the running refresh has finished.".into(),
+            ColumnChangeBlocked { table, .. } => format!(
+                "Drop those stream tables (pgtrickle.drop_stream_table): {table} is then rebuilt within seconds and \
+                 the source resumes; create them again over its new columns."
+            ),
             Coordinator { hint, .. } => hint.clone(),
             CoordinatorUnavailable(_) => {
                 "Check that the coordinators run and that the URL and pg_trickle.coordinator_token are right; \

@@ -17,7 +17,9 @@ use common::{FaultTape, Harness};
 use proptest::prelude::*;
 use shared_model::apply::is_consistent;
 use shared_model::envelope::{Batch, RowAction, RowChange};
-use shared_model::protocol::consumer::{Action, AnswerError, Consumer, FrontierAnswer, Input, Message, SourceConfig};
+use shared_model::protocol::consumer::{
+    Action, AnswerError, ApplyFailure, Consumer, FrontierAnswer, Input, Message, SourceConfig,
+};
 use shared_model::*;
 
 const TABLE: i64 = 7;
@@ -281,7 +283,11 @@ impl World {
                 let applied: Vec<(StreamId, u64)> =
                     seqs.iter().filter_map(|(s, q)| q.last().map(|l| (s.clone(), *l))).collect();
                 if self.tape.fails(8) {
-                    return Some(Input::Applied { table, applied, result: Err("could not serialize access".into()) });
+                    return Some(Input::Applied {
+                        table,
+                        applied,
+                        result: Err(ApplyFailure::Failed("could not serialize access".into())),
+                    });
                 }
                 for (id, path) in &seqs {
                     let i = self.source_index(id);

@@ -305,7 +305,10 @@ fn parse_consumer_input(line: &str) -> consumer::Input {
                 .filter_map(|w| w.split_once(':'))
                 .map(|(s, last)| (stream(s), last.parse().unwrap()))
                 .collect(),
-            result: outcome(line),
+            result: match (line.split_once(" blocked="), outcome(line)) {
+                (Some((_, reason)), _) => Err(consumer::ApplyFailure::Blocked(reason.to_string())),
+                (None, result) => result.map_err(consumer::ApplyFailure::Failed),
+            },
         },
         "reinit-requested" => consumer::Input::ReinitRequested { stream: stream(words[1]), result: outcome(line) },
         "reset" => consumer::Input::Reset { stream: stream(words[1]), result: outcome(line) },

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use rand08::rngs::StdRng;
 use rand08::Rng;
 use shared_model::envelope::{Batch, RowAction, RowChange};
-use shared_model::protocol::consumer::AnswerError;
 use shared_model::protocol::consumer::{self, Consumer, FrontierAnswer, SourceConfig};
+use shared_model::protocol::consumer::{AnswerError, ApplyFailure};
 use shared_model::protocol::producer::{self, LocalStream, LogView, Producer, SentCopy};
 use shared_model::{BatchKind, ColumnDef, Command, Consistency, MessageKey, ProducerFence, StreamId, SystemIdentifier};
 
@@ -560,7 +560,11 @@ impl ConsumerWorker {
                 let applied: Vec<(StreamId, u64)> =
                     seqs.iter().filter_map(|(s, q)| q.last().map(|l| (s.clone(), *l))).collect();
                 if rng.gen_range(0..100) < faults.apply_fail_pct {
-                    return Some(Input::Applied { table, applied, result: Err("could not serialize access".into()) });
+                    return Some(Input::Applied {
+                        table,
+                        applied,
+                        result: Err(ApplyFailure::Failed("could not serialize access".into())),
+                    });
                 }
                 self.apply(cut_at, &seqs);
                 Input::Applied { table, applied, result: Ok(()) }

@@ -3,12 +3,17 @@
 //! query gains a column: B rebuilds its mirror and plans `big_spenders` again in place (same stream table id,
 //! still published), its REINITIALIZE reaches C as a snapshot batch, and C converges on A's data — after the
 //! change and after more writes.
+//!
+//! Where rebuilding in place cannot be done safely — a local stream table on B reads `big_spenders`, whose
+//! storage the rebuild replaces — B's source shows `blocked` with the readers and what to do, applies nothing
+//! meanwhile (no retry loop: the apply is tried again every 5 s, before any DDL), and converges once the reader
+//! is dropped.
 
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use testkit::federation::Federation;
-use testkit::seed::{caught_up, converge_or_explain, sources_view};
+use testkit::seed::{caught_up, converge_or_explain, sources_view, tail};
 
 const ORDER_AGG: &str = "SELECT user_id, count(*) AS orders, sum(amount) AS total FROM orders GROUP BY user_id";
 const ORDER_AGG_WIDER: &str = "SELECT user_id, count(*) AS orders, sum(amount) AS total, max(amount) AS biggest \
@@ -128,4 +133,89 @@ fn a_column_change_upstream_of_a_published_federated_stream_table_reaches_the_en
     assert_eq!(state, "streaming");
     writes(&mut a, &mut rng, 20);
     converge(&fed, &mut a, &mut b, &mut c);
+}
+
+fn big_spenders(b: &mut postgres::Client) -> Vec<String> {
+    rows(b, "SELECT format('%s|%s|%s', user_id, orders, total) FROM big_spenders")
+}
+
+fn source_state(b: &mut postgres::Client) -> (String, String, i64) {
+    let row =
+        b.query_one("SELECT state, coalesce(detail, ''), applied_seq FROM pgtrickle.federation_sources", &[]).unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+#[test]
+fn a_column_change_under_a_federated_stream_table_read_locally_waits_blocked_for_the_readers_to_go() {
+    let fed = Federation::start(2, &[]).expect("federation");
+    let (mut a, mut b) = (fed.connect(0).unwrap(), fed.connect(1).unwrap());
+    a.batch_execute(&format!(
+        "CREATE TABLE orders (id int PRIMARY KEY, user_id int NOT NULL, amount int NOT NULL);
+         INSERT INTO orders SELECT g, g % 25, g % 97 FROM generate_series(1, 200) g;
+         SELECT pgtrickle.create_stream_table('order_agg', '{ORDER_AGG}', schedule => '200ms');
+         SELECT pgtrickle.publish_stream_table('order_agg');"
+    ))
+    .unwrap();
+    b.query_one(
+        &format!(
+            "SELECT pgtrickle.create_federated_stream_table('big_spenders', '{BIG_SPENDERS}', \
+             ARRAY['kafka://coordinator/cluster_a/order_agg'], schedule => '200ms')"
+        ),
+        &[],
+    )
+    .unwrap();
+    b.batch_execute(
+        "SELECT pgtrickle.create_stream_table('top_spenders', \
+         'SELECT user_id, total FROM big_spenders WHERE total > 150', schedule => '200ms')",
+    )
+    .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(52);
+    writes(&mut a, &mut rng, 20);
+    let b_converged =
+        |a: &mut postgres::Client, b: &mut postgres::Client| caught_up(b) && expected(a) == big_spenders(b);
+    converge_or_explain(
+        &fed,
+        Duration::from_secs(60),
+        &mut (&mut a, &mut b),
+        |(a, b)| b_converged(a, b),
+        |(_, b)| sources_view(b),
+        &[1],
+    );
+
+    // A's query gains a column: big_spenders cannot be rebuilt while top_spenders reads it.
+    a.batch_execute(&format!("SELECT pgtrickle.alter_stream_table('order_agg', query => '{ORDER_AGG_WIDER}')"))
+        .unwrap();
+    writes(&mut a, &mut rng, 20);
+    let blocked = testkit::wait_for(Duration::from_secs(60), || {
+        let (state, detail, applied) = source_state(&mut b);
+        (state == "blocked").then_some((detail, applied))
+    });
+    let Some((detail, applied)) = blocked else {
+        panic!("B's source never showed blocked:\n{}\nB log:\n{}", sources_view(&mut b), tail(&fed.clusters[1].log()));
+    };
+    assert!(detail.contains("public.top_spenders") && detail.contains("drop_stream_table"), "{detail}");
+    // It stays blocked and applies nothing while the reader is there (checked across two recheck intervals).
+    let before = big_spenders(&mut b);
+    std::thread::sleep(Duration::from_secs(11));
+    let (state, _, applied_now) = source_state(&mut b);
+    assert_eq!((state.as_str(), applied_now), ("blocked", applied), "the blocked source moved on");
+    assert_eq!(big_spenders(&mut b), before, "big_spenders changed while its source was blocked");
+    let readers: i64 = b
+        .query_one("SELECT count(*) FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'top_spenders'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(readers, 1, "the reader was touched");
+
+    // The operator does what the hint says: big_spenders is rebuilt and B converges.
+    b.batch_execute("SELECT pgtrickle.drop_stream_table('top_spenders')").unwrap();
+    writes(&mut a, &mut rng, 10);
+    converge_or_explain(
+        &fed,
+        Duration::from_secs(60),
+        &mut (&mut a, &mut b),
+        |(a, b)| b_converged(a, b),
+        |(a, b)| format!("expected {:?}\nB has {:?}\n{}", expected(a), big_spenders(b), sources_view(b)),
+        &[1],
+    );
+    assert_eq!(source_state(&mut b).0, "streaming");
 }

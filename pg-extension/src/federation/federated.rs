@@ -280,6 +280,16 @@ pub fn rebuild_mirror(stream: &shared_model::StreamId, columns: &[ColumnDef]) ->
     let old_oid = pgrx::pg_sys::Oid::from(row["mirror_oid"].as_i64().unwrap_or_default() as u32);
     let st = catalog::load(pgt_id, crate::catalog::RowLock::Wait)?
         .ok_or_else(|| PgTrickleError::Internal(format!("federated stream table {pgt_id} vanished")))?;
+    // Rebuilding drops the stream table's storage, which local stream tables over it depend on: the source
+    // waits, blocked, until the operator removes them (checked before any DDL, so waiting costs nothing).
+    let dependents = catalog::dependents(st.relid)?;
+    if !dependents.is_empty() {
+        return Err(PgTrickleError::ColumnChangeBlocked {
+            table: st.qualified(),
+            stream: stream.to_string(),
+            dependents: dependents.iter().map(|(_, name)| name.clone()).collect::<Vec<_>>().join(", "),
+        });
+    }
     // Rebuilding drops the stream table's change buffer: batches its publisher has not sent yet would be lost.
     let unsent = catalog::scalar::<i64>(
         "SELECT $2 - published_seq FROM pgtrickle.pgt_publications WHERE pgt_id = $1",

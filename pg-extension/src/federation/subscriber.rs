@@ -17,7 +17,7 @@ use coordinator::client::Client;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use shared_model::protocol::consumer::{
-    Action, AnswerError, Consumer, FrontierAnswer, Input, Message, SourceConfig, Status,
+    Action, AnswerError, ApplyFailure, Consumer, FrontierAnswer, Input, Message, SourceConfig, Status,
 };
 use shared_model::{BatchKind, ColumnDef, Consistency, MessageKey, StreamId};
 
@@ -289,10 +289,17 @@ impl Subscriber {
                 let applied: Vec<(StreamId, u64)> =
                     seqs.iter().filter_map(|(s, q)| q.last().map(|last| (s.clone(), *last))).collect();
                 let machine = &self.machine;
+                // An apply that cannot succeed until the operator acts is told apart from one that failed.
+                let blocked = std::cell::RefCell::new(None);
                 let result = run_in_transaction(|| {
                     for (stream, seqs) in &seqs {
                         let source = sources[stream];
-                        apply_source(source, machine, seqs, cut_at)?;
+                        apply_source(source, machine, seqs, cut_at).inspect_err(|error| {
+                            if matches!(error, PgTrickleError::ColumnChangeBlocked { .. }) {
+                                let hint = error.hint().unwrap_or_default();
+                                *blocked.borrow_mut() = Some(format!("{error} (HINT: {hint})"));
+                            }
+                        })?;
                     }
                     if let Some(cut_at) = cut_at {
                         let source = sources.values().find(|s| s.pgt_id == table).expect("a source of the table");
@@ -303,6 +310,10 @@ impl Subscriber {
                         )?;
                     }
                     Ok(())
+                });
+                let result = result.map_err(|error| match blocked.take() {
+                    Some(reason) => ApplyFailure::Blocked(reason),
+                    None => ApplyFailure::Failed(error),
                 });
                 Input::Applied { table, applied, result }
             }

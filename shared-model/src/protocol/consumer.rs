@@ -35,6 +35,10 @@ use crate::{Consistency, LogIndex, StreamId};
 /// lost (measured on the consumer's own clock from when it first learned that the batch was committed).
 pub const LOSS_TIMEOUT_MS: u64 = 10_000;
 
+/// How long a blocked source waits before its apply is tried again (the worker's check is cheap, but an apply
+/// that cannot succeed must not be attempted every round).
+pub const BLOCKED_RECHECK_MS: u64 = 5_000;
+
 /// The consumer's local id of a federated table (opaque to the machine).
 pub type TableKey = i64;
 
@@ -92,6 +96,9 @@ pub enum SourceState {
     Reinitializing,
     Stalled,
     Error,
+    /// The source cannot go on until the operator acts (the detail says what to do); nothing is retried meanwhile
+    /// but a cheap check every [`BLOCKED_RECHECK_MS`].
+    Blocked,
 }
 
 impl SourceState {
@@ -104,6 +111,7 @@ impl SourceState {
             SourceState::Reinitializing => "reinitializing",
             SourceState::Stalled => "stalled",
             SourceState::Error => "error",
+            SourceState::Blocked => "blocked",
         }
     }
 }
@@ -140,11 +148,30 @@ pub enum Input {
     /// [`Action::FetchFrontiers`] answered, per source.
     Frontiers { answers: Vec<(StreamId, Result<FrontierAnswer, AnswerError>)> },
     /// [`Action::Apply`] committed (or rolled back): the table and the newest seq it applied per source.
-    Applied { table: TableKey, applied: Vec<(StreamId, u64)>, result: Result<(), String> },
+    Applied { table: TableKey, applied: Vec<(StreamId, u64)>, result: Result<(), ApplyFailure> },
     /// [`Action::RequestReinitialize`] accepted (or not).
     ReinitRequested { stream: StreamId, result: Result<(), String> },
     /// [`Action::Reset`] done (or not).
     Reset { stream: StreamId, result: Result<(), String> },
+}
+
+/// Why an apply did not commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyFailure {
+    /// It failed (a serialization failure, a damaged mirror, …): tried again next round.
+    Failed(String),
+    /// It cannot succeed until the operator acts (local stream tables read a federated table that must be rebuilt
+    /// for a source's new columns): the sources show `blocked` with the reason, and the apply is tried again only
+    /// every [`BLOCKED_RECHECK_MS`].
+    Blocked(String),
+}
+
+impl std::fmt::Display for ApplyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyFailure::Failed(why) | ApplyFailure::Blocked(why) => f.write_str(why),
+        }
+    }
 }
 
 /// What the machine asks the worker to do.
@@ -227,6 +254,8 @@ struct SourceMemory {
     refused: Option<String>,
     /// A reset is out this round: nothing else is planned for the source.
     resetting: bool,
+    /// When (own clock) an apply of the source was last found blocked.
+    blocked_at_ms: Option<u64>,
 }
 
 /// The consumer state machine.
@@ -534,6 +563,8 @@ impl Consumer {
                 streams.into_iter().partition(|s| self.sources[s].answer.is_some());
             match consistency {
                 Consistency::Eventual => self.plan_eventual(table, &answered),
+                // A cut applies every source at once: one blocked source holds the table.
+                Consistency::Causal if answered.iter().any(|s| self.blocked_now(s)) => {}
                 Consistency::Causal if unanswered.is_empty() => self.plan_causal(table, &answered),
                 Consistency::Causal => {
                     let blocking: Vec<String> = unanswered.iter().map(|s| s.to_string()).collect();
@@ -577,8 +608,17 @@ impl Consumer {
         (answer.frontier.clone(), answer.pending_reinit)
     }
 
+    /// Whether an apply of the source was found blocked a short while ago (it keeps showing why meanwhile).
+    fn blocked_now(&self, stream: &StreamId) -> bool {
+        let blocked_at = self.sources.get(stream).and_then(|m| m.blocked_at_ms);
+        blocked_at.is_some_and(|at| self.now_ms.saturating_sub(at) < BLOCKED_RECHECK_MS)
+    }
+
     fn plan_eventual(&mut self, table: TableKey, streams: &[StreamId]) {
         for stream in streams {
+            if self.blocked_now(stream) {
+                continue;
+            }
             let (frontier, pending) = self.frontier_of(stream);
             match self.plan_eventual_source(stream, &frontier) {
                 SourceStep::Apply(seqs) => {
@@ -620,7 +660,7 @@ impl Consumer {
         }
     }
 
-    fn on_applied(&mut self, table: TableKey, seqs: Vec<(StreamId, u64)>, result: Result<(), String>) {
+    fn on_applied(&mut self, table: TableKey, seqs: Vec<(StreamId, u64)>, result: Result<(), ApplyFailure>) {
         let eventual = match &result {
             Ok(()) => {
                 self.applied_this_round = true;
@@ -628,6 +668,7 @@ impl Consumer {
                 for (stream, last) in &seqs {
                     let Some(memory) = self.sources.get_mut(stream) else { continue };
                     memory.rewind = false;
+                    memory.blocked_at_ms = None;
                     memory.held.retain(|seq, _| *seq > *last);
                     memory.first_committed_ms.retain(|seq, _| *seq > *last);
                     // The apply wrote the source's row (state, applied seq): what was shown is stale.
@@ -640,9 +681,19 @@ impl Consumer {
                 }
                 eventual
             }
-            Err(error) => {
+            Err(ApplyFailure::Failed(error)) => {
                 for (stream, _) in &seqs {
                     self.show(stream, SourceState::Error, Some(error.clone()));
+                }
+                false
+            }
+            Err(ApplyFailure::Blocked(reason)) => {
+                let now = self.now_ms;
+                for (stream, _) in &seqs {
+                    if let Some(memory) = self.sources.get_mut(stream) {
+                        memory.blocked_at_ms = Some(now);
+                    }
+                    self.show(stream, SourceState::Blocked, Some(reason.clone()));
                 }
                 false
             }
