@@ -133,6 +133,11 @@ pub struct PublishStream {
     /// The stream's last batch seq before publication.
     #[serde(default)]
     pub base_seq: u64,
+    /// The publishing server (its identifier and producer epoch): the publication is refused, like a frontier
+    /// advance, when that server no longer holds the cluster's name (409 `cluster_name_taken` /
+    /// `stale_producer_epoch`). Absent: published on the token's authority alone.
+    #[serde(default)]
+    pub producer: Option<ProducerFence>,
 }
 
 /// `POST /v1/federated-tables`.

@@ -13,7 +13,7 @@ use futures::Stream;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use shared_model::{Applied, ClusterName, FederatedTableId, LogIndex, StreamId};
+use shared_model::{Applied, ClusterName, FederatedTableId, LogIndex, ProducerFence, StreamId};
 
 use crate::api::*;
 
@@ -261,10 +261,23 @@ impl Client {
     pub async fn publish_stream(&self, body: &PublishStream) -> Result<Applied, ClientError> {
         self.write(Method::POST, "/v1/streams", Some(body)).await
     }
-    /// Unpublishes a stream.
-    pub async fn unpublish_stream(&self, stream: &StreamId, cascade: bool) -> Result<Applied, ClientError> {
-        self.write::<(), _>(Method::DELETE, &format!("/v1/streams/{}?cascade={cascade}", path_of(&stream.0)), None)
-            .await
+    /// Unpublishes a stream; with `producer`, on behalf of that producing server (refused once it no longer
+    /// holds the cluster's name and epoch).
+    pub async fn unpublish_stream(
+        &self,
+        stream: &StreamId,
+        cascade: bool,
+        producer: Option<&ProducerFence>,
+    ) -> Result<Applied, ClientError> {
+        let fence = producer.map_or(String::new(), |f| {
+            format!("&system_identifier={}&producer_epoch={}", f.system_identifier, f.producer_epoch)
+        });
+        self.write::<(), _>(
+            Method::DELETE,
+            &format!("/v1/streams/{}?cascade={cascade}{fence}", path_of(&stream.0)),
+            None,
+        )
+        .await
     }
     /// Creates a federated table.
     pub async fn create_federated_table(&self, body: &CreateFederatedTable) -> Result<Applied, ClientError> {

@@ -25,6 +25,7 @@ fn publish(id: &str) -> PublishStream {
         columns: vec![ColumnDef::new("k", "bigint")],
         upstream: BTreeSet::new(),
         base_seq: 0,
+        producer: None,
     }
 }
 

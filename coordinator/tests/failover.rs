@@ -103,6 +103,7 @@ fn leader_failover_and_membership_changes_under_load_lose_nothing() {
                 columns: vec![ColumnDef::new("k", "int")],
                 upstream: BTreeSet::new(),
                 base_seq: 0,
+                producer: None,
             };
             client.publish_stream(&publish).await.unwrap();
         }

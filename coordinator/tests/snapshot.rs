@@ -29,6 +29,7 @@ fn snapshot_to_object_storage_and_bootstrap_a_new_cluster() {
                 columns: vec![ColumnDef::new("k", "int")],
                 upstream: BTreeSet::new(),
                 base_seq: 0,
+                producer: None,
             })
             .await
             .unwrap();

@@ -94,6 +94,11 @@ pub enum Command {
     RecordCheckpoint { cluster: ClusterName, checkpoint: CheckpointRecord },
     /// Start a new coordinator cluster from another one's state snapshot; only into an empty state.
     RestoreState { state: Box<State> },
+    /// `command` — a publish or unpublish of one of `fence.cluster`'s streams — sent by a producing server, and
+    /// refused like a frontier advance once that server no longer holds the cluster's name and epoch: a server
+    /// superseded by a takeover (an old primary come back, a restored copy) can neither publish nor withdraw the
+    /// streams its successor now produces.
+    AsProducer { fence: ProducerFence, command: Box<Command> },
 }
 
 impl Command {
@@ -112,6 +117,7 @@ impl Command {
             Command::IssueMessageKey { .. } => "issue_message_key",
             Command::RecordCheckpoint { .. } => "record_checkpoint",
             Command::RestoreState { .. } => "restore_state",
+            Command::AsProducer { command, .. } => command.kind(),
         }
     }
 }

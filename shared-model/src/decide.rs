@@ -85,6 +85,17 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
             events.push(Event::ClusterDeregistered { name: name.clone() });
             Ok(events)
         }
+        Command::AsProducer { fence, command } => {
+            let stream = match command.as_ref() {
+                Command::PublishStream { stream, .. } | Command::UnpublishStream { stream, .. } => stream,
+                _ => return Err(invalid("command", "only publish and unpublish are sent on behalf of a producer")),
+            };
+            if stream.cluster() != &fence.cluster {
+                return Err(invalid("stream", &format!("{stream} is not a stream of cluster {}", fence.cluster)));
+            }
+            check_fence(state, fence)?;
+            decide(state, index, command)
+        }
         Command::PublishStream { stream, columns, upstream, base_seq } => {
             decide_publish(state, index, stream, columns, upstream, *base_seq)
         }

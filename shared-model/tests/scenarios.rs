@@ -302,6 +302,40 @@ fn a_cluster_name_is_bound_to_one_server_until_taken_over() {
 }
 
 #[test]
+fn a_superseded_server_can_neither_publish_nor_withdraw_its_clusters_streams() {
+    let mut h = seed();
+    let a = cluster("cluster_a");
+    let (me, first_epoch) = (system_identifier("cluster_a"), h.state.clusters()[&a].producer_epoch);
+    let as_me = |command: Command| Command::AsProducer {
+        fence: ProducerFence { cluster: a.clone(), system_identifier: me, producer_epoch: first_epoch },
+        command: Box::new(command),
+    };
+    // The current server publishes on its own behalf.
+    h.run(as_me(publish("cluster_a/extra", &[]))).unwrap();
+    assert!(h.state.streams().contains_key(&stream("cluster_a/extra")));
+    // Only publish and unpublish, and only of the fence's own cluster, travel on a producer's behalf.
+    let e = h.rejected(as_me(publish("cluster_b/user_stats_copy", &[])));
+    assert_eq!(e.code(), "invalid_argument", "{e}");
+    let e = h.rejected(as_me(register("cluster_d")));
+    assert_eq!(e.code(), "invalid_argument", "{e}");
+
+    // Another server takes the name over: the old one is refused both ways, and the state is unchanged.
+    h.run(register_as("cluster_a", SystemIdentifier(77), None, true)).unwrap();
+    let before = snapshot_without_cache(&h.state);
+    let e = h.rejected(as_me(Command::UnpublishStream { stream: stream("cluster_a/order_agg"), cascade: true }));
+    assert_eq!(e.code(), "cluster_name_taken", "{e}");
+    let e = h.rejected(as_me(publish("cluster_a/another", &[])));
+    assert_eq!(e.code(), "cluster_name_taken", "{e}");
+    assert_eq!(snapshot_without_cache(&h.state), before, "a refused command changed the state");
+    // The new server, presenting the new epoch, may.
+    let epoch = h.state.clusters()[&a].producer_epoch;
+    let fence = ProducerFence { cluster: a.clone(), system_identifier: SystemIdentifier(77), producer_epoch: epoch };
+    let unpublish = Command::UnpublishStream { stream: stream("cluster_a/extra"), cascade: false };
+    h.run(Command::AsProducer { fence, command: Box::new(unpublish) }).unwrap();
+    assert!(!h.state.streams().contains_key(&stream("cluster_a/extra")));
+}
+
+#[test]
 fn takeover_epochs_grow_across_a_restored_coordinator() {
     let mut h = seed();
     let a = cluster("cluster_a");

@@ -171,6 +171,7 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
                 columns: vec![ColumnDef::new("user_id", "integer")],
                 upstream: Default::default(),
                 base_seq: 0,
+                producer: None,
             })
             .await
     })

@@ -143,6 +143,27 @@ fn a_second_server_taking_a_name_is_refused_then_takes_it_over_explicitly() {
     println!("A fenced: {error}");
     converge(&fed, &mut d, &mut b, &mut c, Duration::from_secs(90));
     let seqs = check_apply_log(&mut c);
+
+    // Superseded, A can neither withdraw the stream D now produces nor publish another under the name: both are
+    // refused by the coordinators (42710 + HINT), and C goes on reading D's order_agg.
+    let error = a
+        .batch_execute("BEGIN; SELECT pgtrickle.unpublish_stream_table('order_agg'); COMMIT;")
+        .expect_err("a superseded server withdrew a stream");
+    let db = error.as_db_error().expect("a database error");
+    assert_eq!(db.code(), &SqlState::DUPLICATE_OBJECT, "{}", db.message());
+    assert!(db.hint().unwrap_or_default().contains("takeover"), "{:?}", db.hint());
+    a.batch_execute("ROLLBACK").ok();
+    let published: i64 = a.query_one("SELECT count(*) FROM pgtrickle.pgt_publications", &[]).unwrap().get(0);
+    assert_eq!(published, 1, "A's refused unpublish removed its local row");
+    a.batch_execute(&format!("SELECT pgtrickle.create_stream_table('order_agg_2', '{ORDER_AGG}')")).unwrap();
+    let error = a
+        .query_one("SELECT pgtrickle.publish_stream_table('order_agg_2')", &[])
+        .expect_err("a superseded server published a stream");
+    assert_eq!(error.as_db_error().expect("a database error").code(), &SqlState::DUPLICATE_OBJECT);
+    let streams = fed.coordinator(|client| async move { client.streams().await }).expect("streams");
+    assert!(streams.iter().any(|s| s.stream.to_string() == "cluster_a/public.order_agg"), "{streams:?}");
+    assert!(!streams.iter().any(|s| s.stream.to_string() == "cluster_a/public.order_agg_2"), "{streams:?}");
+
     workload(&mut a, &mut b, &mut rng, 30);
     d.batch_execute("INSERT INTO orders VALUES (1000, 3, 99.5)").unwrap();
     converge(&fed, &mut d, &mut b, &mut c, Duration::from_secs(60));

@@ -125,6 +125,7 @@ async fn run_coordinator(endpoints: &str, token: Option<String>, clients: usize,
                 columns: vec![ColumnDef::new("k", "int")],
                 upstream: BTreeSet::new(),
                 base_seq: 0,
+                producer: None,
             })
             .await
             .expect("publish");

@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 
 use coordinator::api::{PublishStream, RegisterCluster};
 use coordinator::client::{Client, ClientError, ClientOptions};
-use shared_model::{ClusterName, ColumnDef, Event, MessageKey, NodeKey, StreamId, SystemIdentifier};
+use shared_model::{ClusterName, ColumnDef, Event, MessageKey, NodeKey, ProducerFence, StreamId, SystemIdentifier};
 
 use crate::catalog;
 use crate::config;
@@ -106,6 +106,18 @@ impl Membership {
     pub fn message_key(&self) -> Result<MessageKey> {
         MessageKey::parse_hex(&self.message_key)
             .map_err(|e| PgTrickleError::Internal(format!("pgt_federation.message_key: {e}")))
+    }
+
+    /// What this server presents when it writes as the cluster's producer: the cluster, its own identifier `me`
+    /// (not the stored one: a row restored onto another server must not speak for the server that wrote it) and
+    /// the epoch it was handed.
+    pub fn producer_fence(&self, me: SystemIdentifier) -> Result<ProducerFence> {
+        Ok(ProducerFence {
+            cluster: ClusterName::parse(&self.cluster_name)
+                .map_err(|e| PgTrickleError::Internal(format!("stored cluster name: {e}")))?,
+            system_identifier: me,
+            producer_epoch: self.producer_epoch,
+        })
     }
 
     /// The broker configuration in force with the properties file's `file` settings.
@@ -401,7 +413,10 @@ pub fn publish(name: &str) -> Result<String> {
             StreamId::parse(&id).map_err(|e| PgTrickleError::Internal(format!("stored stream id {id}: {e}")))?;
         upstream.insert(NodeKey::Stream(parsed));
     }
-    let body = PublishStream { stream: stream.clone(), columns, upstream, base_seq: st.last_batch_seq as u64 };
+    // On behalf of this server: a server superseded by a takeover cannot publish the cluster's streams.
+    let producer = Some(member.producer_fence(system_identifier()?)?);
+    let body =
+        PublishStream { stream: stream.clone(), columns, upstream, base_seq: st.last_batch_seq as u64, producer };
     let client = client(&member.coordinator_url, Duration::from_secs(15))?;
     let applied = block_on(client.publish_stream(&body))?.map_err(coordinator_error)?;
     let published = applied.events.iter().find_map(|e| match e {
@@ -455,6 +470,8 @@ pub fn unpublish(name: &str, cascade: bool) -> Result<()> {
         });
     }
     let client = client(&member.coordinator_url, Duration::from_secs(15))?;
+    // On behalf of this server: a server superseded by a takeover cannot withdraw the cluster's streams.
+    let fence = member.producer_fence(system_identifier()?)?;
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PrePrepare, || {
         PgTrickleError::InvalidArgument {
             argument: "transaction",
@@ -463,10 +480,11 @@ pub fn unpublish(name: &str, cascade: bool) -> Result<()> {
         }
         .raise()
     });
-    let call = std::panic::AssertUnwindSafe((client, stream));
+    let call = std::panic::AssertUnwindSafe((client, stream, fence));
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PreCommit, move || {
-        let (client, stream) = &*call;
-        let result = block_on(client.unpublish_stream(stream, cascade)).and_then(|r| r.map_err(coordinator_error));
+        let (client, stream, fence) = &*call;
+        let result =
+            block_on(client.unpublish_stream(stream, cascade, Some(fence))).and_then(|r| r.map_err(coordinator_error));
         match result {
             Ok(_) => {}
             // Withdrawn already (a retried transaction, or by cascade from elsewhere): the goal holds.

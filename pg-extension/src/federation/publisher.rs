@@ -16,7 +16,7 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use shared_model::envelope::{Batch, RowAction, RowChange};
 use shared_model::protocol::producer::{Action, Input, LocalStream, LogView, Producer, SentCopy};
-use shared_model::{BatchKind, ClusterName, ColumnDef, MessageKey, ProducerFence, StreamId, SystemIdentifier};
+use shared_model::{BatchKind, ColumnDef, MessageKey, ProducerFence, StreamId, SystemIdentifier};
 
 use super::broker::{topic_name, KafkaProducer, MAX_MESSAGE_BYTES};
 use super::broker_config::{BrokerConfig, FileProperties};
@@ -73,14 +73,7 @@ fn load(me: SystemIdentifier, file: &mut FileProperties) -> Result<Option<(Setti
         broker: file.current().and_then(|file| member.broker_config(file)).map_err(|e| e.to_string()),
         topic_prefix: member.topic_prefix.clone(),
         client_id: client_id_of(me),
-        fence: ProducerFence {
-            cluster: ClusterName::parse(&member.cluster_name)
-                .map_err(|e| PgTrickleError::Internal(format!("stored cluster name: {e}")))?,
-            // This server's own identifier, not the stored one: a row restored onto another server must not
-            // speak for the server that wrote it.
-            system_identifier: me,
-            producer_epoch: member.producer_epoch,
-        },
+        fence: member.producer_fence(me)?,
         message_key: member.message_key()?,
     };
     let publications = Spi::connect(|client| {

@@ -11,7 +11,10 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use shared_model::{Applied, ClusterName, Command, FederatedTableId, IdempotencyKey, MessageKey, Request, StreamId};
+use shared_model::{
+    Applied, ClusterName, Command, FederatedTableId, IdempotencyKey, MessageKey, ProducerFence, Request, StreamId,
+    SystemIdentifier,
+};
 use utoipa::IntoParams;
 
 use super::{now_ms, parse_body, relation, AppState, Failure};
@@ -24,6 +27,19 @@ use crate::server::metrics::{CommandLabel, OutcomeLabels};
 pub struct CascadeQuery {
     /// Also remove everything that depends on the object.
     pub cascade: Option<bool>,
+}
+
+/// `?cascade=…&system_identifier=…&producer_epoch=…` of an unpublish.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UnpublishQuery {
+    /// Also remove everything that depends on the stream.
+    pub cascade: Option<bool>,
+    /// The withdrawing server's `system_identifier` (with `producer_epoch`): refused, like a frontier advance, when
+    /// that server no longer holds the cluster's name.
+    pub system_identifier: Option<String>,
+    /// The producer epoch that server holds.
+    pub producer_epoch: Option<u64>,
 }
 
 /// `?consistency=linearizable|stale`.
@@ -264,12 +280,12 @@ pub async fn publish_stream(
         upstream: req.upstream,
         base_seq: req.base_seq,
     };
-    Ok(Json(propose(&app, &headers, command).await?))
+    Ok(Json(propose(&app, &headers, as_producer(req.producer, command)).await?))
 }
 
 /// Withdraw a published stream.
 #[utoipa::path(delete, path = "/v1/streams/{cluster}/{name}", tag = "streams",
-    params(("cluster" = String, Path), ("name" = String, Path, description = "schema.table"), CascadeQuery),
+    params(("cluster" = String, Path), ("name" = String, Path, description = "schema.table"), UnpublishQuery),
     responses((status = 200, body = Applied), (status = 400, body = ApiError), (status = 401, body = ApiError),
               (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError), (status = 503, body = ApiError)),
     security(("bearer" = [])))]
@@ -277,11 +293,30 @@ pub async fn unpublish_stream(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path((cluster, name)): Path<(String, String)>,
-    q: Result<Query<CascadeQuery>, QueryRejection>,
+    q: Result<Query<UnpublishQuery>, QueryRejection>,
 ) -> Result<Json<Applied>, Failure> {
     let q = query(q)?;
     let stream = StreamId(relation(&cluster, &name)?);
-    Ok(Json(propose(&app, &headers, Command::UnpublishStream { stream, cascade: q.cascade.unwrap_or(false) }).await?))
+    let producer = match (q.system_identifier, q.producer_epoch) {
+        (None, None) => None,
+        (Some(system_identifier), Some(producer_epoch)) => Some(ProducerFence {
+            cluster: stream.cluster().clone(),
+            system_identifier: SystemIdentifier::parse(&system_identifier)
+                .map_err(|e| Failure::invalid(format!("system_identifier: {e}")))?,
+            producer_epoch,
+        }),
+        _ => return Err(Failure::invalid("give system_identifier and producer_epoch together, or neither")),
+    };
+    let command = Command::UnpublishStream { stream, cascade: q.cascade.unwrap_or(false) };
+    Ok(Json(propose(&app, &headers, as_producer(producer, command)).await?))
+}
+
+/// The command on behalf of a producing server, when one is named.
+fn as_producer(producer: Option<ProducerFence>, command: Command) -> Command {
+    match producer {
+        Some(fence) => Command::AsProducer { fence, command: Box::new(command) },
+        None => command,
+    }
 }
 
 /// Ask the producer of a stream for a snapshot batch.
