@@ -91,7 +91,7 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
                 _ => return Err(invalid("command", "only publish and unpublish are sent on behalf of a producer")),
             };
             if stream.cluster() != &fence.cluster {
-                return Err(invalid("stream", &format!("{stream} is not a stream of cluster {}", fence.cluster)));
+                return Err(invalid("stream", format!("{stream} is not a stream of cluster {}", fence.cluster)));
             }
             check_fence(state, fence)?;
             decide(state, index, command)
