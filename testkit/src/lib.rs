@@ -249,31 +249,16 @@ impl Clusters {
         let base = tempfile::Builder::new().prefix("pgtrickle-clusters-").tempdir()?;
         chown_postgres(base.path())?;
         let mut clusters = Clusters { clusters: Vec::new(), base };
+        let mut all_settings = vec!["shared_preload_libraries=pg_trickle".to_string()];
+        all_settings.extend(settings.iter().map(|s| s.to_string()));
         for index in 0..count {
             let name = ((b'a' + index as u8) as char).to_string();
-            let data_dir = clusters.base.path().join(format!("pg-{name}"));
-            let socket_dir = clusters.base.path().join(format!("sock-{name}"));
-            std::fs::create_dir_all(&socket_dir)?;
-            chown_postgres(&socket_dir)?;
-            let data = data_dir.display().to_string();
-            run_as_postgres(
-                &pg_bindir().join("initdb"),
-                &["-D", &data, "-A", "trust", "-U", "postgres", "--locale=C.UTF-8", "-E", "UTF8"],
-            )?;
-            let mut all_settings = vec!["shared_preload_libraries=pg_trickle".to_string()];
-            all_settings.extend(settings.iter().map(|s| s.to_string()));
-            let mut cluster = Cluster {
-                log_file: clusters.base.path().join(format!("pg-{name}.log")),
-                name,
-                port: free_port()?,
-                data_dir,
-                socket_dir,
-                settings: all_settings,
-                env: Vec::new(),
-                running: false,
-            };
-            cluster.start()?;
-            clusters.clusters.push(cluster);
+            clusters.add(name, all_settings.clone(), |data| {
+                run_as_postgres(
+                    &pg_bindir().join("initdb"),
+                    &["-D", data, "-A", "trust", "-U", "postgres", "--locale=C.UTF-8", "-E", "UTF8"],
+                )
+            })?;
         }
         if let Some(first) = clusters.clusters.first() {
             let mut client = first.connect("postgres")?;
@@ -298,31 +283,43 @@ impl Clusters {
     /// streamed during the copy), started with the same settings on its own port; returns its index. It keeps the
     /// primary's system identifier, as every physical copy does.
     pub fn add_standby(&mut self, primary: usize) -> Result<usize> {
-        let index = self.clusters.len();
         let name = format!("{}-standby", self.clusters[primary].name);
+        let port = self.clusters[primary].port.to_string();
+        let settings = self.clusters[primary].settings.clone();
+        self.add(name, settings, |data| {
+            run_as_postgres(
+                &pg_bindir().join("pg_basebackup"),
+                &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", data, "-R", "-X", "stream", "-c", "fast"],
+            )
+        })
+    }
+
+    /// Adds and starts cluster `name` on a free port, its data directory made by `make_data_dir(path)`; returns
+    /// its index.
+    fn add(
+        &mut self,
+        name: String,
+        settings: Vec<String>,
+        make_data_dir: impl FnOnce(&str) -> Result<Output>,
+    ) -> Result<usize> {
         let data_dir = self.base.path().join(format!("pg-{name}"));
         let socket_dir = self.base.path().join(format!("sock-{name}"));
         std::fs::create_dir_all(&socket_dir)?;
         chown_postgres(&socket_dir)?;
-        let port = self.clusters[primary].port.to_string();
-        let data = data_dir.display().to_string();
-        run_as_postgres(
-            &pg_bindir().join("pg_basebackup"),
-            &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", &data, "-R", "-X", "stream", "-c", "fast"],
-        )?;
-        let mut standby = Cluster {
+        make_data_dir(&data_dir.display().to_string())?;
+        let mut cluster = Cluster {
             log_file: self.base.path().join(format!("pg-{name}.log")),
             name,
             port: free_port()?,
             data_dir,
             socket_dir,
-            settings: self.clusters[primary].settings.clone(),
+            settings,
             env: Vec::new(),
             running: false,
         };
-        standby.start()?;
-        self.clusters.push(standby);
-        Ok(index)
+        cluster.start()?;
+        self.clusters.push(cluster);
+        Ok(self.clusters.len() - 1)
     }
 
     pub fn base_dir(&self) -> &Path {
