@@ -68,10 +68,8 @@ fn writes(a: &mut postgres::Client, rng: &mut rand::rngs::StdRng, count: usize) 
     }
 }
 
-#[test]
-fn a_column_change_upstream_of_a_published_federated_stream_table_reaches_the_end_of_the_chain() {
-    let fed = Federation::start(3, &[]).expect("federation");
-    let (mut a, mut b, mut c) = (fed.connect(0).unwrap(), fed.connect(1).unwrap(), fed.connect(2).unwrap());
+/// A publishes `order_agg` over its orders; B keeps the federated stream table `big_spenders` over it.
+fn publish_order_agg_and_follow_it(a: &mut postgres::Client, b: &mut postgres::Client) {
     a.batch_execute(&format!(
         "CREATE TABLE orders (id int PRIMARY KEY, user_id int NOT NULL, amount int NOT NULL);
          INSERT INTO orders SELECT g, g % 25, g % 97 FROM generate_series(1, 200) g;
@@ -87,6 +85,13 @@ fn a_column_change_upstream_of_a_published_federated_stream_table_reaches_the_en
         &[],
     )
     .unwrap();
+}
+
+#[test]
+fn a_column_change_upstream_of_a_published_federated_stream_table_reaches_the_end_of_the_chain() {
+    let fed = Federation::start(3, &[]).expect("federation");
+    let (mut a, mut b, mut c) = (fed.connect(0).unwrap(), fed.connect(1).unwrap(), fed.connect(2).unwrap());
+    publish_order_agg_and_follow_it(&mut a, &mut b);
     b.batch_execute("SELECT pgtrickle.publish_stream_table('big_spenders')").unwrap();
     c.query_one(
         "SELECT pgtrickle.create_federated_stream_table('at_c', \
@@ -149,21 +154,7 @@ fn source_state(b: &mut postgres::Client) -> (String, String, i64) {
 fn a_column_change_under_a_federated_stream_table_read_locally_waits_blocked_for_the_readers_to_go() {
     let fed = Federation::start(2, &[]).expect("federation");
     let (mut a, mut b) = (fed.connect(0).unwrap(), fed.connect(1).unwrap());
-    a.batch_execute(&format!(
-        "CREATE TABLE orders (id int PRIMARY KEY, user_id int NOT NULL, amount int NOT NULL);
-         INSERT INTO orders SELECT g, g % 25, g % 97 FROM generate_series(1, 200) g;
-         SELECT pgtrickle.create_stream_table('order_agg', '{ORDER_AGG}', schedule => '200ms');
-         SELECT pgtrickle.publish_stream_table('order_agg');"
-    ))
-    .unwrap();
-    b.query_one(
-        &format!(
-            "SELECT pgtrickle.create_federated_stream_table('big_spenders', '{BIG_SPENDERS}', \
-             ARRAY['kafka://coordinator/cluster_a/order_agg'], schedule => '200ms')"
-        ),
-        &[],
-    )
-    .unwrap();
+    publish_order_agg_and_follow_it(&mut a, &mut b);
     b.batch_execute(
         "SELECT pgtrickle.create_stream_table('top_spenders', \
          'SELECT user_id, total FROM big_spenders WHERE total > 150', schedule => '200ms')",
