@@ -180,7 +180,7 @@ pub struct KafkaProducer {
 
 /// Our defaults, then the configured properties (validated: none of them is one the protocol owns), then the
 /// bootstrap servers.
-fn base_config(config: &BrokerConfig) -> ClientConfig {
+pub(super) fn base_config(config: &BrokerConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("socket.timeout.ms", "10000")

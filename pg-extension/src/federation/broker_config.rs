@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 
-use rdkafka::config::ClientConfig;
 use shared_model::broker_settings::{self, BrokerSettingsError, SettingValue, TopicSettings};
 
 use crate::config;
@@ -133,13 +132,10 @@ pub fn effective(
     Ok(config)
 }
 
-/// Builds librdkafka's configuration object (no client, no connection): its own errors name the key.
+/// Builds librdkafka's configuration object (no client, no connection) the way every client is built: its own
+/// errors name the key.
 fn check_with_librdkafka(config: &BrokerConfig) -> std::result::Result<(), ConfigError> {
-    let mut client = ClientConfig::new();
-    for (key, value) in &config.properties {
-        client.set(key, value);
-    }
-    client.create_native_config().map(|_| ()).map_err(|e| ConfigError {
+    super::broker::base_config(config).create_native_config().map(|_| ()).map_err(|e| ConfigError {
         message: format!("librdkafka refuses the broker settings: {e}"),
         hint: "See librdkafka's CONFIGURATION.md for the property names and values it takes.",
     })
