@@ -378,11 +378,14 @@ impl Subscriber {
         let (_, consumer, admin) = self.consumer.as_mut().expect("set above");
         if let Err(error) = admin.ensure(&self.runtime, &names) {
             // An unanswered admin request is explained by the consumer's own connection when the broker refused it.
-            let why = consumer.refused().unwrap_or(error);
-            if consumer.refused().is_some() {
-                self.consumer = None; // rebuilt (from the settings in force then) next round
-            }
-            return Err(why);
+            // Asked once: each ask may drain events and probe the broker for up to 3 s.
+            return Err(match consumer.refused() {
+                Some(why) => {
+                    self.consumer = None; // rebuilt (from the settings in force then) next round
+                    why
+                }
+                None => error,
+            });
         }
         consumer.assign(&wanted)
     }
