@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release -p coordinator --bin pgtrickle-coordinator -p testkit --bin pgtrickle-demo
 (cd pg-extension && cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config)
-exec target/release/pgtrickle-demo "$@"
+exec target/release/pgtrickle-demo "$@"   # --backend kafka|nats, --seconds N

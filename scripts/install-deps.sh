@@ -4,7 +4,7 @@ set -euo pipefail
 
 need_apt=()
 for pkg in build-essential pkg-config curl python3-venv etcd-server protobuf-compiler \
-  postgresql-15 postgresql-server-dev-15 libclang-dev clang libssl-dev sudo libfaketime stunnel4 openssl; do
+  postgresql-15 postgresql-server-dev-15 libclang-dev clang libssl-dev sudo libfaketime stunnel4 openssl nats-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -78,8 +78,9 @@ pub enum Command {
         /// Change-log backend: kafka or nats.
         #[arg(long)]
         backend: Option<String>,
-        /// Broker addresses handed to clusters at registration (host:port,…).
-        #[arg(long)]
+        /// Broker addresses handed to clusters at registration (host:port,…): Kafka bootstrap servers, or NATS
+        /// servers (host:4222, nats://host:4222, tls://host:4222).
+        #[arg(long, visible_alias = "servers")]
         bootstrap_servers: Option<String>,
         /// Prefix of per-stream topics.
         #[arg(long)]
@@ -413,7 +414,7 @@ pub async fn run_client(cli: &Cli) -> Result<(), Exit> {
                 print_json(&view);
             } else {
                 println!(
-                    "federation {}: backend {}, bootstrap servers {}, topic prefix {}",
+                    "federation {}: backend {}, servers {}, topic prefix {}",
                     view.name, view.changelog.backend, view.changelog.bootstrap_servers, view.changelog.topic_prefix
                 );
             }

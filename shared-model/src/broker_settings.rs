@@ -36,7 +36,8 @@ pub const OWNED_KEYS: &[&str] = &[
 
 /// Whether a key holds a secret: refused in the catalog, shown redacted.
 pub fn is_secret(key: &str) -> bool {
-    const SECRET_PARTS: &[&str] = &["password", "secret", "ssl.key.pem", "ssl_key", "sasl.oauthbearer.config", "token"];
+    const SECRET_PARTS: &[&str] =
+        &["password", "secret", "ssl.key.pem", "ssl_key", "sasl.oauthbearer.config", "token", "seed"];
     SECRET_PARTS.iter().any(|part| key.contains(part))
 }
 

@@ -56,6 +56,14 @@ pub fn decide(state: &State, index: LogIndex, command: &Command) -> Result<Vec<E
         Command::ConfigureFederation { name, changelog } => {
             check_text("bootstrap_servers", &changelog.bootstrap_servers, false)?;
             check_text("topic_prefix", &changelog.topic_prefix, false)?;
+            // A Kafka topic name's characters, which are also NATS subject tokens and make a JetStream stream name.
+            let token = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !changelog.topic_prefix.split('.').all(token) || changelog.topic_prefix.len() > 100 {
+                return Err(invalid(
+                    "topic_prefix",
+                    "must be dot-separated words of letters, digits, '_' and '-' (at most 100 characters)",
+                ));
+            }
             let current = state.federation();
             if &current.name == name && &current.changelog == changelog {
                 return Ok(vec![]);

@@ -20,6 +20,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod message_key;
 pub mod model;
+pub mod nats_settings;
 pub mod planted;
 pub mod protocol;
 pub mod state;

@@ -385,3 +385,23 @@ fn absurd_seqs_are_refused_before_any_arithmetic() {
     };
     assert_eq!(h.rejected(command).code(), "invalid_argument");
 }
+
+#[test]
+fn the_topic_prefix_must_name_topics_subjects_and_streams() {
+    let mut h = seed();
+    let configure = |prefix: &str| Command::ConfigureFederation {
+        name: FederationName::parse("coordinator").unwrap(),
+        changelog: ChangeLogSettings { topic_prefix: prefix.into(), ..Default::default() },
+    };
+    for bad in ["pgt.*", "pgt.>", "a..b", ".pgt", "pg trickle", "pgt/x"] {
+        assert_eq!(h.rejected(configure(bad)).code(), "invalid_argument", "{bad:?} was accepted");
+    }
+    let applied = h.run(configure("acme.prod-1_fed")).unwrap();
+    assert_eq!(applied.events.len(), 1);
+    // The backend cannot change under existing federated tables (their sources name it).
+    let nats = Command::ConfigureFederation {
+        name: FederationName::parse("coordinator").unwrap(),
+        changelog: ChangeLogSettings { backend: Backend::Nats, ..Default::default() },
+    };
+    assert_eq!(h.rejected(nats).code(), "has_dependents");
+}

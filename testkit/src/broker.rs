@@ -129,7 +129,7 @@ fn make_certificates(dir: &std::path::Path) -> Result<()> {
     openssl(&self_signed("other-ca"))
 }
 
-fn wait_listening(port: u16, program: &str, log: impl Fn() -> String) -> Result<()> {
+pub(crate) fn wait_listening(port: u16, program: &str, log: impl Fn() -> String) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {

@@ -1,14 +1,17 @@
-//! The seed's whole federation for tests, benchmarks and the demo: three coordinators, a broker, and PostgreSQL
+//! The seed's whole federation for tests, benchmarks and the demo: three coordinators, a change-log server, and PostgreSQL
 //! clusters a, b, c… each with pg_trickle created in `postgres` and registered as `cluster_a`, `cluster_b`, …
 
-use crate::broker::Broker;
+use shared_model::Backend;
+
+use crate::changelog::LogServer;
 use crate::coordinators::{Coordinators, TOKEN};
 use crate::{Clusters, Result};
 
 /// Everything a federation test needs, torn down on drop (clusters first, so workers stop before the services).
 pub struct Federation {
     pub clusters: Clusters,
-    pub broker: Broker,
+    /// The change log's server (Kafka or NATS).
+    pub broker: LogServer,
     pub coordinators: Coordinators,
     /// One federation at a time per test process: seven servers each are what two cores can take.
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
@@ -22,16 +25,24 @@ pub fn cluster_name(index: usize) -> String {
 }
 
 impl Federation {
-    /// Starts coordinators, a broker and `count` clusters (plus `settings`), and registers every cluster.
+    /// Starts coordinators, a Kafka broker and `count` clusters (plus `settings`), and registers every cluster.
     pub fn start(count: usize, settings: &[&str]) -> Result<Federation> {
-        Federation::start_with(Broker::start()?, count, settings)
+        Federation::start_on(Backend::Kafka, count, settings)
     }
 
-    /// The same with a broker of the caller's choosing (e.g. [`Broker::start_persistent`]).
-    pub fn start_with(broker: Broker, count: usize, settings: &[&str]) -> Result<Federation> {
+    /// The same on the given change-log backend.
+    pub fn start_on(backend: Backend, count: usize, settings: &[&str]) -> Result<Federation> {
+        Federation::start_with(LogServer::start(backend)?, count, settings)
+    }
+
+    /// The same with a change-log server of the caller's choosing (e.g. [`LogServer::start_persistent`]); the
+    /// federation's backend is the server's.
+    pub fn start_with(broker: impl Into<LogServer>, count: usize, settings: &[&str]) -> Result<Federation> {
+        let broker = broker.into();
         let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let coordinators = Coordinators::start(3)?;
-        coordinators.cli(&["federation", "--bootstrap-servers", &broker.address()])?;
+        let backend = broker.backend().to_string();
+        coordinators.cli(&["federation", "--backend", &backend, "--servers", &broker.address()])?;
         let token = format!("pg_trickle.coordinator_token={TOKEN}");
         let mut all: Vec<&str> =
             vec![&token, "pg_trickle.federation_poll_interval=20", "pg_trickle.scheduler_interval=100"];
@@ -61,6 +72,16 @@ impl Federation {
 }
 
 impl Federation {
+    /// The federation's change-log backend.
+    pub fn backend(&self) -> Backend {
+        self.broker.backend()
+    }
+
+    /// Loses every batch the change log holds (see [`LogServer::lose_everything`]).
+    pub fn lose_change_log(&mut self) -> Result<()> {
+        self.broker.lose_everything("pgtrickle")
+    }
+
     /// Runs one call of the coordinator client library against the coordinators (as client `testkit`).
     pub fn coordinator<T, F: std::future::Future<Output = T>>(
         &self,

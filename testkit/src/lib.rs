@@ -8,8 +8,10 @@
 //! says so when it is not.
 
 pub mod broker;
+pub mod changelog;
 pub mod coordinators;
 pub mod federation;
+pub mod nats;
 pub mod seed;
 
 use std::net::TcpListener;

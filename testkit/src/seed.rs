@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use shared_model::Backend;
+
 use crate::federation::Federation;
 use crate::wait_for;
 use rand::Rng;
@@ -13,8 +15,11 @@ pub const ORDER_AGG: &str = "SELECT user_id, count(*) AS orders, sum(amount) AS 
 pub const USER_STATS: &str = "SELECT id AS user_id, name, country FROM users WHERE active";
 pub const DASHBOARD: &str = "SELECT u.name, u.country, o.orders, o.total \
      FROM cluster_a.order_agg o JOIN cluster_b.user_stats u ON u.user_id = o.user_id";
-pub const SOURCES: &str =
-    "ARRAY['kafka://coordinator/cluster_a/order_agg', 'kafka://coordinator/cluster_b/user_stats']";
+
+/// The dashboard's sources as the release plan writes them, with the federation backend's scheme.
+pub fn sources(backend: Backend) -> String {
+    format!("ARRAY['{backend}://coordinator/cluster_a/order_agg', '{backend}://coordinator/cluster_b/user_stats']")
+}
 
 pub fn setup_sources(fed: &Federation) -> (postgres::Client, postgres::Client) {
     let mut a = fed.connect(0).unwrap();
@@ -38,10 +43,11 @@ pub fn setup_sources(fed: &Federation) -> (postgres::Client, postgres::Client) {
 }
 
 /// C's federated `dashboard` over A's and B's streams, refreshed every 200 ms.
-pub fn create_dashboard(c: &mut postgres::Client) {
+pub fn create_dashboard(c: &mut postgres::Client, backend: Backend) {
+    let sources = sources(backend);
     c.query_one(
         &format!(
-            "SELECT pgtrickle.create_federated_stream_table('dashboard', '{DASHBOARD}', {SOURCES}, schedule => '200ms')"
+            "SELECT pgtrickle.create_federated_stream_table('dashboard', '{DASHBOARD}', {sources}, schedule => '200ms')"
         ),
         &[],
     )
@@ -51,10 +57,18 @@ pub fn create_dashboard(c: &mut postgres::Client) {
 /// A federation of `count` clusters running the seed scenario, converged: A's and B's sources published, C's
 /// dashboard over them. Returns connections to A, B and C.
 pub fn seed_federation(count: usize) -> (Federation, postgres::Client, postgres::Client, postgres::Client) {
-    let fed = Federation::start(count, &[]).expect("federation");
+    seed_federation_on(Backend::Kafka, count)
+}
+
+/// The same on the given change-log backend.
+pub fn seed_federation_on(
+    backend: Backend,
+    count: usize,
+) -> (Federation, postgres::Client, postgres::Client, postgres::Client) {
+    let fed = Federation::start_on(backend, count, &[]).expect("federation");
     let (mut a, mut b) = setup_sources(&fed);
     let mut c = fed.connect(2).unwrap();
-    create_dashboard(&mut c);
+    create_dashboard(&mut c, backend);
     converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
     (fed, a, b, c)
 }

@@ -114,7 +114,7 @@ fn tls_settings_and_credentials_take_effect_without_a_restart() {
     assert_eq!(stored_settings(&mut c), before, "a refused call changed the settings");
 
     let (mut a, mut b) = setup_sources(&fed);
-    create_dashboard(&mut c);
+    create_dashboard(&mut c, fed.backend());
     let mut rng = rand::rngs::StdRng::seed_from_u64(77);
     workload(&mut a, &mut b, &mut rng, 30);
 

@@ -2,7 +2,7 @@
 //! in the coordinators' log) and writes derived rows on B; a checker on C reads the mirrors over and over. In
 //! causal mode every (applied seq A, applied seq B) it sees must be a cut of the log (checked against the log
 //! afterwards), and B's derived rows never show without their A rows. The same checker run against eventual mode
-//! must catch a violation, which shows the check can fail.
+//! must catch a violation, which shows the check can fail. Both run on each change-log backend (Kafka, NATS).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shared_model::apply::is_consistent;
-use shared_model::StreamId;
+use shared_model::{Backend, StreamId};
 use testkit::federation::Federation;
 use testkit::wait_for;
 
@@ -22,8 +22,8 @@ struct Observed {
     orphans: usize,
 }
 
-fn run(consistency: &str, stop_at_first_violation: bool) -> (Federation, Observed) {
-    let fed = Federation::start(3, &[]).expect("start the federation");
+fn run(backend: Backend, consistency: &str, stop_at_first_violation: bool) -> (Federation, Observed) {
+    let fed = Federation::start_on(backend, 3, &[]).expect("start the federation");
     let mut a = fed.connect(0).unwrap();
     let mut b = fed.connect(1).unwrap();
     let mut c = fed.connect(2).unwrap();
@@ -43,7 +43,7 @@ fn run(consistency: &str, stop_at_first_violation: bool) -> (Federation, Observe
     c.batch_execute(&format!(
         "SELECT pgtrickle.create_federated_stream_table('joined', \
            'SELECT d.id, d.source_id, e.note FROM cluster_b.b_derived d JOIN cluster_a.a_events e ON e.id = d.source_id', \
-           ARRAY['kafka://coordinator/cluster_a/a_events', 'kafka://coordinator/cluster_b/b_derived'], \
+           ARRAY['{backend}://coordinator/cluster_a/a_events', '{backend}://coordinator/cluster_b/b_derived'], \
            consistency => '{consistency}'{schedule})"
     ))
     .unwrap();
@@ -148,13 +148,14 @@ fn inconsistent(fed: &Federation, pairs: &[(u64, u64)]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-#[test]
-fn causal_mode_shows_only_cuts_of_the_log() {
-    let (fed, observed) = run("causal", false);
+testkit::backend_tests!(causal_mode_shows_only_cuts_of_the_log, eventual_mode_fails_the_same_check);
+
+fn causal_mode_shows_only_cuts_of_the_log(backend: Backend) {
+    let (fed, observed) = run(backend, "causal", false);
     let bad = inconsistent(&fed, &observed.pairs);
     let distinct = observed.pairs.iter().filter(|(a, b)| *a > 0 && *b > 0).count();
     println!(
-        "causal: {distinct} distinct (A, B) pairs observed, {} not cuts, {} with orphans",
+        "{backend} causal: {distinct} distinct (A, B) pairs observed, {} not cuts, {} with orphans",
         bad.len(),
         observed.orphans
     );
@@ -176,12 +177,11 @@ fn causal_mode_shows_only_cuts_of_the_log() {
     assert_eq!(diff, 0);
 }
 
-#[test]
-fn eventual_mode_fails_the_same_check() {
-    let (fed, observed) = run("eventual", true);
+fn eventual_mode_fails_the_same_check(backend: Backend) {
+    let (fed, observed) = run(backend, "eventual", true);
     let bad = inconsistent(&fed, &observed.pairs);
     println!(
-        "eventual: {} pairs observed, {} not cuts of the log (e.g. {:?}), {} samples with orphans",
+        "{backend} eventual: {} pairs observed, {} not cuts of the log (e.g. {:?}), {} samples with orphans",
         observed.pairs.len(),
         bad.len(),
         bad.first(),

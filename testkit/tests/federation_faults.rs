@@ -1,13 +1,15 @@
-//! Faults with real processes. Exactly once: C's apply log shows every source's seqs once, in order, with no gap,
-//! across SIGKILL of A's publisher, of C's postmaster, of the coordinator leader, and of a broker on persistent
-//! storage, each in the middle of a workload. Broker data loss: a broker restarted empty makes C ask for a
-//! REINITIALIZE, visible in the status view, and C converges. Coordinators down: the apply stalls with the reason
-//! in the view and resumes by itself.
+//! Faults with real processes. Exactly once (on Kafka and on NATS JetStream): C's apply log shows every source's
+//! seqs once, in order, with no gap, across SIGKILL of A's publisher, of C's postmaster, of the coordinator leader,
+//! and of the change log's server on persistent storage, each in the middle of a workload. Change-log data loss
+//! (a Kafka broker restarted empty, a purged JetStream stream) makes C ask for a REINITIALIZE, visible in the
+//! status view, and C converges. Coordinators down: the apply stalls with the reason in the view and resumes by
+//! itself.
 
 use std::time::Duration;
 
 use rand::SeedableRng;
-use testkit::broker::Broker;
+use shared_model::Backend;
+use testkit::changelog::LogServer;
 use testkit::federation::Federation;
 use testkit::seed::*;
 use testkit::wait_for;
@@ -67,12 +69,14 @@ fn drive_until_in_flight(
     panic!("no work in flight ({at:?}) after 2000 statements:\n{}", sources_view(c));
 }
 
-#[test]
-fn exactly_once_across_crashes() {
-    let fed = Federation::start_with(Broker::start_persistent().expect("broker"), 3, &[]).expect("federation");
+testkit::backend_tests!(exactly_once_across_crashes, change_log_loss_is_detected_and_reinitialized);
+
+fn exactly_once_across_crashes(backend: Backend) {
+    let server = LogServer::start_persistent(backend).expect("change-log server");
+    let fed = Federation::start_with(server, 3, &[]).expect("federation");
     let (mut a, mut b) = setup_sources(&fed);
     let mut c = fed.connect(2).unwrap();
-    create_dashboard(&mut c);
+    create_dashboard(&mut c, fed.backend());
     converge_or_show(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut fed = fed;
@@ -143,13 +147,13 @@ fn exactly_once_across_crashes() {
     }
 }
 
-#[test]
-fn broker_restarted_empty_is_detected_and_reinitialized() {
-    let (mut fed, mut a, mut b, mut c) = seed_federation(3);
+/// Kafka: the broker restarted with empty storage; NATS: the federation's stream purged.
+fn change_log_loss_is_detected_and_reinitialized(backend: Backend) {
+    let (mut fed, mut a, mut b, mut c) = seed_federation_on(backend, 3);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     workload(&mut a, &mut b, &mut rng, 40);
-    // Lose everything the broker held, while batches are in flight.
-    fed.broker.restart().unwrap();
+    // Lose everything the change log held, while batches are in flight.
+    fed.lose_change_log().unwrap();
     workload(&mut a, &mut b, &mut rng, 40);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(120))
@@ -174,7 +178,9 @@ fn broker_restarted_empty_is_detected_and_reinitialized() {
         )
         .unwrap();
     let (requests, snapshots): (i64, i64) = (row.get::<_, Option<i64>>(0).unwrap_or(0), row.get(1));
-    println!("broker restarted empty: {requests} reinitialize requests, {snapshots} snapshots applied; log {seqs:?}");
+    println!(
+        "{backend}: change log lost: {requests} reinitialize requests, {snapshots} snapshots applied; log {seqs:?}"
+    );
     assert!(requests >= 1, "the loss was not noticed:\n{}", sources_view(&mut c));
     assert!(snapshots >= 3, "no snapshot after the bootstrap ones:\n{}", sources_view(&mut c));
 }

@@ -1,8 +1,8 @@
-//! The broker settings in force on this server: the bootstrap servers the coordinators handed out, the catalog's
-//! librdkafka properties (`pgt_federation.broker_settings`, no secrets), the properties file named by
+//! The broker settings in force on this server: the backend and servers the coordinators handed out, the catalog's
+//! client properties (`pgt_federation.broker_settings`, no secrets), the properties file named by
 //! `pg_trickle.broker_properties_file` (credentials), and the topic settings. The rules (which keys, secrets,
-//! conflicts) are `shared_model::broker_settings`; this module reads the file and asks librdkafka whether the
-//! result is a configuration it accepts.
+//! conflicts) are `shared_model::broker_settings`, and for NATS `shared_model::nats_settings`; this module reads
+//! the file and checks the result: librdkafka itself is asked whether it accepts a Kafka configuration.
 //!
 //! The workers read the file when they start and again after each reload (SIGHUP) — [`FileProperties`] — so a
 //! rotated credential takes effect with `SELECT pg_reload_conf()`. A worker compares the [`BrokerConfig`] of each
@@ -11,14 +11,19 @@
 use std::collections::BTreeMap;
 
 use shared_model::broker_settings::{self, BrokerSettingsError, SettingValue, TopicSettings};
+use shared_model::{nats_settings, Backend};
 
 use crate::config;
 use crate::error::{PgTrickleError, Result};
 
-/// Everything a Kafka client of this server is built from.
+/// Everything a change-log client of this server is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
+    pub backend: Backend,
+    /// Comma-separated servers (Kafka bootstrap servers, or NATS server URLs).
     pub bootstrap_servers: String,
+    /// Names the channels (and the JetStream stream).
+    pub topic_prefix: String,
     /// The catalog's settings and the file's, merged (secrets included: never shown).
     pub properties: BTreeMap<String, String>,
     pub topics: TopicSettings,
@@ -28,7 +33,11 @@ impl BrokerConfig {
     /// What `federation_status()` shows: every property, secrets redacted.
     pub fn shown(&self) -> BTreeMap<String, String> {
         let mut shown = broker_settings::redacted(&self.properties);
-        shown.insert("bootstrap.servers".into(), self.bootstrap_servers.clone());
+        let servers_key = match self.backend {
+            Backend::Kafka => "bootstrap.servers",
+            Backend::Nats => "servers",
+        };
+        shown.insert(servers_key.into(), self.bootstrap_servers.clone());
         shown
     }
 }
@@ -119,23 +128,45 @@ impl FileProperties {
     }
 }
 
-/// The configuration in force from its parts; checked by librdkafka itself (unknown keys, bad values).
+/// Where the federation's change log is, as the coordinators handed it out.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeLogTarget<'a> {
+    pub backend: Backend,
+    pub servers: &'a str,
+    pub topic_prefix: &'a str,
+}
+
+/// The configuration in force from its parts; checked the way the backend's client will take it (librdkafka
+/// itself for Kafka: unknown keys, bad values).
 pub fn effective(
-    bootstrap_servers: &str,
+    target: ChangeLogTarget<'_>,
     catalog: &BTreeMap<String, String>,
     file: &BTreeMap<String, String>,
     topics: TopicSettings,
 ) -> std::result::Result<BrokerConfig, ConfigError> {
     let properties = broker_settings::merge(catalog, file)?;
-    let config = BrokerConfig { bootstrap_servers: bootstrap_servers.to_string(), properties, topics };
-    check_with_librdkafka(&config)?;
+    let config = BrokerConfig {
+        backend: target.backend,
+        bootstrap_servers: target.servers.to_string(),
+        topic_prefix: target.topic_prefix.to_string(),
+        properties,
+        topics,
+    };
+    match config.backend {
+        Backend::Kafka => check_with_librdkafka(&config)?,
+        Backend::Nats => {
+            let nats = |e: nats_settings::NatsSettingsError| ConfigError { message: e.to_string(), hint: e.hint() };
+            nats_settings::check_topics(topics.partitions, topics.replication_factor).map_err(nats)?;
+            nats_settings::parse(&config.properties).map_err(nats)?;
+        }
+    }
     Ok(config)
 }
 
 /// Builds librdkafka's configuration object (no client, no connection) the way every client is built: its own
 /// errors name the key.
 fn check_with_librdkafka(config: &BrokerConfig) -> std::result::Result<(), ConfigError> {
-    super::broker::base_config(config).create_native_config().map(|_| ()).map_err(|e| ConfigError {
+    super::changelog::kafka::base_config(config).create_native_config().map(|_| ()).map_err(|e| ConfigError {
         message: format!("librdkafka refuses the broker settings: {e}"),
         hint: "See librdkafka's CONFIGURATION.md for the property names and values it takes.",
     })

@@ -14,7 +14,7 @@ use coordinator::api::CreateFederatedTable;
 use coordinator::client::ClientError;
 use shared_model::{ColumnDef, Consistency, FederatedTableId, SourceUrl};
 
-use super::broker::topic_name;
+use super::changelog::channel_name;
 use super::runtime::block_on;
 use super::{client, coordinator_error, membership, mirror};
 use crate::api::define;
@@ -187,7 +187,7 @@ pub fn create(
                 st.pgt_id.into(),
                 url.to_string().into(),
                 (*relid).into(),
-                topic_name(&prefix, &url.stream).into(),
+                channel_name(&prefix, &url.stream).into(),
                 pgrx::JsonB(serde_json::to_value(cols).unwrap_or_default()).into(),
             ],
         )?;

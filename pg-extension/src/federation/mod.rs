@@ -10,8 +10,8 @@
 //! tables and applying batches to them), [`federated`] (federated stream tables), [`wire`] (the text form values
 //! travel in).
 
-pub mod broker;
 pub mod broker_config;
+pub mod changelog;
 pub mod federated;
 pub mod mirror;
 pub mod publisher;
@@ -92,6 +92,8 @@ pub struct Membership {
     pub system_identifier: String,
     /// The producer epoch it was handed.
     pub producer_epoch: u64,
+    /// The federation's change-log backend.
+    pub backend: shared_model::Backend,
     pub bootstrap_servers: String,
     pub topic_prefix: String,
     /// The federation's message key as stored (hex); [`Membership::message_key`] parses it.
@@ -125,7 +127,16 @@ impl Membership {
         &self,
         file: &std::collections::BTreeMap<String, String>,
     ) -> std::result::Result<broker_config::BrokerConfig, broker_config::ConfigError> {
-        broker_config::effective(&self.bootstrap_servers, &self.broker_settings, file, self.topics)
+        broker_config::effective(self.change_log(), &self.broker_settings, file, self.topics)
+    }
+
+    /// Where the federation's change log is.
+    pub fn change_log(&self) -> broker_config::ChangeLogTarget<'_> {
+        broker_config::ChangeLogTarget {
+            backend: self.backend,
+            servers: &self.bootstrap_servers,
+            topic_prefix: &self.topic_prefix,
+        }
     }
 }
 
@@ -133,7 +144,7 @@ impl Membership {
 pub fn membership() -> Result<Option<Membership>> {
     let row = catalog::scalar::<pgrx::JsonB>(
         "SELECT jsonb_build_object('url', coordinator_url, 'cluster', cluster_name, 'federation', federation_name, \
-         'system_identifier', system_identifier, 'producer_epoch', producer_epoch, \
+         'system_identifier', system_identifier, 'producer_epoch', producer_epoch, 'backend', backend, \
          'servers', bootstrap_servers, 'prefix', topic_prefix, 'key', message_key, 'settings', broker_settings, \
          'partitions', topic_partitions, 'replication', topic_replication_factor) FROM pgtrickle.pgt_federation",
         &[],
@@ -151,6 +162,9 @@ pub fn membership() -> Result<Option<Membership>> {
         federation_name: text("federation"),
         system_identifier: text("system_identifier"),
         producer_epoch: json["producer_epoch"].as_u64().unwrap_or_default(),
+        backend: text("backend")
+            .parse()
+            .map_err(|e| PgTrickleError::Internal(format!("pgt_federation.backend: {e}")))?,
         bootstrap_servers: text("servers"),
         topic_prefix: text("prefix"),
         message_key: text("key"),
@@ -358,8 +372,7 @@ pub fn set_broker_settings(
         hint: format!("{} Nothing was changed.", error.hint),
     };
     let file = broker_config::read_properties_file().map_err(refused)?;
-    let config =
-        broker_config::effective(&member.bootstrap_servers, &catalog_settings, &file, topics).map_err(refused)?;
+    let config = broker_config::effective(member.change_log(), &catalog_settings, &file, topics).map_err(refused)?;
     catalog::exec_with(
         "UPDATE pgtrickle.pgt_federation SET broker_settings = $1, topic_partitions = $2, \
          topic_replication_factor = $3",

@@ -2,8 +2,8 @@
 //! machine ([`shared_model::protocol::producer`]), which takes every protocol decision: each round it feeds the
 //! machine the catalog (per stream: published seq, newest batch, an unpublished snapshot waiting, changed
 //! columns) and performs the actions it returns — publish columns again, ask the coordinator for a frontier,
-//! write a snapshot batch, send a batch from the change buffer to the stream's topic (envelopes chunked under the
-//! message limit, acknowledged by the broker), propose frontier advances, mark batches published (which lets the
+//! write a snapshot batch, send a batch from the change buffer to the stream's channel of the change log (envelopes chunked under
+//! the broker's message limit, acknowledged by the broker), propose frontier advances, mark batches published (which lets the
 //! change buffer be pruned), record a stream's error — feeding each result back. Streams are independent: one
 //! stream's failure is recorded on its own row and retried after its own backoff.
 
@@ -18,8 +18,8 @@ use shared_model::envelope::{Batch, RowAction, RowChange};
 use shared_model::protocol::producer::{Action, Input, LocalStream, LogView, Producer, SentCopy};
 use shared_model::{BatchKind, ColumnDef, MessageKey, ProducerFence, StreamId, SystemIdentifier};
 
-use super::broker::{topic_name, KafkaProducer, MAX_MESSAGE_BYTES};
 use super::broker_config::{BrokerConfig, FileProperties};
+use super::changelog::{channel_name, connect_producer, BatchCopy, LogProducer};
 use super::runtime::{new_runtime, run_worker_loop};
 use super::{client_id_of, client_with_id, coordinator_error, membership, system_identifier};
 use crate::catalog::{self, RowLock};
@@ -218,11 +218,11 @@ struct Publisher {
     runtime: tokio::runtime::Runtime,
     client: Option<(String, Client)>,
     /// The producer, and the configuration it was built from.
-    producer: Option<(BrokerConfig, KafkaProducer)>,
+    producer: Option<(BrokerConfig, Box<dyn LogProducer>)>,
     /// The broker properties file as last read (again after each reload).
     file: FileProperties,
-    /// Topics known to exist on the broker the producer is connected to.
-    topics: BTreeSet<String>,
+    /// Channels known to exist on the broker the producer is connected to.
+    channels: BTreeSet<String>,
     machine: Producer,
     /// The worker's monotonic clock (backoffs are times on it).
     started: Instant,
@@ -240,13 +240,13 @@ impl Publisher {
         Ok(self.client.as_ref().expect("set above").1.clone())
     }
 
-    fn producer(&mut self, settings: &Settings) -> std::result::Result<&mut KafkaProducer, String> {
+    fn producer(&mut self, settings: &Settings) -> std::result::Result<&mut dyn LogProducer, String> {
         let config = settings.broker.as_ref().map_err(Clone::clone)?;
         if self.producer.as_ref().is_none_or(|(built_from, _)| built_from != config) {
-            self.topics.clear();
-            self.producer = Some((config.clone(), KafkaProducer::connect(config)?));
+            self.channels.clear();
+            self.producer = Some((config.clone(), connect_producer(config)?));
         }
-        Ok(&mut self.producer.as_mut().expect("set above").1)
+        Ok(self.producer.as_mut().expect("set above").1.as_mut())
     }
 
     /// A fresh idempotent producer next time: after a broker restart the old producer id may be unknown to it,
@@ -254,7 +254,7 @@ impl Publisher {
     /// told, so that copies the lost broker acknowledged are sent again.
     fn drop_producer(&mut self) {
         self.producer = None;
-        self.topics.clear();
+        self.channels.clear();
         self.machine.step(Input::BrokerLost);
     }
 
@@ -262,7 +262,7 @@ impl Publisher {
     fn round(&mut self) -> std::result::Result<bool, String> {
         let me = self.me;
         let Some((settings, publications)) = run_in_transaction(|| load(me, &mut self.file))? else { return Ok(false) };
-        if self.producer.as_ref().is_some_and(|(_, producer)| !producer.healthy() || producer.refused().is_some()) {
+        if self.producer.as_mut().is_some_and(|(_, producer)| !producer.healthy() || producer.refused().is_some()) {
             // The broker connection was lost, or the broker refused it: sends reconnect with a fresh producer
             // (built from the settings in force then).
             self.drop_producer();
@@ -419,23 +419,23 @@ impl Publisher {
         publication: &Publication,
         seq: u64,
     ) -> std::result::Result<SentCopy, String> {
-        let topic = topic_name(&settings.topic_prefix, &publication.stream);
-        if !self.topics.contains(&topic) {
-            self.producer(settings)?;
-            let (_, producer) = self.producer.as_mut().expect("connected above");
-            if let Err(error) = producer.ensure_topic(&self.runtime, &topic) {
+        let channel = channel_name(&settings.topic_prefix, &publication.stream);
+        if !self.channels.contains(&channel) {
+            if let Err(error) = self.producer(settings)?.ensure_channel(&channel) {
                 self.drop_producer(); // the broker may have restarted
                 return Err(error);
             }
-            self.topics.insert(topic.clone());
+            self.channels.insert(channel.clone());
         }
         let epoch = settings.fence.producer_epoch;
         let batch = run_in_transaction(|| {
             super::wire::with_wire_settings(|| read_batch(publication, publication.to_local(seq), seq, epoch))
         })?;
-        let messages = batch.encode_chunks(MAX_MESSAGE_BYTES, &settings.message_key).map_err(|e| e.to_string())?;
         let producer = self.producer(settings)?;
-        match producer.send_all(&topic, &publication.stream.to_string(), &messages) {
+        let messages =
+            batch.encode_chunks(producer.max_message_bytes(), &settings.message_key).map_err(|e| e.to_string())?;
+        let copy = BatchCopy { stream: &batch.stream, incarnation: batch.incarnation, producer_epoch: epoch, seq };
+        match producer.send_batch(&channel, copy, &messages) {
             Ok(offset) => Ok(SentCopy { kind: batch.kind, offset }),
             Err(error) => {
                 self.drop_producer();
@@ -489,7 +489,7 @@ pub extern "C-unwind" fn pg_trickle_publisher_main(arg: pg_sys::Datum) {
         client: None,
         producer: None,
         file: FileProperties::default(),
-        topics: BTreeSet::new(),
+        channels: BTreeSet::new(),
         machine: Producer::new(),
         started: Instant::now(),
         me,

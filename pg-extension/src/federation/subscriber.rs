@@ -21,8 +21,8 @@ use shared_model::protocol::consumer::{
 };
 use shared_model::{BatchKind, ColumnDef, Consistency, MessageKey, StreamId};
 
-use super::broker::{KafkaConsumer, Topics};
 use super::broker_config::{BrokerConfig, FileProperties};
+use super::changelog::{connect_consumer, LogConsumer};
 use super::runtime::{new_runtime, run_worker_loop};
 use super::{client_id, client_with_id, coordinator_error, mirror};
 use crate::catalog::{self, RowLock};
@@ -168,8 +168,8 @@ fn refresh_federated(source: &Source, known_id: i64, lock: RowLock) -> Result<i6
 struct Subscriber {
     runtime: tokio::runtime::Runtime,
     client: Option<(String, Client)>,
-    /// The consumer and its admin client, and the configuration they were built from.
-    consumer: Option<(BrokerConfig, KafkaConsumer, Topics)>,
+    /// The consumer, and the configuration it was built from.
+    consumer: Option<(BrokerConfig, Box<dyn LogConsumer>)>,
     /// The broker properties file as last read (again after each reload).
     file: FileProperties,
     machine: Consumer,
@@ -202,7 +202,7 @@ impl Subscriber {
         let connected = self
             .consumer
             .as_ref()
-            .is_some_and(|(built_from, _, _)| settings.broker.as_ref().is_ok_and(|config| config == built_from));
+            .is_some_and(|(built_from, _)| settings.broker.as_ref().is_ok_and(|config| config == built_from));
         let configs = sources
             .iter()
             .map(|s| SourceConfig {
@@ -235,7 +235,7 @@ impl Subscriber {
         Some(match action {
             Action::Assign { positions } => Input::Assigned { result: self.assign(settings, sources, &positions) },
             Action::Poll => {
-                let Some((_, consumer, _)) = &self.consumer else {
+                let Some((_, consumer)) = &mut self.consumer else {
                     return Some(Input::Polled { messages: Vec::new(), error: None, disconnected: true });
                 };
                 let wait = Duration::from_millis(config::FEDERATION_POLL_MS.get().max(1) as u64);
@@ -246,8 +246,8 @@ impl Subscriber {
                     .messages
                     .into_iter()
                     .filter_map(|m| {
-                        let stream = (*topics.get(m.topic.as_str())?).clone();
-                        Some(Message { stream, offset: m.offset, payload: m.payload })
+                        let stream = (*topics.get(m.channel.as_str())?).clone();
+                        Some(Message { stream, offset: m.position, payload: m.payload })
                     })
                     .collect();
                 if polled.disconnected {
@@ -357,8 +357,8 @@ impl Subscriber {
         })
     }
 
-    /// (Re)creates the consumer when there is none or the broker changed, and assigns it the positions; topics
-    /// are created first, so the consumer never asks the broker about a topic it does not have.
+    /// (Re)creates the consumer when there is none or the broker changed, and assigns it the positions (the
+    /// backend makes the channels exist first).
     fn assign(
         &mut self,
         settings: &Settings,
@@ -367,27 +367,17 @@ impl Subscriber {
     ) -> std::result::Result<(), String> {
         let wanted: Vec<(String, Option<i64>)> =
             positions.iter().map(|(stream, next)| (sources[stream].topic.clone(), *next)).collect();
-        let names: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
         let config = settings.broker.as_ref().map_err(Clone::clone)?;
-        if self.consumer.as_ref().is_none_or(|(built_from, _, _)| built_from != config) {
+        if self.consumer.as_ref().is_none_or(|(built_from, _)| built_from != config) {
             self.consumer = None;
-            let topics = Topics::connect(config)?;
-            let consumer = KafkaConsumer::connect(config, &format!("{}-subscriber", settings.client_id))?;
-            self.consumer = Some((config.clone(), consumer, topics));
+            let consumer = connect_consumer(config, &format!("{}-subscriber", settings.client_id))?;
+            self.consumer = Some((config.clone(), consumer));
         }
-        let (_, consumer, admin) = self.consumer.as_mut().expect("set above");
-        if let Err(error) = admin.ensure(&self.runtime, &names) {
-            // An unanswered admin request is explained by the consumer's own connection when the broker refused it.
-            // Asked once: each ask may drain events and probe the broker for up to 3 s.
-            return Err(match consumer.refused() {
-                Some(why) => {
-                    self.consumer = None; // rebuilt (from the settings in force then) next round
-                    why
-                }
-                None => error,
-            });
+        let result = self.consumer.as_mut().expect("set above").1.assign(&wanted);
+        if result.is_err() {
+            self.consumer = None; // rebuilt (from the settings in force then) next round
         }
-        consumer.assign(&wanted)
+        result
     }
 }
 

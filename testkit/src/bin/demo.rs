@@ -1,25 +1,39 @@
-//! The seed scenario, live on this machine: three coordinators, a Kafka-protocol broker (tansu), and PostgreSQL
-//! clusters A (orders → order_agg), B (users → user_stats) and C (federated `dashboard` joining both), with a small
-//! workload on A and B. Prints the dashboard and per-source lag every few seconds, says how to connect, and stops
-//! (removing everything it started) on Ctrl-C or after `--seconds N`.
+//! The seed scenario, live on this machine: three coordinators, the change log's server (a Kafka-protocol broker,
+//! tansu, or with `--backend nats` a NATS JetStream server), and PostgreSQL clusters A (orders → order_agg),
+//! B (users → user_stats) and C (federated `dashboard` joining both), with a small workload on A and B. Prints the
+//! dashboard and per-source lag every few seconds, says how to connect, and stops (removing everything it
+//! started) on Ctrl-C or after `--seconds N`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
+use shared_model::Backend;
 use testkit::federation::Federation;
 use testkit::seed::*;
 
 fn main() {
-    let seconds: Option<u64> = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
-        [] => None,
-        [flag, n] if flag == "--seconds" => match n.parse() {
-            Ok(n) => Some(n),
-            Err(_) => fail(&format!("--seconds takes a number, not {n:?}")),
-        },
-        other => fail(&format!("unknown arguments {other:?}; usage: pgtrickle-demo [--seconds N]")),
-    };
+    const USAGE: &str = "usage: pgtrickle-demo [--backend kafka|nats] [--seconds N]";
+    let (mut seconds, mut backend) = (None::<u64>, Backend::Kafka);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let value = |rest: &mut std::slice::Iter<'_, String>| {
+            rest.next().cloned().unwrap_or_else(|| fail(&format!("{flag} needs a value; {USAGE}")))
+        };
+        match flag.as_str() {
+            "--seconds" => {
+                let n = value(&mut rest);
+                seconds = Some(n.parse().unwrap_or_else(|_| fail(&format!("--seconds takes a number, not {n:?}"))));
+            }
+            "--backend" => {
+                let name = value(&mut rest);
+                backend = name.parse().unwrap_or_else(|e| fail(&format!("--backend: {e}")));
+            }
+            _ => fail(&format!("unknown arguments {:?}; {USAGE}", &args)),
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -27,12 +41,17 @@ fn main() {
             fail(&format!("cannot handle Ctrl-C: {error}"));
         }
     }
-    println!("starting three coordinators, a broker and three PostgreSQL 15 clusters …");
-    let fed = Federation::start(3, &[]).unwrap_or_else(|e| fail(&format!("cannot start the federation: {e}")));
+    println!("starting three coordinators, a {backend} change log and three PostgreSQL 15 clusters …");
+    let fed =
+        Federation::start_on(backend, 3, &[]).unwrap_or_else(|e| fail(&format!("cannot start the federation: {e}")));
     let (mut a, mut b) = setup_sources(&fed);
     let mut c = fed.connect(2).unwrap_or_else(|e| fail(&e.to_string()));
     if let Err(error) = c.query_one(
-        &format!("SELECT pgtrickle.create_federated_stream_table('dashboard', '{DASHBOARD}', {SOURCES}, schedule => '500ms')"),
+        &format!(
+            "SELECT pgtrickle.create_federated_stream_table('dashboard', '{DASHBOARD}', sources => {}, \
+             schedule => '500ms')",
+            sources(fed.backend())
+        ),
         &[],
     ) {
         fail(&format!("cannot create the dashboard: {error}"));
@@ -44,7 +63,10 @@ fn main() {
         println!("  cluster {name}: psql \"{}\"", fed.clusters[index].conninfo("postgres"));
     }
     println!("  coordinators: {}", fed.coordinators.endpoints());
-    println!("  broker: {} (Kafka protocol)", fed.broker.address());
+    match backend {
+        Backend::Kafka => println!("  broker: {} (Kafka protocol)", fed.broker.address()),
+        Backend::Nats => println!("  NATS JetStream: nats://{} (stream PGTRICKLE)", fed.broker.address()),
+    }
     println!("  on C try: SELECT * FROM dashboard;  SELECT * FROM pgtrickle.federation_sources;");
     match seconds {
         Some(n) => println!("  stops by itself after {n} s (or Ctrl-C)\n"),
@@ -63,7 +85,7 @@ fn main() {
         }
     }
     print_state(&mut c, started.elapsed());
-    println!("stopping: removing the clusters, the broker and the coordinators");
+    println!("stopping: removing the clusters, the change log's server and the coordinators");
 }
 
 fn print_state(c: &mut postgres::Client, elapsed: Duration) {

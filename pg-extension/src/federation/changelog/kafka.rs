@@ -1,4 +1,4 @@
-//! The Kafka edge of the change log (rdkafka): one topic per published stream with a single partition (a stream's
+//! The Kafka backend of the change log (rdkafka): one topic per published stream with a single partition (a stream's
 //! batches keep their order), an idempotent producer with `acks=all` whose sends wait for the broker's
 //! acknowledgement, and an assign-mode consumer: positions are stored by the subscriber in its own apply
 //! transactions, never committed to the broker (Kafka transactions are not relied on; exactly-once effect comes
@@ -31,20 +31,15 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use shared_model::broker_settings::TopicSettings;
 
-use super::broker_config::BrokerConfig;
-use super::runtime::with_signals_blocked;
+use super::{BatchCopy, LogConsumer, LogProducer, Polled, Received};
+use crate::federation::broker_config::BrokerConfig;
+use crate::federation::runtime::{new_runtime, with_signals_blocked};
 
 /// Chunks of a batch stay under this many bytes (librdkafka's default `message.max.bytes` is 1,000,000).
 pub const MAX_MESSAGE_BYTES: usize = 900_000;
 
 /// How long a send may wait for the broker's acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The topic of a stream: `<prefix>.<cluster>.<schema>.<table>`.
-pub fn topic_name(prefix: &str, stream: &shared_model::StreamId) -> String {
-    let r = &stream.0;
-    format!("{prefix}.{}.{}.{}", r.cluster, r.schema, r.table)
-}
 
 /// Whether a Kafka error means the connection to the broker was lost.
 fn is_disconnect(error: &KafkaError) -> bool {
@@ -122,6 +117,8 @@ impl ClientContext for Deliveries {
 
 /// Creates topics through the admin API (with the configured partitions and replication), remembering which exist.
 pub struct Topics {
+    /// Admin requests are async in rdkafka: they run here, on the worker's thread.
+    runtime: tokio::runtime::Runtime,
     admin: AdminClient<DefaultClientContext>,
     settings: TopicSettings,
     created: std::collections::BTreeSet<String>,
@@ -131,11 +128,12 @@ impl Topics {
     pub fn connect(config: &BrokerConfig) -> Result<Self, String> {
         let admin = with_signals_blocked(|| base_config(config).create::<AdminClient<DefaultClientContext>>())
             .map_err(|e| format!("cannot create a Kafka admin client for {}: {e}", config.bootstrap_servers))?;
-        Ok(Topics { admin, settings: config.topics, created: Default::default() })
+        let runtime = new_runtime().map_err(|e| e.to_string())?;
+        Ok(Topics { runtime, admin, settings: config.topics, created: Default::default() })
     }
 
     /// Creates the topics not created through this client yet; an existing topic is fine.
-    pub fn ensure(&mut self, runtime: &tokio::runtime::Runtime, topics: &[&str]) -> Result<(), String> {
+    pub fn ensure(&mut self, topics: &[&str]) -> Result<(), String> {
         let (partitions, replicas) = (self.settings.partitions, self.settings.replication_factor);
         let missing: Vec<NewTopic> = topics
             .iter()
@@ -146,7 +144,8 @@ impl Topics {
             return Ok(());
         }
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = runtime
+        let results = self
+            .runtime
             .block_on(self.admin.create_topics(missing.iter(), &options))
             .map_err(|e| format!("cannot create topics: {e}"))?;
         for result in results {
@@ -180,7 +179,7 @@ pub struct KafkaProducer {
 
 /// Our defaults, then the configured properties (validated: none of them is one the protocol owns), then the
 /// bootstrap servers.
-pub(super) fn base_config(config: &BrokerConfig) -> ClientConfig {
+pub(crate) fn base_config(config: &BrokerConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("socket.timeout.ms", "10000")
@@ -210,32 +209,41 @@ impl KafkaProducer {
         .and_then(|producer| Ok(KafkaProducer { producer, topics: Topics::connect(config)? }))
     }
 
-    /// Serves pending callbacks; false once the broker connection was lost (then drop this producer).
-    pub fn healthy(&self) -> bool {
+    /// Why the broker refused this producer (TLS or login), if it did.
+    fn refused_now(&self) -> Option<String> {
+        self.producer.context().state.refused()
+    }
+}
+
+impl LogProducer for KafkaProducer {
+    fn healthy(&mut self) -> bool {
         self.producer.poll(Duration::ZERO);
         !self.producer.context().state.disconnected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Why the broker refused this producer (TLS or login), if it did.
-    pub fn refused(&self) -> Option<String> {
-        self.producer.context().state.refused()
+    fn refused(&mut self) -> Option<String> {
+        self.refused_now()
     }
 
-    /// Creates the topic unless this producer already did. An admin request that got no answer is explained by
-    /// the producer's own connection when the broker refused it (the admin client's errors are not served).
-    pub fn ensure_topic(&mut self, runtime: &tokio::runtime::Runtime, topic: &str) -> Result<(), String> {
-        self.topics.ensure(runtime, &[topic]).map_err(|error| {
+    /// An admin request that got no answer is explained by the producer's own connection when the broker refused
+    /// it (the admin client's errors are not served).
+    fn ensure_channel(&mut self, topic: &str) -> Result<(), String> {
+        self.topics.ensure(&[topic]).map_err(|error| {
             self.producer.poll(Duration::ZERO);
-            self.refused().unwrap_or(error)
+            self.refused_now().unwrap_or(error)
         })
     }
 
-    /// Sends the messages to partition 0 of `topic` in order and waits until the broker acknowledged every one;
-    /// returns the offset of the last.
-    pub fn send_all(&self, topic: &str, key: &str, messages: &[Vec<u8>]) -> Result<i64, String> {
+    fn max_message_bytes(&self) -> usize {
+        MAX_MESSAGE_BYTES
+    }
+
+    /// Partition 0 of the topic, keyed by the stream; returns the offset of the last message.
+    fn send_batch(&mut self, topic: &str, copy: BatchCopy<'_>, messages: &[Vec<u8>]) -> Result<i64, String> {
+        let key = copy.stream.to_string();
         self.producer.context().reports.lock().unwrap_or_else(|e| e.into_inner()).clear();
         for message in messages {
-            let mut record = BaseRecord::to(topic).partition(0).key(key).payload(message);
+            let mut record = BaseRecord::to(topic).partition(0).key(&key).payload(message);
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,
@@ -254,7 +262,7 @@ impl KafkaProducer {
             if std::time::Instant::now() > deadline {
                 return Err(format!("{topic}: no acknowledgement within {:?}", ACK_TIMEOUT + Duration::from_secs(5)));
             }
-            if let Some(why) = self.refused() {
+            if let Some(why) = self.refused_now() {
                 return Err(why);
             }
             self.producer.poll(Duration::from_millis(1));
@@ -278,25 +286,10 @@ impl KafkaProducer {
     }
 }
 
-/// One message as the subscriber needs it.
-pub struct Received {
-    pub topic: String,
-    pub offset: i64,
-    pub payload: Vec<u8>,
-}
-
-/// What a poll found.
-pub struct Polled {
-    pub messages: Vec<Received>,
-    /// A broker error, as text.
-    pub error: Option<String>,
-    /// The broker connection was lost: drop this consumer.
-    pub disconnected: bool,
-}
-
-/// An assign-mode consumer over partition 0 of several topics.
+/// An assign-mode consumer over partition 0 of several topics, and an admin client that creates them first.
 pub struct KafkaConsumer {
     consumer: BaseConsumer<ClientState>,
+    topics: Topics,
 }
 
 impl KafkaConsumer {
@@ -316,13 +309,14 @@ impl KafkaConsumer {
                 .set("topic.metadata.refresh.interval.ms", "2000")
                 .create_with_context::<_, BaseConsumer<ClientState>>(ClientState::default())
                 .map_err(|e| format!("cannot create a Kafka consumer for {}: {e}", config.bootstrap_servers))?;
-            Ok(KafkaConsumer { consumer })
+            Ok(consumer)
         })
+        .and_then(|consumer| Ok(KafkaConsumer { consumer, topics: Topics::connect(config)? }))
     }
 
     /// Why the broker refused this consumer's connection (TLS or login), if it did. Serves pending events: call
     /// it only when the consumer's position does not matter (it is assigned again before reading).
-    pub fn refused(&self) -> Option<String> {
+    fn refused(&self) -> Option<String> {
         // Each poll serves at most one event, and one that carried an error returns nothing: poll a bounded
         // number of times rather than until nothing comes back.
         let drain = || {
@@ -341,9 +335,15 @@ impl KafkaConsumer {
         }
         self.consumer.context().refused()
     }
+}
 
-    /// Reads each topic from the offset after `next` (`None`: from the beginning).
-    pub fn assign(&self, positions: &[(String, Option<i64>)]) -> Result<(), String> {
+impl LogConsumer for KafkaConsumer {
+    /// An unanswered admin request is explained by the consumer's own connection when the broker refused it.
+    fn assign(&mut self, positions: &[(String, Option<i64>)]) -> Result<(), String> {
+        let names: Vec<&str> = positions.iter().map(|(t, _)| t.as_str()).collect();
+        if let Err(error) = self.topics.ensure(&names) {
+            return Err(self.refused().unwrap_or(error));
+        }
         let mut list = TopicPartitionList::new();
         for (topic, next) in positions {
             let offset = match next {
@@ -355,8 +355,7 @@ impl KafkaConsumer {
         self.consumer.assign(&list).map_err(|e| format!("cannot assign topics: {e}"))
     }
 
-    /// Messages available within `wait` (at most `limit`), and the first broker error.
-    pub fn poll(&self, wait: Duration, limit: usize) -> Polled {
+    fn poll(&mut self, wait: Duration, limit: usize) -> Polled {
         let mut out = Vec::new();
         let mut error = None;
         let mut disconnected = false;
@@ -365,8 +364,8 @@ impl KafkaConsumer {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(message)) => out.push(Received {
-                    topic: message.topic().to_string(),
-                    offset: message.offset(),
+                    channel: message.topic().to_string(),
+                    position: message.offset(),
                     payload: message.payload().unwrap_or_default().to_vec(),
                 }),
                 Some(Err(e)) => {

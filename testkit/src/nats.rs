@@ -1,0 +1,113 @@
+//! A NATS server with JetStream for tests: Debian's `nats-server` (2.9) on a free 127.0.0.1 port, storing JetStream
+//! in files under its own directory, so a SIGKILL and restart keeps every acknowledged message. The fixture can
+//! also purge the federation's stream, the way an operator (or a retention limit) loses data behind the change
+//! log's back.
+
+use std::process::{Child, Command, Stdio};
+
+use crate::broker::wait_listening;
+use crate::{free_port, HarnessError, Result};
+
+/// A running `nats-server -js`; dropping it kills it.
+pub struct NatsServer {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    starts: usize,
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream (file storage) on a free port.
+    pub fn start() -> Result<NatsServer> {
+        let dir = tempfile::Builder::new().prefix("pgtrickle-nats-").tempdir()?;
+        let mut server = NatsServer { port: free_port()?, child: None, dir, starts: 0 };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// `127.0.0.1:PORT`: what the federation's servers are set to.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path())?;
+        let store = self.dir.path().join("jetstream");
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| HarnessError::Command {
+                program: "nats-server".into(),
+                status: e.to_string(),
+                stderr: "install it: apt-get install nats-server (scripts/install-deps.sh does)".into(),
+            })?;
+        self.child = Some(child);
+        wait_listening(self.port, "nats-server", || self.log())
+    }
+
+    fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join(format!("nats-{}.log", self.starts))
+    }
+
+    /// SIGKILLs the server (it stays down).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, with the JetStream data it had.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// The current run's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs `f` with a JetStream context connected to this server.
+    fn with_jetstream<T, F: std::future::Future<Output = Result<T, String>>>(
+        &self,
+        f: impl FnOnce(async_nats::jetstream::Context) -> F,
+    ) -> Result<T> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime
+            .block_on(async {
+                let client = async_nats::connect(self.address()).await.map_err(|e| e.to_string())?;
+                f(async_nats::jetstream::new(client)).await
+            })
+            .map_err(|stderr| HarnessError::Command { program: "nats".into(), status: "failed".into(), stderr })
+    }
+
+    /// Purges every message of the JetStream stream `name`; returns how many there were.
+    pub fn purge(&self, name: &str) -> Result<u64> {
+        let name = name.to_string();
+        self.with_jetstream(|jetstream| async move {
+            let stream = jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
+            let purged = stream.purge().await.map_err(|e| e.to_string())?;
+            Ok(purged.purged)
+        })
+    }
+
+    /// The sequence of the newest message of the JetStream stream `name` (0: none yet).
+    pub fn last_sequence(&self, name: &str) -> Result<u64> {
+        let name = name.to_string();
+        self.with_jetstream(|jetstream| async move {
+            let mut stream = jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
+            Ok(stream.info().await.map_err(|e| e.to_string())?.state.last_sequence)
+        })
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
