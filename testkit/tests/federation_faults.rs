@@ -149,12 +149,20 @@ fn exactly_once_across_crashes(backend: Backend) {
 
 /// Kafka: the broker restarted with empty storage; NATS: the federation's stream purged.
 fn change_log_loss_is_detected_and_reinitialized(backend: Backend) {
-    let (mut fed, mut a, mut b, mut c) = seed_federation_on(backend, 3);
+    let (mut fed, mut a, mut b, c) = seed_federation_on(backend, 3);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    // C is down while A and B publish: the log records batches C has not read when the change log loses them.
+    drop(c);
+    fed.clusters[2].stop().unwrap();
     workload(&mut a, &mut b, &mut rng, 40);
-    // Lose everything the change log held, while batches are in flight.
+    let published = wait_for(Duration::from_secs(60), || {
+        (unpublished(&mut a).is_none() && unpublished(&mut b).is_none()).then_some(())
+    });
+    assert!(published.is_some(), "A and B did not publish: {:?} {:?}", unpublished(&mut a), unpublished(&mut b));
     fed.lose_change_log().unwrap();
     workload(&mut a, &mut b, &mut rng, 40);
+    fed.clusters[2].start().unwrap();
+    let mut c = fed.reconnect(2);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(120))
     }));
