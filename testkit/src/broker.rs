@@ -115,7 +115,7 @@ fn run(program: &str, args: &[&str], dir: &std::path::Path) -> Result<()> {
 
 /// A CA (`ca.pem`), a server certificate for 127.0.0.1 signed by it (`server.pem`, `server.key`) and another CA
 /// (`other-ca.pem`) in `dir`.
-fn make_certificates(dir: &std::path::Path) -> Result<()> {
+pub(crate) fn make_certificates(dir: &std::path::Path) -> Result<()> {
     let openssl = |args: &str| run("openssl", &args.split_whitespace().collect::<Vec<_>>(), dir);
     let self_signed = |name: &str| {
         format!("req -x509 -newkey rsa:2048 -nodes -days 2 -keyout {name}.key -out {name}.pem -subj /CN={name}")

@@ -14,15 +14,38 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     starts: usize,
+    /// TLS and a login the server requires.
+    secure: Option<(String, String)>,
 }
 
 impl NatsServer {
     /// Starts a server with JetStream (file storage) on a free port.
     pub fn start() -> Result<NatsServer> {
         let dir = tempfile::Builder::new().prefix("pgtrickle-nats-").tempdir()?;
-        let mut server = NatsServer { port: free_port()?, child: None, dir, starts: 0 };
+        let mut server = NatsServer { port: free_port()?, child: None, dir, starts: 0, secure: None };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Starts a server that accepts only TLS connections (certificate signed by [`NatsServer::ca_file`]) that log
+    /// in as `user` with `password`.
+    pub fn start_secure(user: &str, password: &str) -> Result<NatsServer> {
+        let dir = tempfile::Builder::new().prefix("pgtrickle-nats-").tempdir()?;
+        crate::broker::make_certificates(dir.path())?;
+        let secure = Some((user.to_string(), password.to_string()));
+        let mut server = NatsServer { port: free_port()?, child: None, dir, starts: 0, secure };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// The CA certificate a secure server's clients must trust.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A CA that did not sign the secure server's certificate.
+    pub fn other_ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("other-ca.pem")
     }
 
     /// `127.0.0.1:PORT`: what the federation's servers are set to.
@@ -34,17 +57,18 @@ impl NatsServer {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path())?;
         let store = self.dir.path().join("jetstream");
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&store)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| HarnessError::Command {
-                program: "nats-server".into(),
-                status: e.to_string(),
-                stderr: "install it: apt-get install nats-server (scripts/install-deps.sh does)".into(),
-            })?;
+        let mut command = Command::new("nats-server");
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"]).arg(&store);
+        if let Some((user, password)) = &self.secure {
+            let file = |name: &str| self.dir.path().join(name).display().to_string();
+            command.args(["--tls", "--tlscert", &file("server.pem"), "--tlskey", &file("server.key")]);
+            command.args(["--user", user, "--pass", password]);
+        }
+        let child = command.stdout(Stdio::null()).stderr(log).spawn().map_err(|e| HarnessError::Command {
+            program: "nats-server".into(),
+            status: e.to_string(),
+            stderr: "install it: apt-get install nats-server (scripts/install-deps.sh does)".into(),
+        })?;
         self.child = Some(child);
         wait_listening(self.port, "nats-server", || self.log())
     }
@@ -78,9 +102,17 @@ impl NatsServer {
         f: impl FnOnce(async_nats::jetstream::Context) -> F,
     ) -> Result<T> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // Two crypto providers are linked (ring, aws-lc-rs): rustls must be told which one to use.
+        let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
         runtime
             .block_on(async {
-                let client = async_nats::connect(self.address()).await.map_err(|e| e.to_string())?;
+                let mut options = async_nats::ConnectOptions::new();
+                if let Some((user, password)) = &self.secure {
+                    options = async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+                        .require_tls(true)
+                        .add_root_certificates(self.ca_file());
+                }
+                let client = options.connect(self.address()).await.map_err(|e| e.to_string())?;
                 f(async_nats::jetstream::new(client)).await
             })
             .map_err(|stderr| HarnessError::Command { program: "nats".into(), status: "failed".into(), stderr })

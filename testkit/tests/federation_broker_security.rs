@@ -9,12 +9,17 @@
 //!
 //! Each refusal shows in C's sources, and nothing is applied while C cannot read. Bad settings are refused with
 //! SQLSTATE 22023 and change nothing; the status shows the settings in force, secrets redacted.
+//!
+//! The same for NATS JetStream: a `nats-server` that takes only TLS connections logging in with a user and
+//! password; C first presents a wrong password, then a CA that did not sign the server's certificate, then the
+//! right ones, all picked up on reload. NATS refuses Kafka's keys, more than one login, and `kafka://` sources.
 
 use std::time::Duration;
 
 use rand::SeedableRng;
 use testkit::broker::Broker;
 use testkit::federation::Federation;
+use testkit::nats::NatsServer;
 use testkit::seed::*;
 
 const SECRET: &str = "scram-secret-5521";
@@ -46,6 +51,11 @@ fn subscriber_pid(c: &mut postgres::Client) -> Option<i32> {
 
 /// Waits until every source of C shows `expected` in its detail, and checks that C applied nothing.
 fn refused_and_nothing_applied(fed: &Federation, c: &mut postgres::Client, expected: &str) {
+    refused_with_all(fed, c, &[expected])
+}
+
+/// The same with every one of `expected` in the detail.
+fn refused_with_all(fed: &Federation, c: &mut postgres::Client, expected: &[&str]) {
     let shown = testkit::wait_for(Duration::from_secs(60), || {
         let details: Vec<String> = c
             .query("SELECT coalesce(detail, '') FROM pgtrickle.federation_sources", &[])
@@ -53,7 +63,7 @@ fn refused_and_nothing_applied(fed: &Federation, c: &mut postgres::Client, expec
             .iter()
             .map(|row| row.get(0))
             .collect();
-        (!details.is_empty() && details.iter().all(|d| d.contains(expected))).then_some(())
+        (!details.is_empty() && details.iter().all(|d| expected.iter().all(|e| d.contains(e)))).then_some(())
     });
     assert!(
         shown.is_some(),
@@ -148,4 +158,69 @@ fn tls_settings_and_credentials_take_effect_without_a_restart() {
     assert_eq!(subscriber_pid(&mut c), Some(pid), "the subscriber was restarted instead of reloading");
     let rows: i64 = c.query_one("SELECT count(*) FROM dashboard", &[]).unwrap().get(0);
     assert!(rows > 0, "nothing flowed");
+}
+
+#[test]
+fn nats_login_and_tls_take_effect_without_a_restart() {
+    const PASSWORD: &str = "nats-secret-8812";
+    let server = NatsServer::start_secure("pgt", PASSWORD).expect("secure NATS server");
+    let (ca, other_ca) = (server.ca_file(), server.other_ca_file());
+    let fed = Federation::start_with(server, 3, &["pg_trickle.broker_properties_file=broker.properties"])
+        .expect("federation");
+    let tls = serde_json::json!({"tls.required": true, "tls.ca.file": ca.to_str().unwrap()});
+    for index in 0..2 {
+        write_properties(&fed, index, &format!("user = pgt\npassword = {PASSWORD}\n"));
+        let shown = set_settings(&mut fed.connect(index).unwrap(), tls.clone());
+        assert_eq!(shown["tls.required"], "true", "{shown}");
+        assert_eq!(shown["password"], "********", "the secret is shown: {shown}");
+        assert_eq!(shown["servers"], fed.broker.address(), "{shown}");
+    }
+    let mut c = fed.connect(2).unwrap();
+    write_properties(&fed, 2, "user = pgt\npassword = wrong\n");
+    set_settings(&mut c, tls.clone());
+
+    // Refused settings and sources change nothing.
+    let before = stored_settings(&mut c);
+    for (sql, hint_mentions) in [
+        ("SELECT pgtrickle.set_broker_settings('{\"security.protocol\": \"SSL\"}')", "NATS keys"),
+        ("SELECT pgtrickle.set_broker_settings('{\"token\": \"x\"}')", "broker_properties_file"),
+        ("SELECT pgtrickle.set_broker_settings('{\"tls.required\": \"maybe\"}')", "true or false"),
+        // C's file has user and password already: a token too would be two logins.
+        ("SELECT pgtrickle.set_broker_settings('{\"nkey.seed\": \"SU\"}')", "broker_properties_file"),
+        ("SELECT pgtrickle.set_broker_settings(topic_partitions => 3)", "topic_partitions => 1"),
+        (
+            "SELECT pgtrickle.create_federated_stream_table('d', 'SELECT 1', \
+             ARRAY['kafka://coordinator/cluster_a/order_agg'])",
+            "nats://coordinator/cluster_a/",
+        ),
+    ] {
+        let (code, hint) = refusal(&mut c, sql);
+        assert_eq!(code, "22023", "{sql}");
+        assert!(hint.contains(hint_mentions), "{sql}: hint {hint:?}");
+    }
+    assert_eq!(stored_settings(&mut c), before, "a refused call changed the settings");
+
+    let (mut a, mut b) = setup_sources(&fed);
+    create_dashboard(&mut c, fed.backend());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(78);
+    workload(&mut a, &mut b, &mut rng, 30);
+
+    // 1. The server refuses C's password.
+    refused_and_nothing_applied(&fed, &mut c, "refused this cluster's connection: authorization violation");
+    let pid = subscriber_pid(&mut c).expect("C's subscriber runs");
+
+    // 2. The right password, but a CA that did not sign the server's certificate.
+    // (The CA first: at no moment are both right.)
+    set_settings(&mut c, serde_json::json!({"tls.required": true, "tls.ca.file": other_ca.to_str().unwrap()}));
+    write_properties(&fed, 2, &format!("user = pgt\npassword = {PASSWORD}\n"));
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    refused_with_all(&fed, &mut c, &["refused this cluster's connection", "UnknownIssuer"]);
+
+    // 3. The right CA: C converges, with the same worker.
+    set_settings(&mut c, tls);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(90));
+    workload(&mut a, &mut b, &mut rng, 30);
+    converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
+    check_apply_log(&mut c);
+    assert_eq!(subscriber_pid(&mut c), Some(pid), "the subscriber was restarted instead of reloading");
 }

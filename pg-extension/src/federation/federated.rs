@@ -80,7 +80,13 @@ pub fn create(
                     "{text} asks for backend {}; this federation's change log is {registered_backend}",
                     url.backend
                 ),
-                "Use the scheme of the federation's change-log backend.",
+                &match registered_backend.parse() {
+                    Ok(backend) => format!(
+                        "This federation's backend is {registered_backend}: write {}.",
+                        SourceUrl { backend, ..url.clone() }
+                    ),
+                    Err(_) => "Use the scheme of the federation's change-log backend.".into(),
+                },
             ));
         }
         if !seen.insert(url.stream.clone()) {

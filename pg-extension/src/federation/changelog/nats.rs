@@ -76,8 +76,19 @@ fn server_addresses(servers: &str) -> Result<Vec<async_nats::ServerAddr>, String
         .collect()
 }
 
+/// rustls is linked with two crypto providers here (ring for async-nats, aws-lc-rs for other crates), so it cannot
+/// pick one by itself: TLS connections use ring, installed once per process.
+fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // An error means a provider is installed already, which is as good.
+        let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl Connection {
     fn open(config: &BrokerConfig, name: &str) -> Result<Connection, String> {
+        install_crypto_provider();
         let options = nats_settings::parse(&config.properties).map_err(|e| format!("{e} (HINT: {})", e.hint()))?;
         let addresses = server_addresses(&config.bootstrap_servers)?;
         if addresses.is_empty() {
@@ -174,11 +185,17 @@ async fn connect(
             }
         }
     });
-    connect.connect(addresses).await.map_err(|error| match error.kind() {
-        async_nats::ConnectErrorKind::Authentication
-        | async_nats::ConnectErrorKind::AuthorizationViolation
-        | async_nats::ConnectErrorKind::Tls => refusal(&error),
-        _ => format!("cannot connect to NATS: {error}"),
+    connect.connect(addresses).await.map_err(|error| {
+        // A certificate the client does not trust comes back as an I/O error: its text tells.
+        let text = error.to_string().to_ascii_lowercase();
+        let tls_failure = ["certificate", "tls", "handshake"].iter().any(|word| text.contains(word));
+        match error.kind() {
+            async_nats::ConnectErrorKind::Authentication
+            | async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::Tls => refusal(&error),
+            _ if tls_failure => refusal(&error),
+            _ => format!("cannot connect to NATS: {error}"),
+        }
     })
 }
 
