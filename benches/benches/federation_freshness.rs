@@ -1,5 +1,5 @@
-//! Federation freshness and apply throughput on this machine, next to PostgreSQL logical replication measured in
-//! the same run:
+//! Federation freshness and apply throughput on this machine, on each change-log backend (Kafka: tansu; NATS
+//! JetStream: nats-server), next to PostgreSQL logical replication measured in the same federation:
 //! 1. Freshness: a row committed on A → visible on C, p50/p99, for (a) logical replication of the source table
 //!    A → C (publication/subscription), (b) an eventual federated stream table over A's published stream table,
 //!    (c) the same in causal mode. All three watch the same INSERTs, polled on C from one connection.
@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use shared_model::Backend;
 use testkit::federation::Federation;
 use testkit::wait_for;
 
@@ -25,12 +26,46 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// What one backend's run measured (ms; rows/s).
+struct Measured {
+    backend: Backend,
+    logical_replication: Vec<f64>,
+    eventual: Vec<f64>,
+    causal: Vec<f64>,
+    apply_median: Option<f64>,
+}
+
 fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
     let samples = env_or("SAMPLES", if smoke { 10 } else { 300 });
     let bulk_rows = env_or("BULK_ROWS", if smoke { 5_000 } else { 200_000 });
     let bulk_batches = env_or("BULK_BATCHES", if smoke { 1 } else { 3 });
-    let fed = Federation::start(
+    let runs: Vec<Measured> = [Backend::Kafka, Backend::Nats]
+        .into_iter()
+        .map(|backend| measure(backend, samples, bulk_rows, bulk_batches))
+        .collect();
+    println!("\nsummary (ms, p50 / p99; apply median rows/s):");
+    for run in &runs {
+        println!(
+            "  {:<6} logical replication {:>6.1} / {:>6.1}   eventual {:>6.1} / {:>6.1}   causal {:>6.1} / {:>6.1}   \
+             eventual/LR {:>5.1}×   apply {}",
+            run.backend.to_string(),
+            percentile(&run.logical_replication, 0.5),
+            percentile(&run.logical_replication, 0.99),
+            percentile(&run.eventual, 0.5),
+            percentile(&run.eventual, 0.99),
+            percentile(&run.causal, 0.5),
+            percentile(&run.causal, 0.99),
+            percentile(&run.eventual, 0.5) / percentile(&run.logical_replication, 0.5),
+            run.apply_median.map_or("-".to_string(), |r| format!("{r:.0}")),
+        );
+    }
+}
+
+fn measure(backend: Backend, samples: u64, bulk_rows: u64, bulk_batches: u64) -> Measured {
+    println!("\n== {backend}");
+    let fed = Federation::start_on(
+        backend,
         3,
         &["wal_level=logical", "max_wal_senders=10", "max_replication_slots=10", "pg_trickle.scheduler_interval=20"],
     )
@@ -59,11 +94,11 @@ fn main() {
     .unwrap();
     c.batch_execute(&format!(
         "SELECT pgtrickle.create_federated_stream_table('view_ev', 'SELECT id, v FROM cluster_a.fresh_ev',
-           ARRAY['kafka://coordinator/cluster_a/fresh_ev'], schedule => '{schedule}');
+           ARRAY['{backend}://coordinator/cluster_a/fresh_ev'], schedule => '{schedule}');
          SELECT pgtrickle.create_federated_stream_table('view_ca', 'SELECT id, v FROM cluster_a.fresh_ca',
-           ARRAY['kafka://coordinator/cluster_a/fresh_ca'], consistency => 'causal');
+           ARRAY['{backend}://coordinator/cluster_a/fresh_ca'], consistency => 'causal');
          SELECT pgtrickle.create_federated_stream_table('bulk_view', 'SELECT count(*) AS n FROM cluster_a.bulk_st',
-           ARRAY['kafka://coordinator/cluster_a/bulk_st'], schedule => '1s');"
+           ARRAY['{backend}://coordinator/cluster_a/bulk_st'], schedule => '1s');"
     ))
     .unwrap();
     let ready = wait_for(Duration::from_secs(120), || {
@@ -183,7 +218,9 @@ fn main() {
         "apply into the mirror: batches of {sizes:?} rows: {:?} rows/s",
         rates.iter().map(|r| r.round() as i64).collect::<Vec<_>>()
     );
-    if !rates.is_empty() {
-        println!("  median {:.0} rows/s", percentile(&rates, 0.5));
+    let apply_median = (!rates.is_empty()).then(|| percentile(&rates, 0.5));
+    if let Some(median) = apply_median {
+        println!("  median {median:.0} rows/s");
     }
+    Measured { backend, logical_replication: lr, eventual: ev, causal: ca, apply_median }
 }
