@@ -129,6 +129,14 @@ pub(crate) fn make_certificates(dir: &std::path::Path) -> Result<()> {
     openssl(&self_signed("other-ca"))
 }
 
+/// SIGKILLs a server process, if it runs, and reaps it.
+pub(crate) fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 pub(crate) fn wait_listening(port: u16, program: &str, log: impl Fn() -> String) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -236,10 +244,7 @@ impl Broker {
 
     /// SIGKILLs the broker (it stays down).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts it again on the same port (in-memory storage comes back empty; persistent keeps its data).

@@ -39,6 +39,17 @@ fn refusal(client: &mut postgres::Client, sql: &str) -> (String, String) {
     (db.code().code().to_string(), db.hint().unwrap_or_default().to_string())
 }
 
+/// Each statement is refused with 22023 and a HINT that mentions the given text, and the settings stay as they were.
+fn refused_changing_nothing(c: &mut postgres::Client, cases: &[(&str, &str)]) {
+    let before = stored_settings(c);
+    for (sql, hint_mentions) in cases {
+        let (code, hint) = refusal(c, sql);
+        assert_eq!(code, "22023", "{sql}");
+        assert!(hint.contains(hint_mentions), "{sql}: hint {hint:?}");
+    }
+    assert_eq!(stored_settings(c), before, "a refused call changed the settings");
+}
+
 fn stored_settings(client: &mut postgres::Client) -> String {
     client.query_one("SELECT broker_settings::text FROM pgtrickle.pgt_federation", &[]).unwrap().get(0)
 }
@@ -107,22 +118,18 @@ fn tls_settings_and_credentials_take_effect_without_a_restart() {
     assert_eq!(shown["sasl.username"], "cluster_c", "{shown}");
 
     // Refused settings change nothing.
-    let before = stored_settings(&mut c);
-    for (sql, hint_mentions) in [
-        ("SELECT pgtrickle.set_broker_settings('{\"sasl.password\": \"x\"}')", "broker_properties_file"),
-        ("SELECT pgtrickle.set_broker_settings('{\"enable.idempotence\": false}')", "Leave it out"),
-        ("SELECT pgtrickle.set_broker_settings('{\"no.such.property\": \"1\"}')", "CONFIGURATION.md"),
-        // sasl.username is in C's properties file already.
-        ("SELECT pgtrickle.set_broker_settings('{\"sasl.username\": \"other\"}')", "Keep each key in one place"),
-        ("SELECT pgtrickle.set_broker_settings('[1, 2]')", "set_broker_settings"),
-        ("SELECT pgtrickle.set_broker_settings(topic_partitions => 0)", "one partition"),
-    ] {
-        let (code, hint) = refusal(&mut c, sql);
-        assert_eq!(code, "22023", "{sql}");
-        assert!(hint.contains(hint_mentions), "{sql}: hint {hint:?}");
-    }
-    assert_eq!(stored_settings(&mut c), before, "a refused call changed the settings");
-
+    refused_changing_nothing(
+        &mut c,
+        &[
+            ("SELECT pgtrickle.set_broker_settings('{\"sasl.password\": \"x\"}')", "broker_properties_file"),
+            ("SELECT pgtrickle.set_broker_settings('{\"enable.idempotence\": false}')", "Leave it out"),
+            ("SELECT pgtrickle.set_broker_settings('{\"no.such.property\": \"1\"}')", "CONFIGURATION.md"),
+            // sasl.username is in C's properties file already.
+            ("SELECT pgtrickle.set_broker_settings('{\"sasl.username\": \"other\"}')", "Keep each key in one place"),
+            ("SELECT pgtrickle.set_broker_settings('[1, 2]')", "set_broker_settings"),
+            ("SELECT pgtrickle.set_broker_settings(topic_partitions => 0)", "one partition"),
+        ],
+    );
     let (mut a, mut b) = setup_sources(&fed);
     create_dashboard(&mut c, fed.backend());
     let mut rng = rand::rngs::StdRng::seed_from_u64(77);
@@ -180,26 +187,22 @@ fn nats_login_and_tls_take_effect_without_a_restart() {
     set_settings(&mut c, tls.clone());
 
     // Refused settings and sources change nothing.
-    let before = stored_settings(&mut c);
-    for (sql, hint_mentions) in [
-        ("SELECT pgtrickle.set_broker_settings('{\"security.protocol\": \"SSL\"}')", "NATS keys"),
-        ("SELECT pgtrickle.set_broker_settings('{\"token\": \"x\"}')", "broker_properties_file"),
-        ("SELECT pgtrickle.set_broker_settings('{\"tls.required\": \"maybe\"}')", "true or false"),
-        // C's file has user and password already: a token too would be two logins.
-        ("SELECT pgtrickle.set_broker_settings('{\"nkey.seed\": \"SU\"}')", "broker_properties_file"),
-        ("SELECT pgtrickle.set_broker_settings(topic_partitions => 3)", "topic_partitions => 1"),
-        (
-            "SELECT pgtrickle.create_federated_stream_table('d', 'SELECT 1', \
+    refused_changing_nothing(
+        &mut c,
+        &[
+            ("SELECT pgtrickle.set_broker_settings('{\"security.protocol\": \"SSL\"}')", "NATS keys"),
+            ("SELECT pgtrickle.set_broker_settings('{\"token\": \"x\"}')", "broker_properties_file"),
+            ("SELECT pgtrickle.set_broker_settings('{\"tls.required\": \"maybe\"}')", "true or false"),
+            // C's file has user and password already: a token too would be two logins.
+            ("SELECT pgtrickle.set_broker_settings('{\"nkey.seed\": \"SU\"}')", "broker_properties_file"),
+            ("SELECT pgtrickle.set_broker_settings(topic_partitions => 3)", "topic_partitions => 1"),
+            (
+                "SELECT pgtrickle.create_federated_stream_table('d', 'SELECT 1', \
              ARRAY['kafka://coordinator/cluster_a/order_agg'])",
-            "nats://coordinator/cluster_a/",
-        ),
-    ] {
-        let (code, hint) = refusal(&mut c, sql);
-        assert_eq!(code, "22023", "{sql}");
-        assert!(hint.contains(hint_mentions), "{sql}: hint {hint:?}");
-    }
-    assert_eq!(stored_settings(&mut c), before, "a refused call changed the settings");
-
+                "nats://coordinator/cluster_a/",
+            ),
+        ],
+    );
     let (mut a, mut b) = setup_sources(&fed);
     create_dashboard(&mut c, fed.backend());
     let mut rng = rand::rngs::StdRng::seed_from_u64(78);

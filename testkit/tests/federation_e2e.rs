@@ -94,3 +94,37 @@ fn a_source_column_change_reinitializes_its_mirror() {
     assert_eq!(stream.schema_version, 2);
     assert!(stream.columns.iter().any(|c| c.name == "biggest"));
 }
+
+/// NATS: batches larger than the server's announced `max_payload` travel in chunks below it.
+#[test]
+fn nats_batches_are_chunked_under_the_servers_max_payload() {
+    const MAX_PAYLOAD: usize = 64 * 1024;
+    let server = testkit::nats::NatsServer::start_with_max_payload(MAX_PAYLOAD).expect("nats-server");
+    let fed = Federation::start_with(server, 3, &[]).expect("start the federation");
+    let mut a = fed.connect(0).unwrap();
+    let mut c = fed.connect(2).unwrap();
+    a.batch_execute(
+        "CREATE TABLE wide (id int PRIMARY KEY, note text NOT NULL);
+         SELECT pgtrickle.create_stream_table('wide_st', 'SELECT id, note FROM wide', schedule => '200ms');
+         SELECT pgtrickle.publish_stream_table('wide_st');",
+    )
+    .unwrap();
+    c.batch_execute(
+        "SELECT pgtrickle.create_federated_stream_table('wide_copy', 'SELECT id, note FROM cluster_a.wide_st', \
+         ARRAY['nats://coordinator/cluster_a/wide_st'], schedule => '200ms')",
+    )
+    .unwrap();
+    // About 600 KB in one refresh: ten times the limit.
+    a.batch_execute("INSERT INTO wide SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 4000) g").unwrap();
+    let arrived = testkit::wait_for(Duration::from_secs(60), || {
+        let n: i64 = c.query_one("SELECT count(*) FROM wide_copy", &[]).unwrap().get(0);
+        (n == 4000).then_some(())
+    });
+    assert!(arrived.is_some(), "the batch never arrived:\n{}\n{}", sources_view(&mut c), tail(&fed.clusters[0].log()));
+    let last = match &fed.broker {
+        testkit::changelog::LogServer::Nats(server) => server.last_sequence("PGTRICKLE").unwrap(),
+        _ => unreachable!(),
+    };
+    // Messages in the stream: the snapshot, the chunks of the big delta; well over 600 KB / 64 KiB.
+    assert!(last >= 10, "the big batch was not chunked: {last} messages in the stream");
+}
