@@ -12,7 +12,7 @@
 //! | `tls.required` | `true`: connect only over TLS |
 //! | `tls.ca.file` | PEM file of the CA(s) that signed the servers' certificates |
 //! | `tls.cert.file`, `tls.key.file` | client certificate and key (mutual TLS), both or neither |
-//! | `stream.max.age.seconds` | how long JetStream keeps a batch (0: until the stream's limits evict it) |
+//! | `stream.max.age.seconds` | how long JetStream keeps a batch (default 604800, Kafka's 7-day retention; 0: no age limit) |
 //! | `stream.max.bytes` | the stream's size limit (-1: none) |
 //!
 //! At most one login method may be set: a server that accepts several would otherwise pick one without telling.
@@ -34,6 +34,10 @@ pub const KEYS: &[&str] = &[
     "stream.max.age.seconds",
     "stream.max.bytes",
 ];
+
+/// How long the federation's stream keeps a batch unless set: Kafka's default retention (7 days), so that a
+/// federation does not fill a disk by default on either backend.
+pub const DEFAULT_MAX_AGE_SECONDS: u64 = 7 * 24 * 3600;
 
 /// How the client logs in.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,7 +61,7 @@ pub struct NatsOptions {
     pub tls_ca_file: Option<String>,
     /// Client certificate and key files (mutual TLS).
     pub tls_client: Option<(String, String)>,
-    /// 0: no age limit.
+    /// 0: no age limit ([`DEFAULT_MAX_AGE_SECONDS`] unless set).
     pub max_age_seconds: u64,
     /// -1: no size limit.
     pub max_bytes: i64,
@@ -166,7 +170,8 @@ pub fn parse(settings: &BTreeMap<String, String>) -> Result<NatsOptions, NatsSet
         }
         (None, None) => None,
     };
-    let max_age = number("stream.max.age.seconds", "a whole number of seconds, 0 or more")?.unwrap_or(0);
+    let max_age =
+        number("stream.max.age.seconds", "a whole number of seconds, 0 or more")?.unwrap_or(DEFAULT_MAX_AGE_SECONDS as i64);
     if max_age < 0 {
         return Err(NatsSettingsError::BadValue {
             key: "stream.max.age.seconds".into(),
@@ -220,7 +225,9 @@ mod tests {
 
     #[test]
     fn logins_tls_and_limits() {
-        assert_eq!(parse(&map(&[])), Ok(NatsOptions { max_bytes: -1, ..Default::default() }));
+        let defaults = NatsOptions { max_bytes: -1, max_age_seconds: DEFAULT_MAX_AGE_SECONDS, ..Default::default() };
+        assert_eq!(parse(&map(&[])), Ok(defaults));
+        assert_eq!(parse(&map(&[("stream.max.age.seconds", "0")])).unwrap().max_age_seconds, 0);
         let options = parse(&map(&[
             ("user", "pgt"),
             ("password", "pw"),
