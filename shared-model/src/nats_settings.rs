@@ -170,8 +170,8 @@ pub fn parse(settings: &BTreeMap<String, String>) -> Result<NatsOptions, NatsSet
         }
         (None, None) => None,
     };
-    let max_age =
-        number("stream.max.age.seconds", "a whole number of seconds, 0 or more")?.unwrap_or(DEFAULT_MAX_AGE_SECONDS as i64);
+    let max_age = number("stream.max.age.seconds", "a whole number of seconds, 0 or more")?
+        .unwrap_or(DEFAULT_MAX_AGE_SECONDS as i64);
     if max_age < 0 {
         return Err(NatsSettingsError::BadValue {
             key: "stream.max.age.seconds".into(),
