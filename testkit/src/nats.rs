@@ -16,25 +16,29 @@ pub struct NatsServer {
     starts: usize,
     /// TLS and a login the server requires.
     secure: Option<(String, String)>,
-    /// The largest message the server takes, when not its default (1 MiB).
-    max_payload: Option<usize>,
+    /// Lines of a configuration file the server reads (limits, authorization), if any.
+    config: Option<String>,
 }
 
 impl NatsServer {
     /// Starts a server with JetStream (file storage) on a free port.
     pub fn start() -> Result<NatsServer> {
         let dir = tempfile::Builder::new().prefix("pgtrickle-nats-").tempdir()?;
-        let mut server =
-            NatsServer { port: free_port()?, child: None, dir, starts: 0, secure: None, max_payload: None };
+        let mut server = NatsServer { port: free_port()?, child: None, dir, starts: 0, secure: None, config: None };
         server.spawn()?;
         Ok(server)
     }
 
     /// Starts a server that takes messages of at most `bytes` (it announces the limit to its clients).
     pub fn start_with_max_payload(bytes: usize) -> Result<NatsServer> {
+        NatsServer::start_with_config(&format!("max_payload: {bytes}"))
+    }
+
+    /// Starts a server with these configuration-file lines (e.g. an `authorization { … }` block).
+    pub fn start_with_config(config: &str) -> Result<NatsServer> {
         let dir = tempfile::Builder::new().prefix("pgtrickle-nats-").tempdir()?;
-        let (port, max_payload) = (free_port()?, Some(bytes));
-        let mut server = NatsServer { port, child: None, dir, starts: 0, secure: None, max_payload };
+        let (port, config) = (free_port()?, Some(config.to_string()));
+        let mut server = NatsServer { port, child: None, dir, starts: 0, secure: None, config };
         server.spawn()?;
         Ok(server)
     }
@@ -45,7 +49,7 @@ impl NatsServer {
         let dir = tempfile::Builder::new().prefix("pgtrickle-nats-").tempdir()?;
         crate::broker::make_certificates(dir.path())?;
         let secure = Some((user.to_string(), password.to_string()));
-        let mut server = NatsServer { port: free_port()?, child: None, dir, starts: 0, secure, max_payload: None };
+        let mut server = NatsServer { port: free_port()?, child: None, dir, starts: 0, secure, config: None };
         server.spawn()?;
         Ok(server)
     }
@@ -71,11 +75,10 @@ impl NatsServer {
         let store = self.dir.path().join("jetstream");
         let mut command = Command::new("nats-server");
         command.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"]).arg(&store);
-        if let Some(bytes) = self.max_payload {
-            // Only the configuration file sets it.
-            let config = self.dir.path().join("nats.conf");
-            std::fs::write(&config, format!("max_payload: {bytes}\n"))?;
-            command.arg("-c").arg(config);
+        if let Some(config) = &self.config {
+            let file = self.dir.path().join("nats.conf");
+            std::fs::write(&file, format!("{config}\n"))?;
+            command.arg("-c").arg(file);
         }
         if let Some((user, password)) = &self.secure {
             let file = |name: &str| self.dir.path().join(name).display().to_string();

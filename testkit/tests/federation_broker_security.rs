@@ -13,6 +13,7 @@
 //! The same for NATS JetStream: a `nats-server` that takes only TLS connections logging in with a user and
 //! password; C first presents a wrong password, then a CA that did not sign the server's certificate, then the
 //! right ones, all picked up on reload. NATS refuses Kafka's keys, more than one login, and `kafka://` sources.
+//! Token and NKey logins are each refused when wrong and publish when right.
 
 use std::time::Duration;
 
@@ -226,4 +227,59 @@ fn nats_login_and_tls_take_effect_without_a_restart() {
     converge(&fed, &mut a, &mut b, &mut c, Duration::from_secs(60));
     check_apply_log(&mut c);
     assert_eq!(subscriber_pid(&mut c), Some(pid), "the subscriber was restarted instead of reloading");
+}
+
+/// Token and NKey logins to NATS, each with a one-cluster federation: a wrong login shows as the server's refusal
+/// on the publication; the right one, after a reload, publishes.
+#[test]
+fn nats_token_and_nkey_logins() {
+    let user = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let seed = |pair: &nkeys::KeyPair| pair.seed().expect("a seed");
+    for (login, config, good, bad) in [
+        (
+            "token",
+            "authorization { token: \"tok-5150\" }".to_string(),
+            "token = tok-5150\n".to_string(),
+            "token = not-it\n".to_string(),
+        ),
+        (
+            "nkey",
+            format!("authorization {{ users = [ {{ nkey: \"{}\" }} ] }}", user.public_key()),
+            format!("nkey.seed = {}\n", seed(&user)),
+            format!("nkey.seed = {}\n", seed(&stranger)),
+        ),
+    ] {
+        let server = NatsServer::start_with_config(&config).expect("nats-server");
+        let fed = Federation::start_with(server, 1, &["pg_trickle.broker_properties_file=broker.properties"])
+            .expect("federation");
+        write_properties(&fed, 0, &bad);
+        let mut a = fed.connect(0).unwrap();
+        a.batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);
+             SELECT pgtrickle.create_stream_table('t_st', 'SELECT id FROM t', schedule => '200ms');
+             SELECT pgtrickle.publish_stream_table('t_st');",
+        )
+        .unwrap();
+        let publication = |a: &mut postgres::Client| -> (i64, Option<String>) {
+            let row = a.query_one("SELECT published_seq, last_error FROM pgtrickle.pgt_publications", &[]).unwrap();
+            (row.get(0), row.get(1))
+        };
+        // What existed when it was published counts as published (consumers start from a snapshot); a change
+        // after it is a batch the publisher must send.
+        let (before, _) = publication(&mut a);
+        a.batch_execute("INSERT INTO t VALUES (2)").unwrap();
+        let refused = testkit::wait_for(Duration::from_secs(60), || {
+            let (seq, error) = publication(&mut a);
+            (seq == before && error.is_some_and(|e| e.contains("refused this cluster's connection"))).then_some(())
+        });
+        assert!(refused.is_some(), "{login}: the wrong login was not refused: {:?}", publication(&mut a));
+        write_properties(&fed, 0, &good);
+        a.batch_execute("SELECT pg_reload_conf()").unwrap();
+        let published = testkit::wait_for(Duration::from_secs(60), || {
+            let (seq, error) = publication(&mut a);
+            (seq > before && error.is_none()).then_some(())
+        });
+        assert!(published.is_some(), "{login}: nothing published after the fix: {:?}", publication(&mut a));
+    }
 }
