@@ -158,15 +158,42 @@ pub struct ServeArgs {
     /// Snapshot after this many entries.
     #[arg(long)]
     pub snapshot_logs_since_last: Option<u64>,
+    /// Snapshot after this many bytes of log.
+    #[arg(long)]
+    pub snapshot_bytes_since_last: Option<u64>,
+    /// Snapshot at least this often while writes arrive (seconds; 0: never by age).
+    #[arg(long)]
+    pub snapshot_max_age_secs: Option<u64>,
+    /// Entries kept in the log behind a snapshot.
+    #[arg(long)]
+    pub logs_kept_after_snapshot: Option<u64>,
+    /// Most bytes of log entries per AppendEntries RPC (default: half the body limit).
+    #[arg(long)]
+    pub max_payload_bytes: Option<u64>,
+    /// Size of snapshot chunks sent to members (default: half the body limit).
+    #[arg(long)]
+    pub snapshot_chunk_bytes: Option<u64>,
     /// Largest request body (bytes).
     #[arg(long)]
     pub body_limit: Option<usize>,
+    /// Log lines as text (colours only on a terminal) or as JSON objects, one per line.
+    #[arg(long, env = "PGTRICKLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "PGTRICKLE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// Private key of --tls-cert (PEM).
     #[arg(long, env = "PGTRICKLE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// How `serve` writes its log to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
 }
 
 /// A failure of the CLI with its exit status.
@@ -219,6 +246,11 @@ pub fn serve_config(args: &ServeArgs, token: Option<String>, ca_file: Option<Pat
     raft.election_timeout_min_ms = args.election_timeout_min_ms.unwrap_or(raft.election_timeout_min_ms);
     raft.election_timeout_max_ms = args.election_timeout_max_ms.unwrap_or(raft.election_timeout_max_ms);
     raft.snapshot_logs_since_last = args.snapshot_logs_since_last.unwrap_or(raft.snapshot_logs_since_last);
+    raft.snapshot_bytes_since_last = args.snapshot_bytes_since_last.unwrap_or(raft.snapshot_bytes_since_last);
+    raft.snapshot_max_age_secs = args.snapshot_max_age_secs.unwrap_or(raft.snapshot_max_age_secs);
+    raft.logs_kept_after_snapshot = args.logs_kept_after_snapshot.unwrap_or(raft.logs_kept_after_snapshot);
+    raft.max_payload_bytes = args.max_payload_bytes.or(raft.max_payload_bytes);
+    raft.snapshot_chunk_bytes = args.snapshot_chunk_bytes.or(raft.snapshot_chunk_bytes);
     if raft.max_payload_entries == 0 {
         raft.max_payload_entries = defaults.max_payload_entries;
     }

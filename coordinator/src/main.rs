@@ -1,5 +1,7 @@
 //! `pgtrickle-coordinator`: run a node (`serve`) or talk to a running cluster (every other subcommand).
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use coordinator::cli::{self, Cli, Command, Exit};
 
@@ -28,13 +30,14 @@ fn main() {
 }
 
 async fn serve(cli: &Cli, args: &cli::ServeArgs) -> Result<(), Exit> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let log = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        // Colour codes only where a terminal renders them; files and journald get plain text.
+        cli::LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        cli::LogFormat::Json => log.json().with_current_span(false).init(),
+    }
     let config = cli::serve_config(args, cli.token.clone(), cli.ca_file.clone())?;
     let server = coordinator::server::start(config).await.map_err(|e| Exit { status: 2, message: e.to_string() })?;
     let coordinator = server.coordinator.clone();

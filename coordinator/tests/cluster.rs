@@ -219,3 +219,64 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Runs `serve` with stderr going to a file (not a terminal) until it logs that it serves, and returns the log.
+fn serve_log(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("serve.log");
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--id", "1", "--listen", &format!("127.0.0.1:{}", free_port()), "--insecure-no-token"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("coordinator node serving") || started.elapsed() > Duration::from_secs(10) {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("coordinator node serving"), "{log}");
+    log
+}
+
+#[test]
+fn logs_have_no_colour_codes_off_a_terminal_and_come_as_json_lines_when_asked() {
+    let text = serve_log(&[]);
+    assert!(!text.contains('\u{1b}'), "ANSI escape codes in a log file: {text:?}");
+    let json = serve_log(&["--log-format", "json"]);
+    for line in json.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(value["level"].is_string() && value["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(json.contains("\"message\":\"coordinator node serving\""), "{json}");
+}
+
+#[test]
+fn contradicting_raft_settings_stop_the_node_at_start_up_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--id", "1", "--listen", &format!("127.0.0.1:{}", free_port()), "--insecure-no-token"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--body-limit", "1048576", "--snapshot-chunk-bytes", "3145728"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("raft.snapshot_chunk_bytes (3145728) exceeds body_limit (1048576)")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(!dir.path().join("data").exists(), "a refused start created the data directory");
+}

@@ -65,6 +65,9 @@ pub struct StoreOptions {
     pub retained_records: u64,
     /// How long (ms of proposal time) a fresh state remembers idempotency keys.
     pub idempotency_window_ms: u64,
+    /// Most bytes of log entries one replication read returns, so one AppendEntries RPC (always at least one
+    /// entry); see [`LogStore::entries_up_to_bytes`].
+    pub max_payload_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -72,6 +75,7 @@ impl Default for StoreOptions {
         StoreOptions {
             retained_records: 100_000,
             idempotency_window_ms: shared_model::idempotency::DEFAULT_IDEMPOTENCY_WINDOW_MS,
+            max_payload_bytes: 512 * 1024,
         }
     }
 }
@@ -152,7 +156,7 @@ fn open_at(
             return Err(StoreError::damaged(db_path, format!("sled could not read it: {what}")));
         }
     };
-    let log = LogStore::open(db.clone(), db_path.to_path_buf(), hwm_path.to_path_buf())?;
+    let log = LogStore::open(db.clone(), db_path.to_path_buf(), hwm_path.to_path_buf(), options.max_payload_bytes)?;
     let sm = StateMachineStore::open(&db, dir.to_path_buf(), db_path.to_path_buf(), options)?;
     Ok((log, sm))
 }

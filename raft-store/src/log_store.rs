@@ -59,12 +59,19 @@ struct Inner {
     path: PathBuf,
     high_water: Arc<HighWater>,
     flusher: Flusher,
+    /// Most bytes of entries one replication read returns (always at least one entry).
+    max_read_bytes: u64,
 }
 
 impl LogStore {
     /// Opens the log inside an open sled database and checks it: every entry decodes, indices have no hole, and
     /// nothing precedes the purge point.
-    pub(crate) fn open(db: sled::Db, path: PathBuf, hwm_path: PathBuf) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        db: sled::Db,
+        path: PathBuf,
+        hwm_path: PathBuf,
+        max_read_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let tree = db.open_tree("raft_log").map_err(StoreError::sled(&path))?;
         let mark = high_water::read(&hwm_path)?;
         let last = Self::verify(&tree, &path)?;
@@ -84,7 +91,7 @@ impl LogStore {
         }
         let high_water = Arc::new(HighWater::open(hwm_path, present)?);
         let flusher = Flusher::start(db.clone(), high_water.clone()).map_err(StoreError::io(&path))?;
-        Ok(LogStore { inner: Arc::new(Inner { db, tree, path, high_water, flusher }) })
+        Ok(LogStore { inner: Arc::new(Inner { db, tree, path, high_water, flusher, max_read_bytes }) })
     }
 
     fn path(&self) -> &PathBuf {
@@ -157,6 +164,28 @@ impl LogStore {
         for item in self.inner.tree.range((Bound::Included(entry_key(start)), end)) {
             let (key, value) = item.map_err(StoreError::sled(self.path()))?;
             let index = index_of(&key).ok_or_else(|| StoreError::damaged(self.path(), "malformed log key"))?;
+            out.push(self.decode_entry(index, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// Entries from `start` (inclusive) to `end` (exclusive), stopping before the one that would take the stored
+    /// bytes read past `max_bytes`; the first entry is always returned, whatever its size. This is what keeps an
+    /// AppendEntries RPC small enough to cross the network and be flushed by the follower within its deadline,
+    /// however large the entries a busy leader batched.
+    pub fn entries_up_to_bytes(&self, start: u64, end: u64, max_bytes: u64) -> Result<Vec<LogEntry>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        if start >= end {
+            return Ok(out);
+        }
+        for item in self.inner.tree.range(entry_key(start)..entry_key(end)) {
+            let (key, value) = item.map_err(StoreError::sled(self.path()))?;
+            let index = index_of(&key).ok_or_else(|| StoreError::damaged(self.path(), "malformed log key"))?;
+            bytes += value.len() as u64;
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
             out.push(self.decode_entry(index, &value)?);
         }
         Ok(out)
@@ -252,6 +281,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<LogEntry>, StorageError<NodeId>> {
         self.entries(range).map_err(StoreError::into_read)
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<LogEntry>, StorageError<NodeId>> {
+        self.entries_up_to_bytes(start, end, self.inner.max_read_bytes).map_err(StoreError::into_read)
     }
 }
 

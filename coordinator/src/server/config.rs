@@ -10,14 +10,18 @@
 //! read_token = "…"                # may only read (GET); default: none (reads need the token)
 //! open_health = false             # true: /healthz, /readyz, /metrics answer without a token
 //! peers = { 1 = "127.0.0.1:7071", 2 = "127.0.0.1:7072", 3 = "127.0.0.1:7073" }
-//! body_limit = 1048576
+//! body_limit = 1048576            # largest client request; Raft RPC bodies may be twice this
 //! [raft]
 //! heartbeat_ms = 50
 //! election_timeout_min_ms = 250
 //! election_timeout_max_ms = 500
 //! snapshot_logs_since_last = 10000
+//! snapshot_bytes_since_last = 67108864
+//! snapshot_max_age_secs = 3600
 //! logs_kept_after_snapshot = 1000
 //! max_payload_entries = 512
+//! max_payload_bytes = 524288       # default: half the body limit
+//! snapshot_chunk_bytes = 524288    # default: half the body limit
 //! ```
 
 use std::collections::BTreeMap;
@@ -38,10 +42,75 @@ pub struct RaftSettings {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many entries since the last one.
     pub snapshot_logs_since_last: u64,
+    /// Build a snapshot after this many bytes of log since the last one (a few large entries fill a disk as
+    /// surely as many small ones).
+    pub snapshot_bytes_since_last: u64,
+    /// Build a snapshot at least this often while anything is written (0: never by age).
+    pub snapshot_max_age_secs: u64,
     /// Entries kept in the log behind a snapshot (lets a slightly lagging follower catch up without one).
     pub logs_kept_after_snapshot: u64,
     /// Most entries per AppendEntries RPC.
     pub max_payload_entries: u64,
+    /// Most bytes of entries per AppendEntries RPC (at least one entry is always sent). Default: half the body
+    /// limit. openraft 0.9 gives an AppendEntries RPC one heartbeat interval to complete, so this is what lets a
+    /// lagging follower catch up instead of timing out on every batch.
+    pub max_payload_bytes: Option<u64>,
+    /// Size of the chunks a snapshot is sent to a new or far-behind member in. Default: half the body limit.
+    pub snapshot_chunk_bytes: Option<u64>,
+}
+
+/// The Raft RPC routes accept bodies up to twice the client body limit: one AppendEntries carries up to
+/// `max_payload_bytes` of entries, or a single entry batching client requests up to `max_payload_bytes`
+/// (proposer) plus the one request that went over it, each of them at most a body.
+pub fn raft_body_limit(body_limit: usize) -> usize {
+    body_limit.saturating_mul(2).saturating_add(64 * 1024)
+}
+
+/// Raft settings with every default derived from the body limit, checked against each other.
+#[derive(Debug, Clone)]
+pub struct ResolvedRaft {
+    pub settings: RaftSettings,
+    pub max_payload_bytes: u64,
+    pub snapshot_chunk_bytes: u64,
+}
+
+/// The smallest body limit that leaves room for a useful entry or chunk.
+pub const MIN_BODY_LIMIT: usize = 64 * 1024;
+
+impl RaftSettings {
+    /// Fills the byte sizes from `body_limit` and refuses settings that contradict each other with a message that
+    /// names both settings and what would happen.
+    pub fn resolve(&self, body_limit: usize) -> Result<ResolvedRaft, String> {
+        if body_limit < MIN_BODY_LIMIT {
+            return Err(format!("body_limit ({body_limit}) is below {MIN_BODY_LIMIT} bytes: raise it"));
+        }
+        let half = body_limit as u64 / 2;
+        let max_payload_bytes = self.max_payload_bytes.unwrap_or(half);
+        let snapshot_chunk_bytes = self.snapshot_chunk_bytes.unwrap_or(half);
+        for (name, value) in [("max_payload_bytes", max_payload_bytes), ("snapshot_chunk_bytes", snapshot_chunk_bytes)]
+        {
+            if value == 0 {
+                return Err(format!("raft.{name} must be positive"));
+            }
+            if value > body_limit as u64 {
+                return Err(format!(
+                    "raft.{name} ({value}) exceeds body_limit ({body_limit}): peers would refuse every such request \
+                     with 413 Payload Too Large and a member could never catch up; lower raft.{name} or raise \
+                     body_limit (the same on every node)"
+                ));
+            }
+        }
+        if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.election_timeout_min_ms {
+            return Err(format!(
+                "raft.heartbeat_ms ({}) must be positive and below raft.election_timeout_min_ms ({})",
+                self.heartbeat_ms, self.election_timeout_min_ms
+            ));
+        }
+        if self.snapshot_bytes_since_last == 0 || self.snapshot_logs_since_last == 0 {
+            return Err("raft.snapshot_logs_since_last and raft.snapshot_bytes_since_last must be positive".into());
+        }
+        Ok(ResolvedRaft { settings: self.clone(), max_payload_bytes, snapshot_chunk_bytes })
+    }
 }
 
 impl Default for RaftSettings {
@@ -51,8 +120,12 @@ impl Default for RaftSettings {
             election_timeout_min_ms: 250,
             election_timeout_max_ms: 500,
             snapshot_logs_since_last: 10_000,
+            snapshot_bytes_since_last: 64 * 1024 * 1024,
+            snapshot_max_age_secs: 3600,
             logs_kept_after_snapshot: 1_000,
             max_payload_entries: 512,
+            max_payload_bytes: None,
+            snapshot_chunk_bytes: None,
         }
     }
 }
@@ -162,6 +235,21 @@ mod tests {
         assert!(parse_peers("0=a:1").unwrap_err().contains("start at 1"));
         assert!(parse_peers("x=a:1").unwrap_err().contains("positive integer"));
         assert!(parse_peers("1=a:1,1=b:2").unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn byte_sizes_follow_the_body_limit_and_contradictions_are_refused() {
+        let resolved = RaftSettings::default().resolve(1024 * 1024).unwrap();
+        assert_eq!((resolved.max_payload_bytes, resolved.snapshot_chunk_bytes), (512 * 1024, 512 * 1024));
+        let chunk = RaftSettings { snapshot_chunk_bytes: Some(3 * 1024 * 1024), ..Default::default() };
+        let e = chunk.resolve(1024 * 1024).unwrap_err();
+        assert!(e.contains("snapshot_chunk_bytes (3145728) exceeds body_limit (1048576)") && e.contains("413"), "{e}");
+        let payload = RaftSettings { max_payload_bytes: Some(0), ..Default::default() };
+        assert!(payload.resolve(1024 * 1024).unwrap_err().contains("positive"));
+        assert!(RaftSettings::default().resolve(1000).unwrap_err().contains("below"));
+        let slow = RaftSettings { heartbeat_ms: 300, ..Default::default() };
+        assert!(slow.resolve(1024 * 1024).unwrap_err().contains("election_timeout_min_ms"));
+        assert!(raft_body_limit(1024 * 1024) > 2 * 1024 * 1024);
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServeError> {
     Ok(token)
 }
 
-fn raft_config(settings: &RaftSettings) -> Result<Config, ServeError> {
+fn raft_config(resolved: &config::ResolvedRaft) -> Result<Config, ServeError> {
+    let settings = &resolved.settings;
     let config = Config {
         cluster_name: "pgtrickle-coordinator".into(),
         heartbeat_interval: settings.heartbeat_ms,
@@ -132,6 +133,7 @@ fn raft_config(settings: &RaftSettings) -> Result<Config, ServeError> {
         election_timeout_max: settings.election_timeout_max_ms,
         install_snapshot_timeout: 10_000,
         max_payload_entries: settings.max_payload_entries,
+        snapshot_max_chunk_size: resolved.snapshot_chunk_bytes,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: settings.logs_kept_after_snapshot,
         ..Default::default()
@@ -141,7 +143,8 @@ fn raft_config(settings: &RaftSettings) -> Result<Config, ServeError> {
 
 /// Starts a node: opens the store, starts Raft, binds the listener and serves.
 pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
-    // A bootstrap snapshot is checked before anything is created or opened.
+    // Settings and a bootstrap snapshot are checked before anything is created or opened.
+    let resolved = config.raft.resolve(config.body_limit).map_err(ServeError::Config)?;
     let bootstrap = match &config.bootstrap_from {
         Some(url) => Some(export::load_state(url).await.map_err(|e| ServeError::Bootstrap(e.to_string()))?),
         None => None,
@@ -177,9 +180,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         builder = builder.add_root_certificate(cert);
     }
     let http_client = builder.build().map_err(|e| ServeError::Raft(e.to_string()))?;
-    let (log, sm) = raft_store::open(&config.data_dir, StoreOptions::default())?;
+    let options = StoreOptions { max_payload_bytes: resolved.max_payload_bytes, ..StoreOptions::default() };
+    let (log, sm) = raft_store::open(&config.data_dir, options)?;
     let network = network::Network::new(http_client.clone(), token.clone(), tls.is_some());
-    let raft = Raft::new(config.id, Arc::new(raft_config(&config.raft)?), network, log.clone(), sm.clone())
+    let raft = Raft::new(config.id, Arc::new(raft_config(&resolved)?), network, log.clone(), sm.clone())
         .await
         .map_err(|e| ServeError::Raft(e.to_string()))?;
     let listener = std::net::TcpListener::bind(config.listen)
@@ -189,7 +193,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let coordinator = Arc::new(Coordinator {
         id: config.id,
         addr,
-        proposer: proposer::Proposer::spawn(raft.clone()),
+        proposer: proposer::Proposer::spawn(raft.clone(), resolved.max_payload_bytes as usize),
         raft,
         sm,
         log,

@@ -4,6 +4,10 @@
 //! one write per fsync. The proposer collects the requests that arrive while earlier batches are in flight and
 //! proposes them as one entry (like etcd batching proposals): the state machine executes them in order at the
 //! entry's index and each caller gets its own record back. A lone writer is proposed at once, unbatched.
+//!
+//! An entry is also bounded by bytes (`max_entry_bytes`, the Raft payload budget): entries are the unit of
+//! replication, and one that is larger than an AppendEntries may carry could never reach a lagging follower
+//! within its deadline.
 
 use std::sync::Arc;
 
@@ -29,6 +33,8 @@ pub enum ProposeError {
 
 struct Pending {
     request: Request,
+    /// Encoded size of the request, as it will be stored in the entry.
+    bytes: usize,
     reply: oneshot::Sender<Result<Executed, ProposeError>>,
 }
 
@@ -38,30 +44,49 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the batching task for `raft`.
-    pub fn spawn(raft: Raft<TypeConfig>) -> Self {
+    /// Starts the batching task for `raft`; entries hold at most `max_entry_bytes` of requests (or one request).
+    pub fn spawn(raft: Raft<TypeConfig>, max_entry_bytes: usize) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, rx, max_entry_bytes));
         Proposer { queue }
     }
 
     /// Proposes one request and waits for its record.
     pub async fn propose(&self, request: Request) -> Result<Executed, ProposeError> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Pending { request, reply }).map_err(|_| ProposeError::Raft("the proposer stopped".into()))?;
+        let bytes = shared_model::codec::encode(&request).len();
+        self.queue
+            .send(Pending { request, bytes, reply })
+            .map_err(|_| ProposeError::Raft("the proposer stopped".into()))?;
         answer.await.unwrap_or_else(|_| Err(ProposeError::Raft("the proposal was dropped".into())))
     }
 }
 
-async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Pending>, max_entry_bytes: usize) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // A request that did not fit the previous entry opens the next one.
+    let mut carried: Option<Pending> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let Some(first) = rx.recv().await else { return };
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut bytes = first.bytes;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) if bytes + p.bytes > max_entry_bytes => {
+                    carried = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += p.bytes;
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }

@@ -128,7 +128,7 @@ pub fn router(app: AppState) -> Router {
         .merge(reads)
         .merge(app::watch_routes())
         .merge(admin::local_routes())
-        .merge(raft::routes())
+        .merge(raft::routes().layer(DefaultBodyLimit::max(super::config::raft_body_limit(app.body_limit))))
         .merge(docs::routes())
         .fallback(|| async { Failure::not_found("no such route; see /openapi.json") })
         .layer(DefaultBodyLimit::max(app.body_limit))
