@@ -360,6 +360,48 @@ pub struct MemberView {
     pub addr: String,
     /// Voter or learner.
     pub voter: bool,
+    /// Only in the leader's view of the other members: how replication to this member goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationView>,
+}
+
+/// The leader's view of replication to one member.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct ReplicationView {
+    /// `ok`, `behind` (more than the lag threshold behind, or nothing matched yet: catching up) or `failing` (its
+    /// latest RPCs failed).
+    pub state: ReplicationState,
+    /// The last entry known to be on the member.
+    pub matched_index: Option<u64>,
+    /// Entries the member trails the leader's log by.
+    pub lag_entries: u64,
+    /// Why RPCs to it fail, when they do (timeouts name the payload size).
+    pub last_error: Option<String>,
+    /// Seconds since that error.
+    pub last_error_age_secs: Option<u64>,
+    /// RPCs failed in a row.
+    pub consecutive_failures: u64,
+}
+
+/// How a member keeps up with the leader.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationState {
+    Ok,
+    Behind,
+    Failing,
+}
+
+impl std::fmt::Display for ReplicationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReplicationState::Ok => "ok",
+            ReplicationState::Behind => "behind",
+            ReplicationState::Failing => "failing",
+        })
+    }
 }
 
 /// `GET /v1/admin/status`: this node's view of Raft.

@@ -372,6 +372,12 @@ pub async fn run_client(cli: &Cli) -> Result<(), Exit> {
                 let ok: Vec<_> = all.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
                 print_json(&ok);
             } else {
+                // The leader alone knows how replication to every member goes, the unreachable ones included.
+                let leader_view = all
+                    .iter()
+                    .filter_map(|(_, s)| s.as_ref().ok())
+                    .find(|s| s.leader == Some(s.node_id))
+                    .map(|s| s.members.clone());
                 let rows = all
                     .into_iter()
                     .map(|(url, s)| match s {
@@ -396,6 +402,10 @@ pub async fn run_client(cli: &Cli) -> Result<(), Exit> {
                     })
                     .collect();
                 table(&["ENDPOINT", "ID", "STATE", "LEADER", "TERM", "LAST LOG", "APPLIED"], rows);
+                if let Some(members) = leader_view {
+                    println!("\nmembers, as the leader sees them:");
+                    print_members(cli, &members);
+                }
             }
         }
         Command::Members => {
@@ -574,9 +584,25 @@ fn print_members(cli: &Cli, members: &[MemberView]) {
     }
     let rows = members
         .iter()
-        .map(|m| vec![m.id.to_string(), m.addr.clone(), if m.voter { "voter" } else { "learner" }.into()])
+        .map(|m| {
+            let mut row = vec![m.id.to_string(), m.addr.clone(), if m.voter { "voter" } else { "learner" }.into()];
+            match &m.replication {
+                Some(r) => {
+                    row.push(r.state.to_string());
+                    row.push(r.lag_entries.to_string());
+                    row.push(match (&r.last_error, r.last_error_age_secs) {
+                        (Some(e), Some(age)) if r.state != ReplicationState::Ok || age < 60 => {
+                            format!("{e} ({age} s ago)")
+                        }
+                        _ => String::new(),
+                    });
+                }
+                None => row.extend(["-".into(), "-".into(), String::new()]),
+            }
+            row
+        })
         .collect();
-    table(&["ID", "ADDRESS", "ROLE"], rows);
+    table(&["ID", "ADDRESS", "ROLE", "REPLICATION", "LAG", "LAST ERROR"], rows);
 }
 
 fn print_record(cli: &Cli, r: &EventRecord) {

@@ -1,6 +1,6 @@
 //! Prometheus metrics (`GET /metrics`): Raft term, leader, log/apply/snapshot indexes (kept current by a task
 //! that watches openraft's metrics), write latency histograms per command kind, write outcomes, HTTP requests and
-//! open watchers.
+//! open watchers; on the leader, replication lag and RPC errors per follower.
 
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +30,11 @@ pub struct HttpLabels {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
 /// All metrics of one node.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -43,6 +48,8 @@ pub struct Metrics {
     pub writes: Family<OutcomeLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub watchers: Gauge,
+    pub replication_lag: Family<PeerLabel, Gauge>,
+    pub replication_errors: Family<PeerLabel, Counter>,
 }
 
 impl Metrics {
@@ -61,6 +68,8 @@ impl Metrics {
         let writes = Family::<OutcomeLabels, Counter>::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         let watchers = Gauge::default();
+        let replication_lag = Family::<PeerLabel, Gauge>::default();
+        let replication_errors = Family::<PeerLabel, Counter>::default();
         registry.register("raft_term", "Current Raft term", term.clone());
         registry.register("raft_leader_id", "Id of the known leader (0: none)", leader.clone());
         registry.register("raft_is_leader", "1 when this node leads", is_leader.clone());
@@ -71,6 +80,16 @@ impl Metrics {
         registry.register("writes", "Writes by command and outcome", writes.clone());
         registry.register("http_requests", "HTTP requests by method and status", http_requests.clone());
         registry.register("watchers", "Open long-poll watchers", watchers.clone());
+        registry.register(
+            "raft_replication_lag_entries",
+            "On the leader: entries each member trails the leader's log by (-1: nothing matched yet)",
+            replication_lag.clone(),
+        );
+        registry.register(
+            "raft_replication_errors",
+            "Raft RPCs to each peer that failed or got no answer within their deadline",
+            replication_errors.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             term,
@@ -83,6 +102,8 @@ impl Metrics {
             writes,
             http_requests,
             watchers,
+            replication_lag,
+            replication_errors,
         }
     }
 
@@ -117,9 +138,64 @@ pub fn spawn_raft_watcher(coordinator: Arc<Coordinator>) {
                 c.metrics.last_log_index.set(m.last_log_index.map_or(-1, |i| i as i64));
                 c.metrics.applied_index.set(m.last_applied.map_or(-1, |l| l.index as i64));
                 c.metrics.snapshot_index.set(m.snapshot.map_or(-1, |l| l.index as i64));
+                c.metrics.replication_lag.clear();
+                let last = m.last_log_index.unwrap_or(0);
+                for (peer, matched) in m.replication.iter().flatten() {
+                    let lag = matched.map_or(-1, |l| last.saturating_sub(l.index) as i64);
+                    c.metrics.replication_lag.get_or_create(&PeerLabel { peer: peer.to_string() }).set(lag);
+                }
+                for (peer, health) in c.peers_health.snapshot() {
+                    let counter = c.metrics.replication_errors.get_or_create(&PeerLabel { peer: peer.to_string() });
+                    counter.inc_by(health.errors_total.saturating_sub(counter.get()));
+                }
             }
             if rx.changed().await.is_err() {
                 return;
+            }
+        }
+    });
+}
+
+/// Warns when a member starts failing or falls behind, and says when it is back, so that a cluster running on a
+/// bare quorum does not go unnoticed in the log.
+pub fn spawn_replication_monitor(coordinator: Arc<Coordinator>) {
+    let weak = Arc::downgrade(&coordinator);
+    drop(coordinator);
+    tokio::spawn(async move {
+        let mut reported = std::collections::BTreeMap::<u64, crate::api::ReplicationState>::new();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            let Some(c) = weak.upgrade() else { return };
+            let m = c.raft.metrics().borrow().clone();
+            let Some(progress) = m.replication.as_ref() else {
+                reported.clear();
+                continue;
+            };
+            let health = c.peers_health.snapshot();
+            let last = m.last_log_index.unwrap_or(0);
+            for (peer, matched) in progress {
+                let view = super::http::admin::replication_view(
+                    matched.map(|l| l.index),
+                    last,
+                    health.get(peer),
+                    c.lag_threshold,
+                );
+                let before = reported.insert(*peer, view.state);
+                if before == Some(view.state) || (before.is_none() && view.state == crate::api::ReplicationState::Ok) {
+                    continue;
+                }
+                match view.state {
+                    crate::api::ReplicationState::Ok => {
+                        tracing::info!(peer, matched = ?view.matched_index, "member caught up")
+                    }
+                    state => tracing::warn!(
+                        peer,
+                        %state,
+                        lag_entries = view.lag_entries,
+                        last_error = view.last_error.as_deref().unwrap_or("none"),
+                        "member is not keeping up with the leader"
+                    ),
+                }
             }
         }
     });

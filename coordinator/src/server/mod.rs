@@ -73,6 +73,10 @@ pub struct Coordinator {
     pub bootstrap: tokio::sync::Mutex<Option<shared_model::State>>,
     /// `http` or `https`: how this node and its peers are reached.
     pub scheme: &'static str,
+    /// How Raft RPCs to each peer have gone (for status and metrics).
+    pub peers_health: network::PeersHealth,
+    /// Entries a member may trail the leader by before status calls it behind.
+    pub lag_threshold: u64,
 }
 
 /// A started server.
@@ -182,7 +186,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let http_client = builder.build().map_err(|e| ServeError::Raft(e.to_string()))?;
     let options = StoreOptions { max_payload_bytes: resolved.max_payload_bytes, ..StoreOptions::default() };
     let (log, sm) = raft_store::open(&config.data_dir, options)?;
-    let network = network::Network::new(http_client.clone(), token.clone(), tls.is_some());
+    let peers_health = network::PeersHealth::default();
+    let network = network::Network::new(http_client.clone(), token.clone(), tls.is_some(), peers_health.clone());
     let raft = Raft::new(config.id, Arc::new(raft_config(&resolved)?), network, log.clone(), sm.clone())
         .await
         .map_err(|e| ServeError::Raft(e.to_string()))?;
@@ -206,8 +211,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         body_limit: config.body_limit,
         bootstrap: tokio::sync::Mutex::new(bootstrap),
         scheme: if tls.is_some() { "https" } else { "http" },
+        peers_health,
+        lag_threshold: resolved.settings.max_payload_entries.max(1000),
     });
     metrics::spawn_raft_watcher(coordinator.clone());
+    metrics::spawn_replication_monitor(coordinator.clone());
     export::spawn_bootstrapper(coordinator.clone());
     let (stop, mut stopped) = watch::channel(false);
     let router = http::router(coordinator.clone());

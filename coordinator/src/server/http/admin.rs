@@ -30,10 +30,47 @@ fn members(app: &AppState) -> Vec<MemberView> {
     let metrics = app.raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let health = app.peers_health.snapshot();
+    let last = metrics.last_log_index.unwrap_or(0);
     membership
         .nodes()
-        .map(|(id, node)| MemberView { id: *id, addr: node.addr.clone(), voter: voters.contains(id) })
+        .map(|(id, node)| {
+            // openraft reports replication only on the leader, for the other members.
+            let replication = metrics.replication.as_ref().filter(|_| *id != app.id).map(|progress| {
+                let matched = progress.get(id).copied().flatten().map(|l| l.index);
+                replication_view(matched, last, health.get(id), app.lag_threshold)
+            });
+            MemberView { id: *id, addr: node.addr.clone(), voter: voters.contains(id), replication }
+        })
         .collect()
+}
+
+/// A member is failing when its latest RPCs failed, behind when it trails by more than the threshold (or nothing
+/// is matched yet), ok otherwise.
+pub fn replication_view(
+    matched: Option<u64>,
+    last: u64,
+    health: Option<&crate::server::network::PeerHealth>,
+    lag_threshold: u64,
+) -> ReplicationView {
+    let lag_entries = last.saturating_sub(matched.unwrap_or(0));
+    let failures = health.map_or(0, |h| h.consecutive_failures);
+    let state = if failures >= 3 {
+        ReplicationState::Failing
+    } else if matched.is_none() && last > 0 || lag_entries > lag_threshold {
+        ReplicationState::Behind
+    } else {
+        ReplicationState::Ok
+    };
+    let error = health.and_then(|h| h.last_error.as_ref());
+    ReplicationView {
+        state,
+        matched_index: matched,
+        lag_entries,
+        last_error: error.map(|(_, what)| what.clone()),
+        last_error_age_secs: error.map(|(at, _)| at.elapsed().as_secs()),
+        consecutive_failures: failures,
+    }
 }
 
 /// This node's view of the Raft cluster.
