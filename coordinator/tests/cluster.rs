@@ -280,3 +280,58 @@ fn contradicting_raft_settings_stop_the_node_at_start_up_with_a_clear_message() 
     );
     assert!(!dir.path().join("data").exists(), "a refused start created the data directory");
 }
+
+fn wait_snapshot_at_least(cluster: &TestCluster, index: u64, within: Duration) -> u64 {
+    let started = Instant::now();
+    loop {
+        let at = cluster.status(1).and_then(|s| s.snapshot_index).unwrap_or(0);
+        if at >= index {
+            return at;
+        }
+        assert!(started.elapsed() < within, "no snapshot covering {index} within {within:?} (at {at})");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn snapshots_are_taken_by_log_size_and_by_age_not_only_by_entry_count() {
+    let rt = rt();
+    // By size: entry count never triggers (a million), 64 KiB of log does.
+    let cluster = TestCluster::start_with(
+        1,
+        &[
+            "--snapshot-logs-since-last",
+            "1000000",
+            "--snapshot-bytes-since-last",
+            "65536",
+            "--snapshot-max-age-secs",
+            "0",
+        ],
+    );
+    let client = cluster.client();
+    rt.block_on(client.register_cluster(&register("sizes"))).unwrap();
+    let mut last = 0;
+    for i in 0..40 {
+        last = rt.block_on(client.publish_stream(&publish(&format!("sizes/public.t{i}")))).unwrap().index;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cluster.status(1).unwrap().snapshot_index.unwrap_or(0), 0, "a snapshot before 64 KiB of log");
+    // Each publish of 200 columns is a few KiB of log.
+    for i in 0..40 {
+        let mut p = publish(&format!("sizes/public.wide{i}"));
+        p.columns = (0..200).map(|c| ColumnDef::new(&format!("column_number_{c}"), "bigint")).collect();
+        last = rt.block_on(client.publish_stream(&p)).unwrap().index;
+    }
+    let at = wait_snapshot_at_least(&cluster, 1, Duration::from_secs(5));
+    println!("by size: a snapshot at {at} (last write {last})");
+    drop(cluster);
+
+    // By age: a few writes, never enough entries or bytes, and the snapshot comes after two seconds.
+    let cluster =
+        TestCluster::start_with(1, &["--snapshot-logs-since-last", "1000000", "--snapshot-max-age-secs", "2"]);
+    let client = cluster.client();
+    let index = rt.block_on(client.register_cluster(&register("ages"))).unwrap().applied.index;
+    let started = Instant::now();
+    let at = wait_snapshot_at_least(&cluster, index, Duration::from_secs(6));
+    println!("by age: a snapshot at {at} after {} ms", started.elapsed().as_millis());
+}

@@ -61,6 +61,8 @@ struct Inner {
     flusher: Flusher,
     /// Most bytes of entries one replication read returns (always at least one entry).
     max_read_bytes: u64,
+    /// Bytes of entries appended since the store was opened (drives snapshots by size).
+    appended_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl LogStore {
@@ -91,7 +93,8 @@ impl LogStore {
         }
         let high_water = Arc::new(HighWater::open(hwm_path, present)?);
         let flusher = Flusher::start(db.clone(), high_water.clone()).map_err(StoreError::io(&path))?;
-        Ok(LogStore { inner: Arc::new(Inner { db, tree, path, high_water, flusher, max_read_bytes }) })
+        let appended_bytes = std::sync::atomic::AtomicU64::new(0);
+        Ok(LogStore { inner: Arc::new(Inner { db, tree, path, high_water, flusher, max_read_bytes, appended_bytes }) })
     }
 
     fn path(&self) -> &PathBuf {
@@ -191,6 +194,11 @@ impl LogStore {
         Ok(out)
     }
 
+    /// Bytes of entries appended since the store was opened.
+    pub fn appended_bytes(&self) -> u64 {
+        self.inner.appended_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The last purged and last present log ids.
     pub fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
         let purged: Option<LogId<NodeId>> = self.meta(KEY_PURGED)?;
@@ -209,10 +217,14 @@ impl LogStore {
     fn append_then_flush(&self, entries: impl IntoIterator<Item = LogEntry>, waiter: Waiter) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let mut last = None;
+        let mut bytes = 0;
         for entry in entries {
-            batch.insert(&entry_key(entry.log_id.index), codec::encode(&entry));
+            let value = codec::encode(&entry);
+            bytes += value.len() as u64;
+            batch.insert(&entry_key(entry.log_id.index), value);
             last = Some(entry.log_id.index);
         }
+        self.inner.appended_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         let mark = match last {
             Some(last) => {
                 self.inner.tree.apply_batch(batch).map_err(StoreError::sled(self.path()))?;

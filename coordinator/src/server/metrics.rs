@@ -3,6 +3,7 @@
 //! open watchers; on the leader, replication lag and RPC errors per follower.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -164,7 +165,7 @@ pub fn spawn_replication_monitor(coordinator: Arc<Coordinator>) {
     tokio::spawn(async move {
         let mut reported = std::collections::BTreeMap::<u64, crate::api::ReplicationState>::new();
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
             let Some(c) = weak.upgrade() else { return };
             let m = c.raft.metrics().borrow().clone();
             let Some(progress) = m.replication.as_ref() else {
@@ -196,6 +197,47 @@ pub fn spawn_replication_monitor(coordinator: Arc<Coordinator>) {
                         "member is not keeping up with the leader"
                     ),
                 }
+            }
+        }
+    });
+}
+
+/// Snapshots by size and age, beside openraft's policy by entry count: a few large entries fill a disk (and make a
+/// restarted member replay for long) as surely as many small ones, and a cluster that writes rarely should still
+/// not keep a week of log. Builds a snapshot when `bytes_since_last` bytes of log were appended since the last one
+/// this process saw, or when it is `max_age` old and entries were applied since.
+pub fn spawn_snapshot_trigger(coordinator: Arc<Coordinator>, bytes_since_last: u64, max_age: Option<Duration>) {
+    let weak = Arc::downgrade(&coordinator);
+    drop(coordinator);
+    tokio::spawn(async move {
+        let mut seen_snapshot = None;
+        let mut bytes_at_snapshot = 0u64;
+        let mut snapshot_at = tokio::time::Instant::now();
+        let mut triggered_at: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some(c) = weak.upgrade() else { return };
+            let m = c.raft.metrics().borrow().clone();
+            let bytes = c.log.appended_bytes();
+            if m.snapshot != seen_snapshot {
+                seen_snapshot = m.snapshot;
+                bytes_at_snapshot = bytes;
+                snapshot_at = tokio::time::Instant::now();
+                triggered_at = None;
+            }
+            // One request at a time: a snapshot of a large state takes a while to build.
+            if triggered_at.is_some_and(|t| t.elapsed() < Duration::from_secs(30)) {
+                continue;
+            }
+            let applied_since = m.last_applied.map(|l| l.index) > m.snapshot.map(|l| l.index);
+            let by_size = bytes.saturating_sub(bytes_at_snapshot) >= bytes_since_last;
+            let by_age = max_age.is_some_and(|age| snapshot_at.elapsed() >= age);
+            if applied_since && (by_size || by_age) {
+                tracing::info!(by_size, by_age, "building a snapshot");
+                if let Err(e) = c.raft.trigger().snapshot().await {
+                    tracing::warn!(error = %e, "could not start a snapshot");
+                }
+                triggered_at = Some(tokio::time::Instant::now());
             }
         }
     });

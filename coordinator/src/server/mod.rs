@@ -216,6 +216,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     });
     metrics::spawn_raft_watcher(coordinator.clone());
     metrics::spawn_replication_monitor(coordinator.clone());
+    let max_age = Some(resolved.settings.snapshot_max_age_secs).filter(|s| *s > 0).map(Duration::from_secs);
+    metrics::spawn_snapshot_trigger(coordinator.clone(), resolved.settings.snapshot_bytes_since_last, max_age);
     export::spawn_bootstrapper(coordinator.clone());
     let (stop, mut stopped) = watch::channel(false);
     let router = http::router(coordinator.clone());
