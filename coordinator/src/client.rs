@@ -44,6 +44,9 @@ impl ClientError {
     }
 }
 
+/// Items per page when the client reads a whole list.
+pub const LIST_PAGE: usize = 1000;
+
 /// Client settings.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -141,6 +144,18 @@ impl Client {
         request_id: Option<&str>,
         extra_wait: Duration,
     ) -> Result<T, ClientError> {
+        Ok(self.call_with_headers(method, path_and_query, body, request_id, extra_wait).await?.0)
+    }
+
+    /// [`Client::call`], also returning the answer's headers (pagination cursors, ETag).
+    pub async fn call_with_headers<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&B>,
+        request_id: Option<&str>,
+        extra_wait: Duration,
+    ) -> Result<(T, reqwest::header::HeaderMap), ClientError> {
         let started = Instant::now();
         let mut attempt = 0usize;
         let mut last = String::from("no attempt made");
@@ -180,10 +195,12 @@ impl Client {
                             self.preferred.store(i, Ordering::Relaxed);
                         }
                     }
+                    let headers = resp.headers().clone();
                     let bytes = resp.bytes().await.unwrap_or_default();
                     if status.is_success() {
                         self.preferred.store(index, Ordering::Relaxed);
                         return serde_json::from_slice(&bytes)
+                            .map(|t| (t, headers))
                             .map_err(|e| ClientError::Decode { url, reason: e.to_string() });
                     }
                     let error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
@@ -227,6 +244,48 @@ impl Client {
             }
         }
         Err(ClientError::Unavailable { waited: Duration::ZERO, last })
+    }
+
+    /// One page of a list endpoint (`/v1/frontiers`, `/v1/streams`, `/v1/federated-tables`, `/v1/clusters`):
+    /// items of `cluster` (all when None) after `after`, at most `limit`; and the cursor of the next page.
+    pub async fn list_page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        cluster: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<T>, Option<String>), ClientError> {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.append_pair("limit", &limit.to_string());
+        if let Some(c) = cluster {
+            query.append_pair("cluster", c);
+        }
+        if let Some(a) = after {
+            query.append_pair("after", a);
+        }
+        let path = format!("{path}?{}", query.finish());
+        let (items, headers) =
+            self.call_with_headers::<(), Vec<T>>(Method::GET, &path, None, None, Duration::ZERO).await?;
+        let next = headers.get("x-pgtrickle-next-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+        Ok((items, next))
+    }
+
+    /// A whole list, read in pages of [`LIST_PAGE`] items so that no answer grows with the federation.
+    pub async fn list_all<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        cluster: Option<&str>,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (items, next) = self.list_page(path, cluster, after.as_deref(), LIST_PAGE).await?;
+            all.extend(items);
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
+        }
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -322,11 +381,11 @@ impl Client {
 
     /// Registered clusters.
     pub async fn clusters(&self) -> Result<Vec<ClusterView>, ClientError> {
-        self.get("/v1/clusters").await
+        self.list_all("/v1/clusters", None).await
     }
     /// Published streams.
     pub async fn streams(&self) -> Result<Vec<StreamView>, ClientError> {
-        self.get("/v1/streams").await
+        self.list_all("/v1/streams", None).await
     }
     /// Federated tables.
     /// One published stream (404 when it is not published).
@@ -334,11 +393,11 @@ impl Client {
         self.get(&format!("/v1/streams/{}", path_of(&stream.0))).await
     }
     pub async fn federated_tables(&self) -> Result<Vec<FederatedTableView>, ClientError> {
-        self.get("/v1/federated-tables").await
+        self.list_all("/v1/federated-tables", None).await
     }
     /// Frontiers of every stream.
     pub async fn frontiers(&self) -> Result<Vec<FrontierView>, ClientError> {
-        self.get("/v1/frontiers").await
+        self.list_all("/v1/frontiers", None).await
     }
     /// The federation settings.
     pub async fn federation(&self) -> Result<FederationView, ClientError> {

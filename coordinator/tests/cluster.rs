@@ -335,3 +335,109 @@ fn snapshots_are_taken_by_log_size_and_by_age_not_only_by_entry_count() {
     let at = wait_snapshot_at_least(&cluster, index, Duration::from_secs(6));
     println!("by age: a snapshot at {at} after {} ms", started.elapsed().as_millis());
 }
+
+/// A GET through reqwest with the token and an optional If-None-Match: status, headers and body.
+async fn get_raw(url: &str, etag: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut req = reqwest::Client::new().get(url).bearer_auth(TOKEN);
+    if let Some(tag) = etag {
+        req = req.header("if-none-match", tag);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.text().await.unwrap())
+}
+
+#[test]
+fn lists_page_and_filter_while_writes_continue_and_unchanged_reads_cost_a_304() {
+    let cluster = TestCluster::start(3);
+    let rt = rt();
+    let client = cluster.client();
+    let mut expected = BTreeSet::new();
+    rt.block_on(async {
+        for name in ["ant", "bee", "cow"] {
+            client.register_cluster(&register(name)).await.unwrap();
+            for i in 0..40 {
+                let id = format!("{name}/public.t{i:02}");
+                client.publish_stream(&publish(&id)).await.unwrap();
+                expected.insert(id);
+            }
+        }
+    });
+    // A writer publishes more streams of `bee` (they sort between the listed ones) while the pages are read.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let client = cluster.client_as("writer");
+        let stop = stop.clone();
+        rt.spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client.publish_stream(&publish(&format!("bee/public.t{:02}_new{i}", i % 40))).await.unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    // Pages of 7 through a follower (the reads are forwarded to the leader, headers and all).
+    let leader = cluster.wait_leader(Duration::from_secs(5));
+    let follower = cluster.nodes.values().find(|n| n.id != leader).unwrap().url();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let url = match &after {
+            Some(a) => format!("{follower}/v1/frontiers?limit=7&after={a}"),
+            None => format!("{follower}/v1/frontiers?limit=7"),
+        };
+        let (status, headers, body) = rt.block_on(get_raw(&url, None));
+        assert_eq!(status, 200, "{body}");
+        let page: Vec<FrontierView> = serde_json::from_str(&body).unwrap();
+        assert!(page.len() <= 7);
+        seen.extend(page.iter().map(|f| f.stream.to_string()));
+        pages += 1;
+        match headers.get("x-pgtrickle-next-after") {
+            Some(next) => {
+                let link = headers.get("link").unwrap().to_str().unwrap();
+                assert!(link.contains("limit=7") && link.ends_with("rel=\"next\""), "{link}");
+                after = Some(next.to_str().unwrap().to_string());
+            }
+            None => break,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = rt.block_on(writer).unwrap();
+    let unique: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "an item was listed twice");
+    assert!(expected.is_subset(&unique), "an item that existed throughout was not listed");
+    println!("{pages} pages, {} items ({} written during the listing)", seen.len(), written);
+
+    // The cluster filter keeps one cluster's items, paged by the client library as well.
+    let cows: Vec<StreamView> = rt.block_on(client.list_all("/v1/streams", Some("cow"))).unwrap();
+    assert_eq!(cows.len(), 40);
+    assert!(cows.iter().all(|s| s.stream.to_string().starts_with("cow/")));
+    let (one, next) = rt.block_on(client.list_page::<ClusterView>("/v1/clusters", None, Some("ant"), 1)).unwrap();
+    assert_eq!((one[0].name.to_string(), next.as_deref()), ("bee".to_string(), Some("bee")));
+    let all = rt.block_on(client.frontiers()).unwrap();
+    assert_eq!(all.len(), 120 + written);
+
+    // Conditional reads: an unchanged state answers 304 with no body, a write changes the tag.
+    let url = format!("{}/v1/clusters", cluster.nodes[&leader].url());
+    let (status, headers, _) = rt.block_on(get_raw(&url, None));
+    assert_eq!(status, 200);
+    let tag = headers.get("etag").unwrap().to_str().unwrap().to_string();
+    let (status, headers, body) = rt.block_on(get_raw(&url, Some(&tag)));
+    assert_eq!((status, body.as_str()), (304, ""));
+    assert_eq!(headers.get("etag").unwrap().to_str().unwrap(), tag);
+    let (status, _, _) = rt.block_on(get_raw(&format!("{follower}/v1/clusters"), Some(&tag)));
+    assert_eq!(status, 304, "the same version has the same tag through a follower");
+    rt.block_on(client.register_cluster(&register("dog"))).unwrap();
+    let (status, headers, body) = rt.block_on(get_raw(&url, Some(&tag)));
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(headers.get("etag").unwrap().to_str().unwrap(), tag);
+
+    // Bad paging input gets typed errors.
+    let (status, _, body) = rt.block_on(get_raw(&format!("{url}?limit=0"), None));
+    assert!(status == 422 && body.contains("limit 0 is out of range"), "{status} {body}");
+    let (status, _, body) = rt.block_on(get_raw(&format!("{url}?cluster=Not%20A%20Name"), None));
+    assert_eq!(status, 422, "{body}");
+}

@@ -99,7 +99,7 @@ fn found<T>(
     app.sm.with_state(view).map(Json).ok_or_else(|| Failure::not_found(missing()))
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Failure> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Failure> {
     q.map(|Query(t)| t).map_err(|e| Failure::bad_request("bad_query", e.body_text()))
 }
 
@@ -153,14 +153,14 @@ pub fn write_routes() -> Router<AppState> {
 
 pub fn read_routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/clusters", get(list_clusters))
+        .route("/v1/clusters", get(super::lists::list_clusters))
         .route("/v1/clusters/{cluster}", get(get_cluster))
         .route("/v1/federation", get(get_federation))
-        .route("/v1/streams", get(list_streams))
+        .route("/v1/streams", get(super::lists::list_streams))
         .route("/v1/streams/{cluster}/{name}", get(get_stream))
-        .route("/v1/federated-tables", get(list_federated_tables))
+        .route("/v1/federated-tables", get(super::lists::list_federated_tables))
         .route("/v1/federated-tables/{cluster}/{name}", get(get_federated_table))
-        .route("/v1/frontiers", get(list_frontiers))
+        .route("/v1/frontiers", get(super::lists::list_frontiers))
         .route("/v1/frontiers/{cluster}/{name}", get(get_frontier))
         .route("/v1/dag", get(get_dag))
         .route("/v1/dag/dot", get(get_dag_dot))
@@ -389,17 +389,6 @@ pub async fn advance_frontiers(
 
 // ----- reads ---------------------------------------------------------------------------------------------------
 
-/// Registered clusters.
-#[utoipa::path(get, path = "/v1/clusters", tag = "clusters", params(ReadQuery),
-    responses((status = 200, body = Vec<ClusterView>), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
-pub async fn list_clusters(
-    State(app): State<AppState>,
-    q: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<Vec<ClusterView>>, Failure> {
-    query(q)?;
-    Ok(Json(app.sm.with_state(|s| s.clusters().keys().filter_map(|n| views::cluster(s, n)).collect())))
-}
-
 /// One cluster.
 #[utoipa::path(get, path = "/v1/clusters/{cluster}", tag = "clusters", params(("cluster" = String, Path), ReadQuery),
     responses((status = 200, body = ClusterView), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 404, body = ApiError),
@@ -425,17 +414,6 @@ pub async fn get_federation(
     Ok(Json(app.sm.with_state(views::federation)))
 }
 
-/// Published streams with their frontiers.
-#[utoipa::path(get, path = "/v1/streams", tag = "streams", params(ReadQuery),
-    responses((status = 200, body = Vec<StreamView>), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
-pub async fn list_streams(
-    State(app): State<AppState>,
-    q: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<Vec<StreamView>>, Failure> {
-    query(q)?;
-    Ok(Json(app.sm.with_state(|s| s.streams().keys().filter_map(|id| views::stream(s, id)).collect())))
-}
-
 /// One published stream.
 #[utoipa::path(get, path = "/v1/streams/{cluster}/{name}", tag = "streams",
     params(("cluster" = String, Path), ("name" = String, Path, description = "schema.table"), ReadQuery),
@@ -451,17 +429,6 @@ pub async fn get_stream(
     found(&app, |s| views::stream(s, &id), || format!("stream {id} is not published"))
 }
 
-/// Federated tables with their newest cuts.
-#[utoipa::path(get, path = "/v1/federated-tables", tag = "federated tables", params(ReadQuery),
-    responses((status = 200, body = Vec<FederatedTableView>), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
-pub async fn list_federated_tables(
-    State(app): State<AppState>,
-    q: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<Vec<FederatedTableView>>, Failure> {
-    query(q)?;
-    Ok(Json(app.sm.with_state(|s| s.federated_tables().keys().filter_map(|id| views::federated(s, id)).collect())))
-}
-
 /// One federated table.
 #[utoipa::path(get, path = "/v1/federated-tables/{cluster}/{name}", tag = "federated tables",
     params(("cluster" = String, Path), ("name" = String, Path, description = "schema.table"), ReadQuery),
@@ -475,17 +442,6 @@ pub async fn get_federated_table(
     query(q)?;
     let id = FederatedTableId(relation(&cluster, &name)?);
     found(&app, |s| views::federated(s, &id), || format!("federated table {id} does not exist"))
-}
-
-/// Committed frontiers of every stream.
-#[utoipa::path(get, path = "/v1/frontiers", tag = "frontiers", params(ReadQuery),
-    responses((status = 200, body = Vec<FrontierView>), (status = 401, body = ApiError), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
-pub async fn list_frontiers(
-    State(app): State<AppState>,
-    q: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<Vec<FrontierView>>, Failure> {
-    query(q)?;
-    Ok(Json(app.sm.with_state(|s| s.streams().keys().filter_map(|id| views::frontier(s, id)).collect())))
 }
 
 /// The committed frontier of one stream.

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, app, AppState, Failure};
+use super::{admin, app, lists, AppState, Failure};
 use crate::api::*;
 
 pub fn routes() -> Router<AppState> {
@@ -38,8 +38,8 @@ impl Modify for BearerAuth {
     paths(
         app::register_cluster, app::deregister_cluster, app::record_checkpoint, app::configure_federation,
         app::publish_stream, app::unpublish_stream, app::reinitialize, app::create_federated_table,
-        app::drop_federated_table, app::advance_frontiers, app::list_clusters, app::get_cluster, app::get_federation,
-        app::list_streams, app::get_stream, app::list_federated_tables, app::get_federated_table, app::list_frontiers,
+        app::drop_federated_table, app::advance_frontiers, lists::list_clusters, app::get_cluster, app::get_federation,
+        lists::list_streams, app::get_stream, lists::list_federated_tables, app::get_federated_table, lists::list_frontiers,
         app::get_frontier, app::get_dag, app::get_dag_dot, app::events, app::cut, app::frontier_history,
         admin::status, admin::init, admin::add_learner, admin::change_membership, admin::snapshot,
         healthz, readyz, metrics

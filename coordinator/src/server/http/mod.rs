@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod app;
 pub mod docs;
+pub mod lists;
 pub mod raft;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -122,7 +123,9 @@ pub fn router(app: AppState) -> Router {
     let writes = app::write_routes()
         .merge(admin::leader_routes())
         .layer(middleware::from_fn_with_state(app.clone(), forward_writes));
-    let reads = app::read_routes().layer(middleware::from_fn_with_state(app.clone(), linearizable_reads));
+    let reads = app::read_routes()
+        .layer(middleware::from_fn_with_state(app.clone(), conditional_reads))
+        .layer(middleware::from_fn_with_state(app.clone(), linearizable_reads));
     Router::new()
         .merge(writes)
         .merge(reads)
@@ -135,6 +138,34 @@ pub fn router(app: AppState) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), authorize))
         .layer(middleware::from_fn_with_state(app.clone(), typed_errors))
         .with_state(app)
+}
+
+/// Carries the cursor of the next page of a list (the id to pass as `after`).
+pub const NEXT_AFTER_HEADER: HeaderName = HeaderName::from_static("x-pgtrickle-next-after");
+
+/// Conditional reads: every answer carries `ETag: W/"<applied log index>"` (the log index names a version of the
+/// state on every node), and a request whose `If-None-Match` names the current version gets 304 without the
+/// handler running, so polling an unchanged state costs a header. The index is read before the handler: at worst
+/// the tag is older than the content, which costs one unneeded full answer later, never a wrong 304.
+async fn conditional_reads(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let version = app.sm.applied().map_or(0, |l| l.index);
+    let etag = format!("W/\"{version}\"");
+    let matches = req
+        .headers()
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == etag || t.trim() == "*");
+    let tag = HeaderValue::from_str(&etag).expect("an ASCII tag");
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
+    }
+    let mut resp = next.run(req).await;
+    if resp.status() == StatusCode::OK {
+        resp.headers_mut().insert(header::ETAG, tag);
+    }
+    resp
 }
 
 /// Paths that answer without a token when the node runs with `--open-health`.
@@ -264,7 +295,7 @@ async fn forward(app: &Coordinator, addr: &str, req: Request) -> Response {
         .timeout(Duration::from_secs(65))
         .header(FORWARDED_HEADER, app.id.to_string())
         .body(body);
-    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_NONE_MATCH] {
         if let Some(v) = parts.headers.get(&name) {
             out = out.header(name, v);
         }
@@ -278,7 +309,7 @@ async fn forward(app: &Coordinator, addr: &str, req: Request) -> Response {
         Ok(resp) => {
             let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let mut headers = HeaderMap::new();
-            for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+            for name in [header::CONTENT_TYPE, header::RETRY_AFTER, header::ETAG, header::LINK, NEXT_AFTER_HEADER] {
                 if let Some(v) =
                     resp.headers().get(name.as_str()).and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
                 {
