@@ -441,3 +441,61 @@ fn lists_page_and_filter_while_writes_continue_and_unchanged_reads_cost_a_304() 
     let (status, _, body) = rt.block_on(get_raw(&format!("{url}?cluster=Not%20A%20Name"), None));
     assert_eq!(status, 422, "{body}");
 }
+
+fn wakeups_metric(cluster: &TestCluster, id: u64) -> u64 {
+    let text = ureq_get(&format!("{}/metrics", cluster.nodes[&id].url())).unwrap();
+    text.lines().find_map(|l| l.strip_prefix("pgtrickle_watch_wakeups_total ")).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_stream_long_poll_sleeps_through_other_clusters_and_wakes_for_its_own() {
+    let cluster = TestCluster::start(1);
+    let rt = rt();
+    let client = cluster.client();
+    let (ant, bee) = rt.block_on(async {
+        let ant = client.register_cluster(&register("ant")).await.unwrap().fence();
+        let bee = client.register_cluster(&register("bee")).await.unwrap().fence();
+        client.publish_stream(&publish("ant/public.a")).await.unwrap();
+        client.publish_stream(&publish("bee/public.b")).await.unwrap();
+        (ant, bee)
+    });
+    let advance = |fence: &ProducerFence, stream: &str, seq: u64| AdvanceFrontiers {
+        producer: fence.clone(),
+        advances: vec![FrontierAdvance {
+            stream: StreamId::parse(stream).unwrap(),
+            seq,
+            kind: BatchKind::Delta,
+            position: BrokerPosition { partition: 0, offset: seq as i64 },
+        }],
+    };
+    let stream_a = StreamId::parse("ant/public.a").unwrap();
+    let poller = {
+        let client = cluster.client_as("consumer");
+        let stream_a = stream_a.clone();
+        rt.spawn(async move {
+            let started = Instant::now();
+            let view = client.frontier_history(&stream_a, 0, Duration::from_secs(20)).await.unwrap();
+            (view, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let before = wakeups_metric(&cluster, 1);
+    rt.block_on(async {
+        for seq in 1..=30 {
+            client.advance_frontiers(&advance(&bee, "bee/public.b", seq)).await.unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let during_bee = wakeups_metric(&cluster, 1) - before;
+    assert!(!poller.is_finished(), "the long-poll answered without news of its stream");
+    assert!(during_bee <= 2, "30 advances of another cluster woke the long-poll {during_bee} times");
+    let sent = Instant::now();
+    rt.block_on(client.advance_frontiers(&advance(&ant, "ant/public.a", 1))).unwrap();
+    let (view, _) = rt.block_on(poller).unwrap();
+    println!(
+        "woken {} ms after its stream advanced; {during_bee} wake-ups during 30 other advances",
+        sent.elapsed().as_millis()
+    );
+    assert_eq!(view.points.last().map(|p| p.seq), Some(1));
+    assert!(sent.elapsed() < Duration::from_secs(2));
+}

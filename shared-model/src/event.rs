@@ -72,7 +72,38 @@ pub enum Event {
     },
 }
 
+/// Whose watchers an event concerns: the long-polls of one cluster's streams, or everyone's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touches {
+    /// Only what belongs to this cluster (its streams, their frontiers, its registration).
+    Cluster(ClusterName),
+    /// Anything may have changed (rare, federation-wide events).
+    Everything,
+}
+
 impl Event {
+    /// Whose watchers must be woken by this event. A long-poll on a stream sleeps through the advances of the
+    /// other 999 clusters of a federation; an event that cannot be placed wakes everyone, so a mistake here can
+    /// only cost wake-ups, never a missed one.
+    pub fn touches(&self) -> Touches {
+        match self {
+            Event::ClusterRegistered { name, .. }
+            | Event::ClusterTakenOver { name, .. }
+            | Event::ClusterDeregistered { name }
+            | Event::CheckpointRecorded { cluster: name, .. } => Touches::Cluster(name.clone()),
+            Event::StreamPublished { stream, .. }
+            | Event::StreamUnpublished { stream }
+            | Event::FrontierAdvanced { stream, .. }
+            | Event::ReinitializeRequested { stream, .. } => Touches::Cluster(stream.cluster().clone()),
+            Event::FederatedTableCreated { table, .. } | Event::FederatedTableDropped { table } => {
+                Touches::Cluster(table.0.cluster.clone())
+            }
+            Event::FederationConfigured { .. } | Event::MessageKeyIssued { .. } | Event::StateRestored { .. } => {
+                Touches::Everything
+            }
+        }
+    }
+
     /// A short name for logs, metrics and the watch API.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -101,4 +132,29 @@ pub struct Applied {
     pub index: LogIndex,
     /// The events, in order.
     pub events: Vec<Event>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_and_cluster_events_touch_their_cluster_and_federation_events_touch_everyone() {
+        let stream = StreamId::parse("ant/public.orders").unwrap();
+        let ant = Touches::Cluster(ClusterName::parse("ant").unwrap());
+        let advanced = Event::FrontierAdvanced {
+            stream: stream.clone(),
+            seq: 1,
+            kind: BatchKind::Delta,
+            position: BrokerPosition { partition: 0, offset: 0 },
+            producer_epoch: 1,
+        };
+        assert_eq!(advanced.touches(), ant);
+        assert_eq!(Event::StreamUnpublished { stream: stream.clone() }.touches(), ant);
+        let reinit = Event::ReinitializeRequested { stream, epoch: 1, reason: "x".into() };
+        assert_eq!(reinit.touches(), ant);
+        assert_eq!(Event::ClusterDeregistered { name: ClusterName::parse("ant").unwrap() }.touches(), ant);
+        let restored = Event::StateRestored { state: Box::default() };
+        assert_eq!(restored.touches(), Touches::Everything);
+    }
 }

@@ -29,7 +29,7 @@ pub use command::{Command, FrontierAdvance, ProducerFence, Request};
 pub use dag::{DiamondGroup, GlobalDag, NodeKey};
 pub use decide::decide;
 pub use error::{CommandError, ErrorClass};
-pub use event::{Applied, Event};
+pub use event::{Applied, Event, Touches};
 pub use frontier::{Cut, Frontier, Lag};
 pub use ids::{
     Backend, ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, ParseError, RelationId, SourceUrl,

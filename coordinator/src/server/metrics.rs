@@ -49,6 +49,7 @@ pub struct Metrics {
     pub writes: Family<OutcomeLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub watchers: Gauge,
+    pub watch_wakeups: Counter,
     pub replication_lag: Family<PeerLabel, Gauge>,
     pub replication_errors: Family<PeerLabel, Counter>,
 }
@@ -69,6 +70,7 @@ impl Metrics {
         let writes = Family::<OutcomeLabels, Counter>::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         let watchers = Gauge::default();
+        let watch_wakeups = Counter::default();
         let replication_lag = Family::<PeerLabel, Gauge>::default();
         let replication_errors = Family::<PeerLabel, Counter>::default();
         registry.register("raft_term", "Current Raft term", term.clone());
@@ -81,6 +83,11 @@ impl Metrics {
         registry.register("writes", "Writes by command and outcome", writes.clone());
         registry.register("http_requests", "HTTP requests by method and status", http_requests.clone());
         registry.register("watchers", "Open long-poll watchers", watchers.clone());
+        registry.register(
+            "watch_wakeups",
+            "Times a long-poll woke up to look at the state again before answering",
+            watch_wakeups.clone(),
+        );
         registry.register(
             "raft_replication_lag_entries",
             "On the leader: entries each member trails the leader's log by (-1: nothing matched yet)",
@@ -103,6 +110,7 @@ impl Metrics {
             writes,
             http_requests,
             watchers,
+            watch_wakeups,
             replication_lag,
             replication_errors,
         }

@@ -7,6 +7,7 @@ pub mod http;
 pub mod metrics;
 pub mod network;
 pub mod proposer;
+pub mod wakeups;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -77,6 +78,8 @@ pub struct Coordinator {
     pub peers_health: network::PeersHealth,
     /// Entries a member may trail the leader by before status calls it behind.
     pub lag_threshold: u64,
+    /// Per-cluster wake-ups of the long-polls on one stream.
+    pub wakeups: Arc<wakeups::Wakeups>,
 }
 
 /// A started server.
@@ -200,6 +203,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         addr,
         proposer: proposer::Proposer::spawn(raft.clone(), resolved.max_payload_bytes as usize),
         raft,
+        wakeups: wakeups::Wakeups::spawn(sm.clone()),
         sm,
         log,
         http: http_client,

@@ -537,6 +537,7 @@ pub async fn events(
         if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
             return Ok(Json(EventsPage { records: vec![], last_applied }));
         }
+        app.metrics.watch_wakeups.inc();
     }
 }
 
@@ -553,7 +554,7 @@ pub async fn cut(
     let id = FederatedTableId(relation(&cluster, &name)?);
     let after = q.after.unwrap_or(0);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
-    long_poll(&app, wait, |s| {
+    long_poll(&app, wait, None, |s| {
         let t = s
             .federated_tables()
             .get(&id)
@@ -566,14 +567,18 @@ pub async fn cut(
 }
 
 /// Answers with what `look` finds in the applied state as soon as it says the answer is ready, or when `wait`
-/// passed; wakes up on every applied entry in between.
+/// passed; wakes up on every applied entry in between, or, with `cluster`, only on the entries that touch that
+/// cluster (and federation-wide ones).
 async fn long_poll<T>(
     app: &AppState,
     wait: Duration,
+    cluster: Option<&ClusterName>,
     look: impl Fn(&shared_model::State) -> Result<(T, bool), Failure>,
 ) -> Result<Json<T>, Failure> {
     let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before the first look, so nothing applied after it goes unnoticed.
     let mut applied = app.sm.subscribe_applied();
+    let mut narrow = cluster.map(|c| app.wakeups.subscribe(c));
     app.metrics.watchers.inc();
     let _guard = WatcherGuard(app);
     loop {
@@ -582,9 +587,14 @@ async fn long_poll<T>(
         if ready || wait.is_zero() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(view));
         }
-        if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+        let woken = match narrow.as_mut() {
+            Some(subscription) => tokio::time::timeout_at(deadline, subscription.changed()).await.is_ok(),
+            None => tokio::time::timeout_at(deadline, applied.changed()).await.is_ok(),
+        };
+        if !woken {
             return Ok(Json(view));
         }
+        app.metrics.watch_wakeups.inc();
     }
 }
 
@@ -604,7 +614,7 @@ pub async fn frontier_history(
     let id = StreamId(relation(&cluster, &name)?);
     let after_seq = q.after_seq.unwrap_or(0);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
-    long_poll(&app, wait, |s| {
+    long_poll(&app, wait, Some(id.cluster()), |s| {
         let view = views::frontier_history(s, &id, after_seq)
             .ok_or_else(|| Failure::not_found(format!("stream {id} is not published")))?;
         let news = view.points.last().is_some_and(|p| p.seq > after_seq) || view.pending_reinit.is_some();
