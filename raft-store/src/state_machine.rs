@@ -9,7 +9,7 @@
 
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
@@ -53,7 +53,6 @@ struct Current {
     state: State,
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Node>,
-    snapshot: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
 }
 
 struct Inner {
@@ -63,6 +62,9 @@ struct Inner {
     options: StoreOptions,
     current: RwLock<Current>,
     applied_tx: watch::Sender<u64>,
+    /// The metadata of the snapshot file; the lock is held while the file is replaced or read, so the two always
+    /// agree. The bytes stay on disk: holding them in memory doubled a large state's resident size.
+    snapshot: Mutex<Option<SnapshotMeta<NodeId, Node>>>,
 }
 
 /// The state machine store. Cheap to clone; the coordinator keeps a clone for reads and watches.
@@ -87,9 +89,9 @@ impl StateMachineStore {
             None => None,
         };
         let (mut state, snap_last, snap_membership, snapshot) = match snap {
-            Some((image, bytes)) => {
+            Some((image, _bytes)) => {
                 let meta = image.meta.clone();
-                (image.state, meta.last_log_id, meta.last_membership.clone(), Some((meta, bytes)))
+                (image.state, meta.last_log_id, meta.last_membership.clone(), Some(meta))
             }
             None => (
                 State::with_idempotency_window_ms(options.idempotency_window_ms),
@@ -147,8 +149,9 @@ impl StateMachineStore {
                 db_path,
                 dir,
                 options,
-                current: RwLock::new(Current { state, applied, membership, snapshot }),
+                current: RwLock::new(Current { state, applied, membership }),
                 applied_tx,
+                snapshot: Mutex::new(snapshot),
             }),
         })
     }
@@ -234,7 +237,14 @@ impl StateMachineStore {
             let bytes = snapshot::encode(&meta, &current.state);
             (meta, bytes)
         };
-        snapshot::write_file(&self.inner.dir, &bytes)?;
+        {
+            let mut current_meta = self.inner.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+            // Keep the newest: a snapshot installed meanwhile may be ahead of this one.
+            if current_meta.as_ref().is_none_or(|m| m.last_log_id <= meta.last_log_id) {
+                snapshot::write_file(&self.inner.dir, &bytes)?;
+                *current_meta = Some(meta.clone());
+            }
+        }
         if let Some(last) = meta.last_log_id {
             let keep_from = last.index.saturating_sub(self.inner.options.retained_records);
             let mut batch = sled::Batch::default();
@@ -242,11 +252,6 @@ impl StateMachineStore {
                 batch.remove(key.map_err(StoreError::sled(&self.inner.db_path))?);
             }
             self.inner.tree.apply_batch(batch).map_err(StoreError::sled(&self.inner.db_path))?;
-        }
-        let mut current = self.inner.current.write().unwrap_or_else(|p| p.into_inner());
-        // Keep the newest: a concurrently installed snapshot may be ahead of this one.
-        if current.snapshot.as_ref().is_none_or(|(m, _)| m.last_log_id <= meta.last_log_id) {
-            current.snapshot = Some((meta.clone(), bytes.clone()));
         }
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
@@ -261,7 +266,10 @@ impl StateMachineStore {
                 format!("its contents end at {:?}, the leader says {:?}", image.meta.last_log_id, meta.last_log_id),
             ));
         }
+        let mut current_meta = self.inner.snapshot.lock().unwrap_or_else(|p| p.into_inner());
         snapshot::write_file(&self.inner.dir, &bytes)?;
+        *current_meta = Some(meta.clone());
+        drop(current_meta);
         let mut current = self.inner.current.write().unwrap_or_else(|p| p.into_inner());
         let last = meta.last_log_id.map_or(0, |l| l.index);
         let mut batch = sled::Batch::default();
@@ -273,17 +281,17 @@ impl StateMachineStore {
         current.state = image.state;
         current.applied = meta.last_log_id;
         current.membership = meta.last_membership.clone();
-        current.snapshot = Some((meta.clone(), bytes));
         self.inner.applied_tx.send_replace(last);
         Ok(())
     }
 
     /// The newest snapshot this node has (built or installed).
-    pub fn current_snapshot(&self) -> Option<Snapshot<TypeConfig>> {
-        self.read()
-            .snapshot
-            .as_ref()
-            .map(|(meta, bytes)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(bytes.clone())) })
+    pub fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let meta = self.inner.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(meta) = meta.as_ref() else { return Ok(None) };
+        let path = snapshot::file_path(&self.inner.dir);
+        let bytes = std::fs::read(&path).map_err(StoreError::io(&path))?;
+        Ok(Some(Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(bytes)) }))
     }
 }
 
@@ -326,6 +334,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.current_snapshot())
+        self.current_snapshot().map_err(StoreError::into_read)
     }
 }

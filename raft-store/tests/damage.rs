@@ -137,5 +137,5 @@ fn a_clean_store_reopens_with_its_state() {
     let (log, sm) = raft_store::open(dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(log.log_state().unwrap().last_log_id.unwrap().index, 60);
     sm.with_state(|s| assert_eq!(s, &workload::expected_state(60)));
-    assert!(sm.current_snapshot().is_some());
+    assert!(sm.current_snapshot().unwrap().is_some());
 }
