@@ -65,6 +65,58 @@ struct Inner {
     /// The metadata of the snapshot file; the lock is held while the file is replaced or read, so the two always
     /// agree. The bytes stay on disk: holding them in memory doubled a large state's resident size.
     snapshot: Mutex<Option<SnapshotMeta<NodeId, Node>>>,
+    /// The newest applied records, decoded, for the watchers at the tip of the event log: thousands of them wake
+    /// on each entry, and each would otherwise read and decode the same records from sled.
+    recent: Mutex<RecentRecords>,
+}
+
+/// Most bytes (encoded) of records kept in [`RecentRecords`].
+const RECENT_RECORDS_BYTES: usize = 16 * 1024 * 1024;
+
+/// A window of consecutive entries' records, newest last, bounded by bytes.
+#[derive(Default)]
+struct RecentRecords {
+    entries: std::collections::VecDeque<(u64, Arc<Vec<Executed>>, usize)>,
+    bytes: usize,
+}
+
+impl RecentRecords {
+    fn push(&mut self, index: u64, records: Arc<Vec<Executed>>, bytes: usize) {
+        if self.entries.back().is_some_and(|(last, _, _)| *last + 1 != index) {
+            self.clear();
+        }
+        self.entries.push_back((index, records, bytes));
+        self.bytes += bytes;
+        while self.bytes > RECENT_RECORDS_BYTES && self.entries.len() > 1 {
+            let (_, _, b) = self.entries.pop_front().expect("non-empty");
+            self.bytes -= b;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Forgets entries before `index`, as the stored records are pruned: a watcher that fell behind the retention
+    /// window gets 410 whether or not the window still happens to be in memory.
+    fn drop_before(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|(i, _, _)| *i < index) {
+            let (_, _, b) = self.entries.pop_front().expect("non-empty");
+            self.bytes -= b;
+        }
+    }
+
+    /// The records of up to `limit` entries after `after`, when the window holds all of them from `after + 1`.
+    fn after(&self, after: u64, limit: usize) -> Option<Vec<Executed>> {
+        let first = self.entries.front()?.0;
+        let last = self.entries.back()?.0;
+        if after + 1 < first || after > last {
+            return None;
+        }
+        let skip = (after + 1 - first) as usize;
+        Some(self.entries.iter().skip(skip).take(limit).flat_map(|(_, r, _)| r.iter().cloned()).collect())
+    }
 }
 
 /// The state machine store. Cheap to clone; the coordinator keeps a clone for reads and watches.
@@ -152,6 +204,7 @@ impl StateMachineStore {
                 current: RwLock::new(Current { state, applied, membership }),
                 applied_tx,
                 snapshot: Mutex::new(snapshot),
+                recent: Mutex::new(RecentRecords::default()),
             }),
         })
     }
@@ -184,6 +237,9 @@ impl StateMachineStore {
     /// per request). Records older than the retention window are gone:
     /// the first returned index then tells the caller where the retained history starts.
     pub fn records_after(&self, after: u64, limit: usize) -> Result<Vec<Executed>, StoreError> {
+        if let Some(records) = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner()).after(after, limit) {
+            return Ok(records);
+        }
         let mut out = Vec::new();
         let start = after.saturating_add(1);
         for item in self.inner.tree.range(record_key(start)..=record_key(u64::MAX)).take(limit) {
@@ -200,6 +256,7 @@ impl StateMachineStore {
         let mut current = self.inner.current.write().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
         let mut out = Vec::new();
+        let mut fresh = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
             let executed = execute_payload(&mut current.state, index, &entry.payload);
@@ -207,7 +264,9 @@ impl StateMachineStore {
                 current.membership = StoredMembership::new(Some(entry.log_id), m.clone());
             }
             current.applied = Some(entry.log_id);
-            batch.insert(&record_key(index), codec::encode(&executed));
+            let encoded = codec::encode(&executed);
+            fresh.push((index, Arc::new(executed.clone()), encoded.len()));
+            batch.insert(&record_key(index), encoded);
             out.push(executed);
         }
         if out.is_empty() {
@@ -215,6 +274,12 @@ impl StateMachineStore {
         }
         batch.insert(KEY_APPLIED, codec::encode(&(current.applied, current.membership.clone())));
         self.inner.tree.apply_batch(batch).map_err(StoreError::sled(&self.inner.db_path))?;
+        {
+            let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+            for (index, records, bytes) in fresh {
+                recent.push(index, records, bytes);
+            }
+        }
         if let Some(applied) = current.applied {
             self.inner.applied_tx.send_replace(applied.index);
         }
@@ -252,6 +317,7 @@ impl StateMachineStore {
                 batch.remove(key.map_err(StoreError::sled(&self.inner.db_path))?);
             }
             self.inner.tree.apply_batch(batch).map_err(StoreError::sled(&self.inner.db_path))?;
+            self.inner.recent.lock().unwrap_or_else(|p| p.into_inner()).drop_before(keep_from);
         }
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
@@ -281,6 +347,7 @@ impl StateMachineStore {
         current.state = image.state;
         current.applied = meta.last_log_id;
         current.membership = meta.last_membership.clone();
+        self.inner.recent.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.inner.applied_tx.send_replace(last);
         Ok(())
     }

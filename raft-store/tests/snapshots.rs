@@ -76,3 +76,32 @@ fn watch_records_follow_the_applied_index() {
         assert_eq!(sm.records_after(0, 1).unwrap()[0].index, 40);
     });
 }
+
+#[test]
+fn records_served_from_memory_equal_the_stored_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = |sm: &raft_store::StateMachineStore| -> Vec<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for after in [0, 1, 17, 59, 60, 61, 80] {
+            for limit in [1, 3, 100] {
+                let page = sm.records_after(after, limit).unwrap();
+                out.push(page.iter().map(|r| (r.index, r.fingerprint)).collect());
+            }
+        }
+        out
+    };
+    let in_memory = rt().block_on(async {
+        let (log, sm) = raft_store::open(dir.path(), StoreOptions::default()).unwrap();
+        for chunk in (1..=60).collect::<Vec<u64>>().chunks(7) {
+            let entries: Vec<_> = chunk.iter().copied().map(workload::entry).collect();
+            log.append_durably(entries.clone()).await.unwrap();
+            sm.apply_entries(entries).unwrap();
+        }
+        pages(&sm)
+    });
+    // Reopened, the window is empty and every page comes from sled.
+    let (_log, sm) = raft_store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(pages(&sm), in_memory);
+    assert_eq!(in_memory[0], vec![(1, in_memory[0][0].1)]);
+    assert!(in_memory.iter().any(|p| p.len() == 3));
+}
