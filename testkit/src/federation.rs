@@ -79,7 +79,13 @@ impl Federation {
 
     /// Loses every batch the change log holds (see [`LogServer::lose_everything`]).
     pub fn lose_change_log(&mut self) -> Result<()> {
-        self.broker.lose_everything("pgtrickle")
+        // The prefix the coordinators hand out, so the loss covers what the clusters really wrote.
+        let prefix = self
+            .coordinator(|c| async move { c.federation().await })
+            .map_err(|e| std::io::Error::other(format!("reading the federation's topic prefix: {e}")))?
+            .changelog
+            .topic_prefix;
+        self.broker.lose_everything(&prefix)
     }
 
     /// Runs one call of the coordinator client library against the coordinators (as client `testkit`).

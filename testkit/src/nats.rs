@@ -23,8 +23,18 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server with JetStream (file storage) on a free port.
     pub fn start() -> Result<NatsServer> {
+        NatsServer::launch(None, None)
+    }
+
+    /// Makes the data directory (and certificates for a secure server), picks a port and starts the process.
+    fn launch(secure: Option<(&str, &str)>, config: Option<&str>) -> Result<NatsServer> {
         let dir = tempfile::Builder::new().prefix("pgtrickle-nats-").tempdir()?;
-        let mut server = NatsServer { port: free_port()?, child: None, dir, starts: 0, secure: None, config: None };
+        if secure.is_some() {
+            crate::broker::make_certificates(dir.path())?;
+        }
+        let secure = secure.map(|(u, p)| (u.to_string(), p.to_string()));
+        let config = config.map(str::to_string);
+        let mut server = NatsServer { port: free_port()?, child: None, dir, starts: 0, secure, config };
         server.spawn()?;
         Ok(server)
     }
@@ -36,22 +46,13 @@ impl NatsServer {
 
     /// Starts a server with these configuration-file lines (e.g. an `authorization { … }` block).
     pub fn start_with_config(config: &str) -> Result<NatsServer> {
-        let dir = tempfile::Builder::new().prefix("pgtrickle-nats-").tempdir()?;
-        let (port, config) = (free_port()?, Some(config.to_string()));
-        let mut server = NatsServer { port, child: None, dir, starts: 0, secure: None, config };
-        server.spawn()?;
-        Ok(server)
+        NatsServer::launch(None, Some(config))
     }
 
     /// Starts a server that accepts only TLS connections (certificate signed by [`NatsServer::ca_file`]) that log
     /// in as `user` with `password`.
     pub fn start_secure(user: &str, password: &str) -> Result<NatsServer> {
-        let dir = tempfile::Builder::new().prefix("pgtrickle-nats-").tempdir()?;
-        crate::broker::make_certificates(dir.path())?;
-        let secure = Some((user.to_string(), password.to_string()));
-        let mut server = NatsServer { port: free_port()?, child: None, dir, starts: 0, secure, config: None };
-        server.spawn()?;
-        Ok(server)
+        NatsServer::launch(Some((user, password)), None)
     }
 
     /// The CA certificate a secure server's clients must trust.
