@@ -98,13 +98,15 @@ impl Frontier {
     /// Records the next batch; the caller has checked that `point.seq == self.seq() + 1` and time moves forward.
     pub fn push(&mut self, point: FrontierPoint) {
         debug_assert_eq!(point.seq, self.seq() + 1);
-        self.points.push_back(point);
-        if self.points.len() > FRONTIER_HISTORY {
+        // Evict before pushing: a deque that briefly held FRONTIER_HISTORY + 1 points would double its capacity
+        // and keep it, 2,048 points (98 KB) for every busy stream instead of 1,024.
+        if self.points.len() >= FRONTIER_HISTORY {
             let old = self.points.pop_front().expect("non-empty");
             self.floor_seq = old.seq;
             self.floor_at = old.at;
             self.truncated = true;
         }
+        self.points.push_back(point);
     }
 
     /// The highest seq whose timestamp is `<= t`.
@@ -298,6 +300,9 @@ mod tests {
         assert!(f.seq_at(3).is_err());
         assert!(f.point(1).is_err());
         assert_eq!(f.seq_at(30).unwrap(), 15);
+        assert_eq!(f.oldest_retained(), 11);
+        // A busy stream never holds room for more than the history.
+        assert!(f.points.capacity() < 2 * FRONTIER_HISTORY, "capacity {}", f.points.capacity());
     }
 
     #[test]
