@@ -499,3 +499,94 @@ fn a_stream_long_poll_sleeps_through_other_clusters_and_wakes_for_its_own() {
     assert_eq!(view.points.last().map(|p| p.seq), Some(1));
     assert!(sent.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn the_event_stream_sends_the_backlog_then_every_new_record_once_in_order() {
+    use futures::StreamExt;
+    let cluster = TestCluster::start(3);
+    let rt = rt();
+    let client = cluster.client();
+    let fence = rt.block_on(async {
+        let fence = client.register_cluster(&register("ant")).await.unwrap().fence();
+        client.publish_stream(&publish("ant/public.a")).await.unwrap();
+        fence
+    });
+    let leader = cluster.wait_leader(Duration::from_secs(5));
+    let follower = cluster.nodes.values().find(|n| n.id != leader).unwrap().url();
+    let (tx, rx) = std::sync::mpsc::channel::<EventRecord>();
+    let reader = rt.spawn(async move {
+        let resp =
+            reqwest::Client::new().get(format!("{follower}/v1/events/stream")).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+        let mut body = resp.bytes_stream();
+        let mut pending = Vec::new();
+        while let Some(chunk) = body.next().await {
+            pending.extend_from_slice(&chunk.unwrap());
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if line.len() > 1 {
+                    let record: EventRecord = serde_json::from_slice(&line).expect("an EventRecord line");
+                    if tx.send(record).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    // Concurrent writers, so that entries batch several records.
+    let last = rt.block_on(async {
+        let calls = (1..=40u64).map(|seq| {
+            let client = cluster.client_as(&format!("w{seq}"));
+            let body = AdvanceFrontiers {
+                producer: fence.clone(),
+                advances: vec![FrontierAdvance {
+                    stream: StreamId::parse("ant/public.a").unwrap(),
+                    seq,
+                    kind: BatchKind::Delta,
+                    position: BrokerPosition { partition: 0, offset: seq as i64 },
+                }],
+            };
+            async move {
+                // Seqs must come in order: each waits for its turn by retrying until its predecessor landed.
+                loop {
+                    match client.advance_frontiers(&body).await {
+                        Ok(a) => return a.index,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            }
+        });
+        futures::future::join_all(calls).await.into_iter().max().unwrap()
+    });
+    let mut seen: Vec<EventRecord> = Vec::new();
+    let started = Instant::now();
+    while seen.last().is_none_or(|r| r.index < last) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the stream stopped at {:?}",
+            seen.last().map(|r| r.index)
+        );
+        if let Ok(r) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(r);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    while let Ok(r) = rx.try_recv() {
+        seen.push(r);
+    }
+    reader.abort();
+    // Every entry from the first, each record once, in log order; positions number the records of an entry.
+    let mut previous: Option<(u64, u32)> = None;
+    for r in &seen {
+        let ok = match previous {
+            None => r.position == 0,
+            Some((i, p)) if r.index == i => r.position == p + 1,
+            Some((i, _)) => r.index == i + 1 && r.position == 0,
+        };
+        assert!(ok, "record ({}, {}) after {previous:?}", r.index, r.position);
+        previous = Some((r.index, r.position));
+    }
+    let advanced = seen.iter().flat_map(|r| &r.events).filter(|e| e.kind() == "FrontierAdvanced").count();
+    println!("{} records up to index {last}, {advanced} advances", seen.len());
+    assert_eq!(advanced, 40);
+}

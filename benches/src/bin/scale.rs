@@ -255,6 +255,60 @@ async fn event_watchers(
            "write_p50_ms": percentile(write_ms, 0.5)})
 }
 
+/// `n` watchers each holding one `/v1/events/stream` response open; the delay from sending a write to each
+/// watcher reading a line of that entry.
+async fn stream_watchers(
+    url: &str,
+    endpoints: &str,
+    n: usize,
+    fence: &ProducerFence,
+    seq: &AtomicU64,
+) -> serde_json::Value {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(n + 16).build().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let tip = applied_of(&http, url).await;
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (http, tx, url) = (http.clone(), tx.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let Ok(resp) = http.get(format!("{url}/v1/events/stream?after={tip}")).bearer_auth(TOKEN).send().await
+            else {
+                return;
+            };
+            let mut body = resp.bytes_stream();
+            while let Some(Ok(chunk)) = body.next().await {
+                // Only the arrival time matters: the probe's entry is the only one written meanwhile.
+                if chunk.len() > 1 {
+                    let _ = tx.send((0, Instant::now()));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writer = client(endpoints, "probe-stream");
+    let mut delays = Vec::new();
+    for _ in 0..10 {
+        while rx.try_recv().is_ok() {}
+        let s = seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let sent = Instant::now();
+        writer.advance_frontiers(&probe_advance(fence, s)).await.unwrap();
+        let mut got = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got < n && Instant::now() < deadline {
+            if let Ok(Some((_, at))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                delays.push((at - sent).as_secs_f64() * 1000.0);
+                got += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+    json!({"measure": "watchers", "kind": "events_stream", "watchers": n, "notifications": delays.len(),
+           "expected": n * 10, "p50_ms": percentile(delays.clone(), 0.5), "p99_ms": percentile(delays, 0.99)})
+}
+
 fn probe_advance(fence: &ProducerFence, seq: u64) -> AdvanceFrontiers {
     AdvanceFrontiers {
         producer: fence.clone(),
@@ -440,8 +494,18 @@ async fn main() {
 
     // Snapshot export (the same encoding as the Raft snapshot).
     let started = Instant::now();
-    let bytes = setup.get_bytes("/v1/admin/snapshot").await.unwrap().len();
-    println!("{}", json!({"measure": "snapshot", "bytes": bytes, "export_ms": started.elapsed().as_millis()}));
+    let image = setup.get_bytes("/v1/admin/snapshot").await.unwrap();
+    let export_ms = started.elapsed().as_millis();
+    // What the state is made of: the replicated idempotency cache against the rest.
+    let idempotency_bytes = match raft_store::snapshot::decode(&image, Path::new("export")) {
+        Ok(decoded) => shared_model::codec::encode(decoded.state.idempotency()).len(),
+        Err(_) => 0,
+    };
+    println!(
+        "{}",
+        json!({"measure": "snapshot", "bytes": image.len(), "export_ms": export_ms,
+               "idempotency_cache_bytes": idempotency_bytes})
+    );
 
     // A follower down under load, then restarted.
     let l = leader(&http, &nodes).await;
@@ -531,6 +595,7 @@ async fn main() {
     let probe_seq = AtomicU64::new(0);
     for n in &args.watchers {
         println!("{}", event_watchers(&leader_url, &endpoints, *n, &probe, &probe_seq).await);
+        println!("{}", stream_watchers(&leader_url, &endpoints, *n, &probe, &probe_seq).await);
         println!("{}", history_watchers(&leader_url, &endpoints, &args, (*n).min(total), &fences, &seqs).await);
     }
     for n in nodes.iter_mut() {

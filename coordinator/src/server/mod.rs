@@ -80,6 +80,8 @@ pub struct Coordinator {
     pub lag_threshold: u64,
     /// Per-cluster wake-ups of the long-polls on one stream.
     pub wakeups: Arc<wakeups::Wakeups>,
+    /// Each applied entry's event lines, encoded once for every open `/v1/events/stream`.
+    pub fanout: Arc<http::event_stream::Fanout>,
 }
 
 /// A started server.
@@ -204,6 +206,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         proposer: proposer::Proposer::spawn(raft.clone(), resolved.max_payload_bytes as usize),
         raft,
         wakeups: wakeups::Wakeups::spawn(sm.clone()),
+        fanout: http::event_stream::Fanout::spawn(sm.clone()),
         sm,
         log,
         http: http_client,

@@ -169,6 +169,7 @@ pub fn read_routes() -> Router<AppState> {
 pub fn watch_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/events", get(events))
+        .route("/v1/events/stream", get(super::event_stream::event_stream))
         .route("/v1/cut/{cluster}/{name}", get(cut))
         .route("/v1/frontiers/{cluster}/{name}/history", get(frontier_history))
 }

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, app, lists, AppState, Failure};
+use super::{admin, app, event_stream, lists, AppState, Failure};
 use crate::api::*;
 
 pub fn routes() -> Router<AppState> {
@@ -40,7 +40,7 @@ impl Modify for BearerAuth {
         app::publish_stream, app::unpublish_stream, app::reinitialize, app::create_federated_table,
         app::drop_federated_table, app::advance_frontiers, lists::list_clusters, app::get_cluster, app::get_federation,
         lists::list_streams, app::get_stream, lists::list_federated_tables, app::get_federated_table, lists::list_frontiers,
-        app::get_frontier, app::get_dag, app::get_dag_dot, app::events, app::cut, app::frontier_history,
+        app::get_frontier, app::get_dag, app::get_dag_dot, app::events, event_stream::event_stream, app::cut, app::frontier_history,
         admin::status, admin::init, admin::add_learner, admin::change_membership, admin::snapshot,
         healthz, readyz, metrics
     ),

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod app;
 pub mod docs;
+pub mod event_stream;
 pub mod lists;
 pub mod raft;
 
