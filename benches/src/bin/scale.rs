@@ -135,6 +135,21 @@ fn stream(c: usize, s: usize) -> StreamId {
     StreamId::parse(&format!("site{c:04}/public.t{s:03}")).unwrap()
 }
 
+/// Batch `seq` of every stream of cluster `c`, in one request (how publishers batch their advances).
+fn cluster_advance(fence: &ProducerFence, c: usize, streams: usize, seq: u64) -> AdvanceFrontiers {
+    AdvanceFrontiers {
+        producer: fence.clone(),
+        advances: (0..streams)
+            .map(|s| FrontierAdvance {
+                stream: stream(c, s),
+                seq,
+                kind: BatchKind::Delta,
+                position: BrokerPosition { partition: 0, offset: seq as i64 },
+            })
+            .collect(),
+    }
+}
+
 fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0)
@@ -161,17 +176,7 @@ fn start_load(
                     let c = mine[turn % mine.len()];
                     turn += 1;
                     let seq = seqs[c].load(Ordering::SeqCst) + 1;
-                    let body = AdvanceFrontiers {
-                        producer: fences[c].clone(),
-                        advances: (0..streams)
-                            .map(|s| FrontierAdvance {
-                                stream: stream(c, s),
-                                seq,
-                                kind: BatchKind::Delta,
-                                position: BrokerPosition { partition: 0, offset: seq as i64 },
-                            })
-                            .collect(),
-                    };
+                    let body = cluster_advance(&fences[c], c, streams, seq);
                     match client.advance_frontiers(&body).await {
                         Ok(_) => {
                             seqs[c].store(seq, Ordering::SeqCst);
@@ -364,23 +369,12 @@ async fn history_watchers(
     let mut delays = Vec::new();
     for round in 0..20 {
         let i = (round * 7919) % n;
-        let (c, s) = (i % args.clusters, (i / args.clusters) % args.streams);
+        let c = i % args.clusters;
         let seq = seqs[c].load(Ordering::SeqCst) + 1;
-        let body = AdvanceFrontiers {
-            producer: fences[c].clone(),
-            advances: (0..args.streams)
-                .map(|s| FrontierAdvance {
-                    stream: stream(c, s),
-                    seq,
-                    kind: BatchKind::Delta,
-                    position: BrokerPosition { partition: 0, offset: seq as i64 },
-                })
-                .collect(),
-        };
+        let body = cluster_advance(&fences[c], c, args.streams, seq);
         let sent = Instant::now();
         writer.advance_frontiers(&body).await.unwrap();
         seqs[c].store(seq, Ordering::SeqCst);
-        let _ = s;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
