@@ -46,6 +46,8 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
                 "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
             ])
             .args(["--exclude-path", "/v1/admin/membership", "--exclude-path", "/v1/admin/learners"])
+            // The event stream answers with a response that never ends by design (tests/cluster.rs covers it).
+            .args(["--exclude-path", "/v1/events/stream"])
             .args(["--max-examples", "40", "--workers", "2", "--seed", "1"])
             .arg("--report-dir")
             .arg(reports.path())
