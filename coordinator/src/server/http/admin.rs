@@ -136,10 +136,7 @@ pub async fn add_learner(State(app): State<AppState>, body: Bytes) -> Result<Jso
     if req.id == 0 || !req.addr.contains(':') {
         return Err(Failure::invalid("a learner needs an id >= 1 and an address HOST:PORT"));
     }
-    app.raft
-        .add_learner(req.id, BasicNode { addr: req.addr }, true)
-        .await
-        .map_err(|e| Failure::new(axum::http::StatusCode::CONFLICT, "membership_error", e.to_string(), None))?;
+    app.raft.add_learner(req.id, BasicNode { addr: req.addr }, true).await.map_err(membership_failure)?;
     Ok(Json(members(&app)))
 }
 
@@ -153,11 +150,26 @@ pub async fn change_membership(State(app): State<AppState>, body: Bytes) -> Resu
     if req.voters.is_empty() {
         return Err(Failure::invalid("the voter set cannot be empty"));
     }
-    app.raft
-        .change_membership(req.voters, false)
-        .await
-        .map_err(|e| Failure::new(axum::http::StatusCode::CONFLICT, "membership_error", e.to_string(), None))?;
+    app.raft.change_membership(req.voters, false).await.map_err(membership_failure)?;
     Ok(Json(members(&app)))
+}
+
+/// A membership change that met a leader change or a change still in progress is worth repeating (503: the
+/// client retries, against the new leader; repeating a change that already took effect is a no-op); anything
+/// else is refused (409).
+fn membership_failure(
+    e: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>,
+) -> Failure {
+    use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+    match &e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            Failure::unavailable("not_leader", format!("leadership moved during the membership change: {e}"))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))) => {
+            Failure::unavailable("membership_in_progress", e.to_string())
+        }
+        _ => Failure::new(axum::http::StatusCode::CONFLICT, "membership_error", e.to_string(), None),
+    }
 }
 
 /// The node's current state as a snapshot file (the bytes `serve --bootstrap-from` reads).
