@@ -3,6 +3,10 @@
 //! causal mode every (applied seq A, applied seq B) it sees must be a cut of the log (checked against the log
 //! afterwards), and B's derived rows never show without their A rows. The same checker run against eventual mode
 //! must catch a violation, which shows the check can fail. Both run on each change-log backend (Kafka, NATS).
+//!
+//! For a few seconds in the middle of each run, applies of A's batches on C fail (a trigger on C's mirror of A
+//! refuses them, as a full disk or a broken constraint would): the lag of one source that eventual mode shows
+//! and causal mode must hide. Without it, whether eventual mode ever shows a violation is left to timing.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +57,18 @@ fn run(backend: Backend, consistency: &str, stop_at_first_violation: bool) -> (F
         (n == 2).then_some(())
     });
     assert!(bootstrapped.is_some(), "mirrors not bootstrapped");
+    // The stall of A's applies on C, off until `stalled` has a row.
+    c.batch_execute(
+        "CREATE TABLE stalled (why text NOT NULL);
+         CREATE FUNCTION refuse_while_stalled() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF EXISTS (SELECT 1 FROM stalled) THEN RAISE EXCEPTION 'applies of cluster_a are stalled by the test'; END IF;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER stall_applies BEFORE INSERT OR UPDATE OR DELETE ON cluster_a.a_events
+           FOR EACH STATEMENT EXECUTE FUNCTION refuse_while_stalled();",
+    )
+    .unwrap();
 
     // The checker: one statement per sample, so it sees one snapshot.
     let stop = Arc::new(AtomicBool::new(false));
@@ -94,7 +110,9 @@ fn run(backend: Backend, consistency: &str, stop_at_first_violation: bool) -> (F
     let started = Instant::now();
     let mut checked = Instant::now();
     let mut id = 0;
-    while started.elapsed() < Duration::from_secs(if stop_at_first_violation { 60 } else { 12 }) {
+    let mut stall = Stall::Before;
+    while started.elapsed() < Duration::from_secs(if stop_at_first_violation { 60 } else { 15 }) {
+        stall = stall.at(started.elapsed(), &mut c);
         // Looking for a violation: check what was seen against the log every 2 s, and stop at the first.
         if stop_at_first_violation && checked.elapsed() > Duration::from_secs(2) {
             checked = Instant::now();
@@ -124,10 +142,39 @@ fn run(backend: Backend, consistency: &str, stop_at_first_violation: bool) -> (F
             break;
         }
     }
+    stall.at(STALL_ENDS, &mut c);
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let observed = checker.join().unwrap();
     (fed, observed)
+}
+
+/// When, after the writer starts, applies of A's batches on C are stalled.
+const STALL_BEGINS: Duration = Duration::from_secs(3);
+const STALL_ENDS: Duration = Duration::from_secs(8);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stall {
+    Before,
+    On,
+    Over,
+}
+
+impl Stall {
+    /// Turns the stall on or off as `elapsed` enters or leaves its window.
+    fn at(self, elapsed: Duration, c: &mut postgres::Client) -> Stall {
+        match self {
+            Stall::Before if elapsed >= STALL_BEGINS => {
+                c.execute("INSERT INTO stalled VALUES ('a test of lag on one source')", &[]).unwrap();
+                Stall::On
+            }
+            Stall::On if elapsed >= STALL_ENDS => {
+                c.execute("DELETE FROM stalled", &[]).unwrap();
+                Stall::Over
+            }
+            other => other,
+        }
+    }
 }
 
 /// The pairs that are not cuts of the log (pairs with a side not bootstrapped yet are skipped).
