@@ -1,4 +1,7 @@
-//! Shared fixtures of the benchmarks: synthetic federations of a given size, built through real commands.
+//! Shared fixtures of the benchmarks: synthetic federations of a given size, built through real commands, and
+//! the process helpers of the scale benchmarks ([`procs`]).
+
+pub mod procs;
 
 use std::collections::BTreeSet;
 

@@ -115,7 +115,7 @@ fn wait_caught_up(cluster: &TestCluster, id: u64, what: &str) -> Duration {
             let status = cluster.status(leader).map(|s| format!("{:#?}", s.members)).unwrap_or_default();
             panic!(
                 "{what}: node {id} at {mine} < {target} after {CATCH_UP_BOUND:?}; leader's view: {status}\nits log:\n{}",
-                cluster.log(id)
+                log_tail(cluster, id)
             );
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -129,11 +129,9 @@ fn replication_of(cluster: &TestCluster, leader: u64, member: u64) -> Replicatio
     m.replication.clone().unwrap_or_else(|| panic!("node {leader} reports no replication: {status:?}"))
 }
 
-/// The value of one sample in a Prometheus text exposition (`name{labels}` as written there).
+/// The value of one sample in a Prometheus text exposition (`name{labels}` as written there); 0 when absent.
 fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no sample {sample} in\n{text}"))
+    text.lines().find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
 }
 
 fn acked_total(acked: &[AtomicU64]) -> u64 {
@@ -142,11 +140,32 @@ fn acked_total(acked: &[AtomicU64]) -> u64 {
 
 fn assert_load_moves(acked: &[AtomicU64], what: &str) {
     let from = acked_total(acked);
+    eventually(
+        what,
+        || if acked_total(acked) >= from + 20 { Ok(()) } else { Err(format!("the load stalled at {from}")) },
+    );
+}
+
+/// How long a condition observed under load may take to show on a busy CI machine.
+const SETTLE_BOUND: Duration = Duration::from_secs(60);
+
+/// Polls `check` until it answers Ok, for at most SETTLE_BOUND; panics with its last answer.
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
     let started = Instant::now();
-    while acked_total(acked) < from + 20 {
-        assert!(started.elapsed() < Duration::from_secs(20), "{what}: the load stalled at {from}");
-        std::thread::sleep(Duration::from_millis(20));
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if started.elapsed() > SETTLE_BOUND => panic!("{what}: still not after {SETTLE_BOUND:?}: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
+}
+
+/// The end of a node's log, for failure messages that stay readable.
+fn log_tail(cluster: &TestCluster, id: u64) -> String {
+    let log = cluster.log(id);
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
 #[test]
@@ -179,33 +198,48 @@ fn lagging_and_new_members_catch_up_at_federation_scale_under_load() {
     let before = applied(&cluster, leader);
     cluster.kill(follower);
     std::thread::sleep(Duration::from_secs(15));
-    let leader = cluster.wait_leader(Duration::from_secs(10));
-    // The leader says which member fails to keep up, and why; its metrics count the failures.
-    let view = replication_of(&cluster, leader, follower);
-    println!("the leader's view of the dead follower: {view:?}");
-    assert_eq!(view.state, ReplicationState::Failing, "{view:?}");
-    assert!(view.lag_entries > 300 && view.consecutive_failures >= 3, "{view:?}");
-    assert!(view.last_error.as_deref().is_some_and(|e| e.contains("Connection refused")), "{view:?}");
-    let text = cluster.cli(&["status"]);
-    let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("failing"), "status does not show the failing member:\n{text}");
-    let metrics = ureq_get(&format!("{}/metrics", cluster.nodes[&leader].url())).unwrap_or_default();
-    let lag = metric(&metrics, &format!("pgtrickle_raft_replication_lag_entries{{peer=\"{follower}\"}}"));
-    let errors = metric(&metrics, &format!("pgtrickle_raft_replication_errors_total{{peer=\"{follower}\"}}"));
-    assert!(lag > 300.0 && errors >= 3.0, "lag {lag}, errors {errors}");
+    // The leader says which member fails to keep up, and why; its metrics count the failures; the CLI shows it.
+    // Asked until all agree, for a while: an election under load starts the new leader's counts afresh.
+    let leader = eventually("the leader reports the dead follower failing", || {
+        let leader = cluster.wait_leader(Duration::from_secs(10));
+        let view = replication_of(&cluster, leader, follower);
+        let failing = view.state == ReplicationState::Failing
+            && view.lag_entries > 300
+            && view.consecutive_failures >= 3
+            && view.last_error.as_deref().is_some_and(|e| e.contains("Connection refused"));
+        if !failing {
+            return Err(format!("{view:?}"));
+        }
+        let metrics = ureq_get(&format!("{}/metrics", cluster.nodes[&leader].url())).unwrap_or_default();
+        let lag = metric(&metrics, &format!("pgtrickle_raft_replication_lag_entries{{peer=\"{follower}\"}}"));
+        let errors = metric(&metrics, &format!("pgtrickle_raft_replication_errors_total{{peer=\"{follower}\"}}"));
+        if lag <= 300.0 || errors < 3.0 {
+            return Err(format!("metrics: lag {lag}, errors {errors}"));
+        }
+        let text = cluster.cli(&["status"]);
+        let text = String::from_utf8_lossy(&text.stdout).to_string();
+        if !text.contains("failing") {
+            return Err(format!("status does not show the failing member:\n{text}"));
+        }
+        println!("the leader's view of the dead follower: {view:?}");
+        Ok(leader)
+    });
     let moved = applied(&cluster, leader) - before;
     let advances = acked_total(&acked) * STREAMS_PER_CLUSTER as u64;
     println!("follower {follower} down for 15 s: {moved} entries, {advances} advances acknowledged so far");
     assert!(moved > 300, "the load did not move far enough past the follower ({moved} entries)");
     cluster.restart(follower);
     wait_caught_up(&cluster, follower, "restarted follower");
-    let leader = cluster.wait_leader(Duration::from_secs(10));
-    let started = Instant::now();
-    while replication_of(&cluster, leader, follower).state != ReplicationState::Ok {
+    eventually("the leader reports the follower ok again", || {
+        let leader = cluster.wait_leader(Duration::from_secs(10));
         let view = replication_of(&cluster, leader, follower);
-        assert!(started.elapsed() < Duration::from_secs(10), "the leader still reports {view:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        if view.state == ReplicationState::Ok {
+            Ok(())
+        } else {
+            Err(format!("{view:?}"))
+        }
+    });
+    let leader = cluster.wait_leader(Duration::from_secs(10));
     assert_load_moves(&acked, "load after the follower came back");
 
     // A new member joins through the snapshot, which is larger than a request body, and becomes a voter.
@@ -220,13 +254,13 @@ fn lagging_and_new_members_catch_up_at_federation_scale_under_load() {
         out.status.success(),
         "add-learner: {}\nlog of 4:\n{}",
         String::from_utf8_lossy(&out.stderr),
-        cluster.log(4)
+        log_tail(&cluster, 4)
     );
     wait_caught_up(&cluster, 4, "new member");
     println!("node 4 joined as a learner and caught up in {} ms", joined.elapsed().as_millis());
     let out = cluster.cli(&["change-membership", "--voters", "1,2,3,4"]);
     if !out.status.success() {
-        let logs: Vec<String> = (1..=4).map(|id| format!("log of {id}:\n{}", cluster.log(id))).collect();
+        let logs: Vec<String> = (1..=4).map(|id| format!("log of {id}:\n{}", log_tail(&cluster, id))).collect();
         panic!("3 -> 4 voters: {}\n{}", String::from_utf8_lossy(&out.stderr), logs.join("\n"));
     }
     assert_load_moves(&acked, "load with four voters");

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use benches::procs::{free_port, kill, percentile, raise_fd_limit, rss_mb};
 use clap::Parser;
 use coordinator::api::{AdvanceFrontiers, EventsPage, FrontierHistoryView, PublishStream, RegisterCluster, StatusView};
 use coordinator::client::{Client, ClientError, ClientOptions};
@@ -68,10 +69,6 @@ impl Node {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn spawn(bin: &Path, node: &mut Node, peers: &str) {
     let log = std::fs::File::create(node.dir.with_extension("log")).unwrap();
     let child = Command::new(bin)
@@ -88,16 +85,6 @@ fn spawn(bin: &Path, node: &mut Node, peers: &str) {
     while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn rss_mb(node: &Node) -> f64 {
-    let Some(child) = &node.child else { return 0.0 };
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn client(endpoints: &str, name: &str) -> Client {
@@ -148,11 +135,6 @@ fn cluster_advance(fence: &ProducerFence, c: usize, streams: usize, seq: u64) ->
             })
             .collect(),
     }
-}
-
-fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0)
 }
 
 /// Publishers: each owns the clusters `w, w + writers, …` and advances every stream of one of them per request.
@@ -394,17 +376,6 @@ async fn history_watchers(
            "expected": 20, "p50_ms": percentile(delays.clone(), 0.5), "p99_ms": percentile(delays, 0.99)})
 }
 
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
@@ -460,7 +431,7 @@ async fn main() {
         .collect::<Vec<()>>()
         .await;
     let published = started.elapsed();
-    let rss_idle: Vec<f64> = nodes.iter().map(rss_mb).collect();
+    let rss_idle: Vec<f64> = nodes.iter().map(|n| rss_mb(n.child.as_ref())).collect();
     println!(
         "{}",
         json!({"measure": "publish", "clusters": args.clusters, "streams": total,
@@ -477,7 +448,7 @@ async fn main() {
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.load_secs)).await;
     let rate = advances.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    let rss: Vec<f64> = nodes.iter().map(rss_mb).collect();
+    let rss: Vec<f64> = nodes.iter().map(|n| rss_mb(n.child.as_ref())).collect();
     let per_stream_kb = rss.iter().sum::<f64>() / 3.0 * 1024.0 / total as f64;
     println!(
         "{}",
@@ -593,9 +564,6 @@ async fn main() {
         println!("{}", history_watchers(&leader_url, &endpoints, &args, (*n).min(total), &fences, &seqs).await);
     }
     for n in nodes.iter_mut() {
-        if let Some(mut c) = n.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(n.child.take());
     }
 }
