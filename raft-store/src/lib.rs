@@ -90,33 +90,64 @@ pub fn sled_path(dir: &Path) -> PathBuf {
 /// sled repairs a torn tail in place when it opens a database, which is right after a crash but would also
 /// rewrite a damaged file before we could report it. So an existing database is first opened and checked on a
 /// scratch copy; only when the copy opens cleanly is the real one opened. A damaged store is reported and left
-/// byte-for-byte as it was.
+/// byte-for-byte as it was. The real database holds the same bytes as the copy, so what the check established
+/// (the log's extent, the state rebuilt from the snapshot and records) is taken over rather than done twice.
 pub fn open(dir: &Path, options: StoreOptions) -> Result<(LogStore, StateMachineStore), StoreError> {
     std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
     let db_path = sled_path(dir);
-    if db_path.exists() {
-        let scratch = dir.join(".raft.sled.verify");
-        let _ = std::fs::remove_dir_all(&scratch);
-        copy_dir(&db_path, &scratch.join("raft.sled"))?;
-        let hwm = dir.join("raft.hwm");
-        if hwm.exists() {
-            std::fs::copy(&hwm, scratch.join("raft.hwm")).map_err(StoreError::io(&hwm))?;
-        }
-        let checked = open_at(dir, &scratch.join("raft.sled"), &scratch.join("raft.hwm"), options).map(drop);
-        let _ = std::fs::remove_dir_all(&scratch);
-        // Errors name the real database, not the scratch copy.
-        let real = |path: PathBuf| match path.strip_prefix(&scratch) {
-            Ok(rest) => dir.join(rest),
-            Err(_) => path,
-        };
-        checked.map_err(|e| match e {
-            StoreError::Damaged { path, what } => StoreError::Damaged { path: real(path), what },
-            StoreError::Open { path, source } => StoreError::Open { path: real(path), source },
-            StoreError::Sled { path, source } => StoreError::Sled { path: real(path), source },
-            StoreError::Io { path, source } => StoreError::Io { path: real(path), source },
-        })?;
+    let hwm = dir.join("raft.hwm");
+    if !db_path.exists() {
+        let db = open_sled(&db_path)?;
+        let checked = check(&db, dir, &db_path, &hwm, options)?;
+        return open_checked(db, dir, &db_path, &hwm, options, checked);
     }
-    open_at(dir, &db_path, &dir.join("raft.hwm"), options)
+    let scratch = dir.join(".raft.sled.verify");
+    let _ = std::fs::remove_dir_all(&scratch);
+    copy_dir(&db_path, &scratch.join("raft.sled"))?;
+    if hwm.exists() {
+        std::fs::copy(&hwm, scratch.join("raft.hwm")).map_err(StoreError::io(&hwm))?;
+    }
+    let checked = open_sled(&scratch.join("raft.sled"))
+        .and_then(|db| check(&db, dir, &scratch.join("raft.sled"), &scratch.join("raft.hwm"), options));
+    let _ = std::fs::remove_dir_all(&scratch);
+    // Errors name the real database, not the scratch copy.
+    let real = |path: PathBuf| match path.strip_prefix(&scratch) {
+        Ok(rest) => dir.join(rest),
+        Err(_) => path,
+    };
+    let checked = checked.map_err(|e| match e {
+        StoreError::Damaged { path, what } => StoreError::Damaged { path: real(path), what },
+        StoreError::Open { path, source } => StoreError::Open { path: real(path), source },
+        StoreError::Sled { path, source } => StoreError::Sled { path: real(path), source },
+        StoreError::Io { path, source } => StoreError::Io { path: real(path), source },
+    })?;
+    open_checked(open_sled(&db_path)?, dir, &db_path, &hwm, options, checked)
+}
+
+/// What checking a database established: its log's last index and its rebuilt state.
+struct Checked {
+    last: Option<u64>,
+    rebuilt: state_machine::Rebuilt,
+}
+
+fn check(db: &sled::Db, dir: &Path, db_path: &Path, hwm: &Path, options: StoreOptions) -> Result<Checked, StoreError> {
+    let last = LogStore::check(db, db_path, hwm)?;
+    let rebuilt = StateMachineStore::rebuild(db, dir, db_path, options)?;
+    Ok(Checked { last, rebuilt })
+}
+
+fn open_checked(
+    db: sled::Db,
+    dir: &Path,
+    db_path: &Path,
+    hwm: &Path,
+    options: StoreOptions,
+    checked: Checked,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let log =
+        LogStore::open(db.clone(), db_path.to_path_buf(), hwm.to_path_buf(), options.max_payload_bytes, checked.last)?;
+    let sm = StateMachineStore::open(&db, dir.to_path_buf(), db_path.to_path_buf(), options, checked.rebuilt)?;
+    Ok((log, sm))
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
@@ -133,30 +164,22 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn open_at(
-    dir: &Path,
-    db_path: &Path,
-    hwm_path: &Path,
-    options: StoreOptions,
-) -> Result<(LogStore, StateMachineStore), StoreError> {
+fn open_sled(db_path: &Path) -> Result<sled::Db, StoreError> {
     // sled panics on some kinds of damage instead of returning an error; report those as damage too.
     let opened = std::panic::catch_unwind(|| sled::Config::new().path(db_path).open());
-    let db = match opened {
-        Ok(Ok(db)) => db,
+    match opened {
+        Ok(Ok(db)) => Ok(db),
         Ok(Err(sled::Error::Corruption { at, bt: _ })) => {
-            return Err(StoreError::damaged(db_path, format!("sled found corruption at {at:?}")))
+            Err(StoreError::damaged(db_path, format!("sled found corruption at {at:?}")))
         }
-        Ok(Err(source)) => return Err(StoreError::Open { path: db_path.to_path_buf(), source }),
+        Ok(Err(source)) => Err(StoreError::Open { path: db_path.to_path_buf(), source }),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unreadable".into());
-            return Err(StoreError::damaged(db_path, format!("sled could not read it: {what}")));
+            Err(StoreError::damaged(db_path, format!("sled could not read it: {what}")))
         }
-    };
-    let log = LogStore::open(db.clone(), db_path.to_path_buf(), hwm_path.to_path_buf(), options.max_payload_bytes)?;
-    let sm = StateMachineStore::open(&db, dir.to_path_buf(), db_path.to_path_buf(), options)?;
-    Ok((log, sm))
+    }
 }

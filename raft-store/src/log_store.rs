@@ -7,7 +7,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -66,16 +66,13 @@ struct Inner {
 }
 
 impl LogStore {
-    /// Opens the log inside an open sled database and checks it: every entry decodes, indices have no hole, and
-    /// nothing precedes the purge point.
-    pub(crate) fn open(
-        db: sled::Db,
-        path: PathBuf,
-        hwm_path: PathBuf,
-        max_read_bytes: u64,
-    ) -> Result<Self, StoreError> {
+    /// Checks the log inside an open sled database: every entry decodes, indices have no hole, nothing precedes
+    /// the purge point, and nothing acknowledged (see the high-water mark) is missing. Returns the last present
+    /// index (or the purge point), for [`LogStore::open`].
+    pub(crate) fn check(db: &sled::Db, path: &Path, hwm_path: &Path) -> Result<Option<u64>, StoreError> {
+        let path = path.to_path_buf();
         let tree = db.open_tree("raft_log").map_err(StoreError::sled(&path))?;
-        let mark = high_water::read(&hwm_path)?;
+        let mark = high_water::read(hwm_path)?;
         let last = Self::verify(&tree, &path)?;
         // The mark counts entries: one past the last acknowledged index (0 = nothing acknowledged).
         let present = last.map_or(0, |l| l + 1);
@@ -91,6 +88,19 @@ impl LogStore {
                 ));
             }
         }
+        Ok(last)
+    }
+
+    /// Opens the log inside an open sled database, as [`LogStore::check`] found it (`last`).
+    pub(crate) fn open(
+        db: sled::Db,
+        path: PathBuf,
+        hwm_path: PathBuf,
+        max_read_bytes: u64,
+        last: Option<u64>,
+    ) -> Result<Self, StoreError> {
+        let tree = db.open_tree("raft_log").map_err(StoreError::sled(&path))?;
+        let present = last.map_or(0, |l| l + 1);
         let high_water = Arc::new(HighWater::open(hwm_path, present)?);
         let flusher = Flusher::start(db.clone(), high_water.clone()).map_err(StoreError::io(&path))?;
         let appended_bytes = std::sync::atomic::AtomicU64::new(0);

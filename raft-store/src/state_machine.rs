@@ -8,7 +8,7 @@
 //! behind the latest snapshot.
 
 use std::io::Cursor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -119,6 +119,12 @@ impl RecentRecords {
     }
 }
 
+/// The state a database holds, rebuilt and checked by [`StateMachineStore::rebuild`].
+pub(crate) struct Rebuilt {
+    current: Current,
+    snapshot: Option<SnapshotMeta<NodeId, Node>>,
+}
+
 /// The state machine store. Cheap to clone; the coordinator keeps a clone for reads and watches.
 #[derive(Clone)]
 pub struct StateMachineStore {
@@ -126,14 +132,17 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub(crate) fn open(
+    /// Rebuilds the state a database holds (snapshot file + applied records), checking every record; the
+    /// result is what [`StateMachineStore::open`] serves.
+    pub(crate) fn rebuild(
         db: &sled::Db,
-        dir: PathBuf,
-        db_path: PathBuf,
+        dir: &Path,
+        db_path: &Path,
         options: StoreOptions,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Rebuilt, StoreError> {
+        let db_path = db_path.to_path_buf();
         let tree = db.open_tree("state_machine").map_err(StoreError::sled(&db_path))?;
-        let snap = snapshot::read_file(&dir)?;
+        let snap = snapshot::read_file(dir)?;
         let stored: Option<Applied> = match tree.get(KEY_APPLIED).map_err(StoreError::sled(&db_path))? {
             Some(bytes) => {
                 Some(codec::decode(&bytes).map_err(|e| StoreError::damaged(&db_path, format!("applied index: {e}")))?)
@@ -194,14 +203,27 @@ impl StateMachineStore {
                 ),
             ));
         }
-        let (applied_tx, _) = watch::channel(applied.map_or(0, |a| a.index));
+        Ok(Rebuilt { current: Current { state, applied, membership }, snapshot })
+    }
+
+    /// Serves the state `rebuilt` from `db` (which must hold exactly what it was rebuilt from).
+    pub(crate) fn open(
+        db: &sled::Db,
+        dir: PathBuf,
+        db_path: PathBuf,
+        options: StoreOptions,
+        rebuilt: Rebuilt,
+    ) -> Result<Self, StoreError> {
+        let tree = db.open_tree("state_machine").map_err(StoreError::sled(&db_path))?;
+        let Rebuilt { current, snapshot } = rebuilt;
+        let (applied_tx, _) = watch::channel(current.applied.map_or(0, |a| a.index));
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 tree,
                 db_path,
                 dir,
                 options,
-                current: RwLock::new(Current { state, applied, membership }),
+                current: RwLock::new(current),
                 applied_tx,
                 snapshot: Mutex::new(snapshot),
                 recent: Mutex::new(RecentRecords::default()),

@@ -365,8 +365,20 @@ async fn main() {
     let mut fourth = Member::new(&args.dir, 4);
     let started = Instant::now();
     let mut admin = connect(&urls).await;
-    let added = admin.member_add([fourth.peer_url()], Some(MemberAddOptions::new().with_is_learner())).await.unwrap();
+    // etcd refuses a member while it counts the cluster unhealthy (a member restarted less than 5 s ago).
+    let added = loop {
+        match admin.member_add([fourth.peer_url()], Some(MemberAddOptions::new().with_is_learner())).await {
+            Ok(added) => break added,
+            Err(e) if e.to_string().contains("unhealthy") => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("member add: {e}"),
+        }
+    };
     let id = added.member().expect("the added member").id();
+    // The joining member checks its configuration against whichever member answers it first: every member must
+    // know of it before it starts.
+    for i in 0..3 {
+        catch_up(&members, i).await;
+    }
     let all = format!("{initial},{}", fourth.initial());
     spawn(&mut fourth, &all, "existing");
     members.push(fourth);

@@ -87,6 +87,19 @@ fn spawn(bin: &Path, node: &mut Node, peers: &str) {
     }
 }
 
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
 fn client(endpoints: &str, name: &str) -> Client {
     let options = ClientOptions {
         token: Some(TOKEN.into()),
@@ -482,12 +495,16 @@ async fn main() {
     let before = applied(&http, &nodes[l]).await;
     tokio::time::sleep(Duration::from_secs(args.down_secs)).await;
     let behind = applied(&http, &nodes[leader(&http, &nodes).await]).await - before;
+    let restarted = Instant::now();
     spawn(&args.bin, &mut nodes[f], &peers);
-    let took = catch_up(&http, &nodes, f).await;
+    let listening = restarted.elapsed();
+    let data_dir_mb = dir_bytes(&nodes[f].dir) as f64 / (1024.0 * 1024.0);
+    let took = catch_up(&http, &nodes, f).await + listening;
     println!(
         "{}",
         json!({"measure": "follower_catch_up", "down_secs": args.down_secs, "entries_behind": behind,
-               "catch_up_ms": took.as_millis(), "advances_per_sec_meanwhile": advances.load(Ordering::Relaxed) as f64 / (args.load_secs + args.down_secs) as f64})
+               "catch_up_ms": took.as_millis(), "listening_after_ms": listening.as_millis(),
+               "data_dir_mb": data_dir_mb, "advances_per_sec_meanwhile": advances.load(Ordering::Relaxed) as f64 / (args.load_secs + args.down_secs) as f64})
     );
 
     // A new member under load.
