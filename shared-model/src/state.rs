@@ -16,7 +16,7 @@ use crate::decide::decide;
 use crate::error::CommandError;
 use crate::event::{Applied, Event};
 use crate::frontier::{cut_at, Cut, Frontier, FrontierPoint, HistoryTruncated};
-use crate::idempotency::{fingerprint, IdempotencyCache, Remembered};
+use crate::idempotency::{fingerprint, IdempotencyCache, Remembered, StoredResult};
 use crate::ids::{
     ClusterName, FederatedTableId, FederationName, IdempotencyKey, Ident, SourceUrl, StreamId, SystemIdentifier,
 };
@@ -310,7 +310,7 @@ impl State {
             false => self.data.idempotency.get(&request.key),
         };
         let (fresh, result) = match remembered {
-            Some(first) if first.fingerprint == fp => (false, first.result.clone()),
+            Some(first) if first.fingerprint == fp => (false, first.result.get()),
             Some(first) => {
                 (false, Err(CommandError::IdempotencyKeyReused { key: request.key.to_string(), index: first.index }))
             }
@@ -363,7 +363,7 @@ impl State {
                     Remembered {
                         index: executed.index,
                         fingerprint: executed.fingerprint,
-                        result: executed.result.clone(),
+                        result: StoredResult::new(&executed.result),
                     },
                     executed.proposed_at_unix_ms,
                 );
