@@ -34,8 +34,8 @@ pub struct Remembered {
     pub result: StoredResult,
 }
 
-/// A remembered result, held encoded. The answer of a 100-advance request is about 6 KB encoded but about 20 KB as
-/// values (every event's stream id is three heap strings), and under batched load the cache holds five minutes of
+/// A remembered result, held encoded. The answer of a 100-advance request takes 3.3 KB of heap encoded but 16.3 KB
+/// as values (every event's stream id is three heap strings; `benches/src/bin/idempotency_memory.rs`), and under batched load the cache holds five minutes of
 /// such answers — most of a node's memory — while only a retry, which is rare, ever reads one. It serializes
 /// exactly as the decoded `Result<Applied, CommandError>` did, so snapshots keep their format.
 #[derive(Clone, PartialEq, Eq)]

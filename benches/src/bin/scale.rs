@@ -532,6 +532,12 @@ async fn main() {
     for t in load {
         let _ = t.await;
     }
+    let total_advances = advances.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        json!({"measure": "after_load", "advances": total_advances, "requests": total_advances / args.streams as u64,
+               "rss_mb": nodes.iter().map(|n| rss_mb(n.child.as_ref())).collect::<Vec<f64>>()})
+    );
 
     // Lists: pages of 1,000 and the whole list at once.
     let leader_url = nodes[leader(&http, &nodes).await].url();
