@@ -44,3 +44,26 @@ pub fn kill(child: Option<Child>) {
         let _ = c.wait();
     }
 }
+
+/// The federation shape and load phases both scale benchmarks (coordinator and etcd) take.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ScaleShape {
+    /// Clusters, each publishing `streams` streams.
+    #[arg(long, default_value_t = 1000)]
+    pub clusters: usize,
+    /// Streams per cluster (one request advances all of them).
+    #[arg(long, default_value_t = 100)]
+    pub streams: usize,
+    /// Concurrent publishers during the load phases.
+    #[arg(long, default_value_t = 64)]
+    pub writers: usize,
+    /// Seconds of load before the follower is killed.
+    #[arg(long, default_value_t = 20)]
+    pub load_secs: u64,
+    /// Seconds the follower stays down under load.
+    #[arg(long, default_value_t = 60)]
+    pub down_secs: u64,
+    /// Watcher counts to measure notification delay with.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub watchers: Vec<usize>,
+}

@@ -21,30 +21,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::procs::{free_port, kill, percentile, raise_fd_limit, rss_mb};
+use benches::procs::{free_port, kill, percentile, raise_fd_limit, rss_mb, ScaleShape};
 use clap::Parser;
 use etcd_client::{Client, GetOptions, MemberAddOptions, Txn, TxnOp, WatchOptions};
 use futures::StreamExt;
 use serde_json::json;
 
 #[derive(Parser)]
+/// etcd 3.4 at the size of the coordinator scale benchmark (one JSON line per measurement).
 struct Args {
-    #[arg(long, default_value_t = 1000)]
-    clusters: usize,
-    #[arg(long, default_value_t = 100)]
-    streams: usize,
-    /// Concurrent publishers during the load phases.
-    #[arg(long, default_value_t = 64)]
-    writers: usize,
-    /// Seconds of load before the follower is killed.
-    #[arg(long, default_value_t = 20)]
-    load_secs: u64,
-    /// Seconds the follower stays down under load.
-    #[arg(long, default_value_t = 60)]
-    down_secs: u64,
-    /// Watcher counts to measure notification delay with.
-    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
-    watchers: Vec<usize>,
+    #[command(flatten)]
+    shape: ScaleShape,
     /// Watchers per client connection (etcd multiplexes watches over gRPC streams of one connection).
     #[arg(long, default_value_t = 100)]
     watchers_per_connection: usize,
@@ -54,6 +41,13 @@ struct Args {
     /// Where the members' data directories go.
     #[arg(long)]
     dir: PathBuf,
+}
+
+impl std::ops::Deref for Args {
+    type Target = ScaleShape;
+    fn deref(&self) -> &ScaleShape {
+        &self.shape
+    }
 }
 
 const PREFIX: &str = "frontiers/";

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::procs::{free_port, kill, percentile, raise_fd_limit, rss_mb};
+use benches::procs::{free_port, kill, percentile, raise_fd_limit, rss_mb, ScaleShape};
 use clap::Parser;
 use coordinator::api::{AdvanceFrontiers, EventsPage, FrontierHistoryView, PublishStream, RegisterCluster, StatusView};
 use coordinator::client::{Client, ClientError, ClientOptions};
@@ -29,29 +29,23 @@ use shared_model::{
 };
 
 #[derive(Parser)]
+/// The coordinator at a federation's size (one JSON line per measurement).
 struct Args {
     /// The coordinator binary (a release build).
     #[arg(long)]
     bin: PathBuf,
-    #[arg(long, default_value_t = 1000)]
-    clusters: usize,
-    #[arg(long, default_value_t = 100)]
-    streams: usize,
-    /// Concurrent publishers during the load phases.
-    #[arg(long, default_value_t = 64)]
-    writers: usize,
-    /// Seconds of load before the follower is killed.
-    #[arg(long, default_value_t = 20)]
-    load_secs: u64,
-    /// Seconds the follower stays down under load.
-    #[arg(long, default_value_t = 60)]
-    down_secs: u64,
-    /// Watcher counts to measure notification delay with.
-    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
-    watchers: Vec<usize>,
+    #[command(flatten)]
+    shape: ScaleShape,
     /// Where the nodes' data directories go.
     #[arg(long)]
     dir: PathBuf,
+}
+
+impl std::ops::Deref for Args {
+    type Target = ScaleShape;
+    fn deref(&self) -> &ScaleShape {
+        &self.shape
+    }
 }
 
 const TOKEN: &str = "scale-bench";
