@@ -121,19 +121,38 @@ pub fn open(dir: &Path, options: StoreOptions) -> Result<(LogStore, StateMachine
         StoreError::Sled { path, source } => StoreError::Sled { path: real(path), source },
         StoreError::Io { path, source } => StoreError::Io { path: real(path), source },
     })?;
-    open_checked(open_sled(&db_path)?, dir, &db_path, &hwm, options, checked)
+    // The copy is what was checked; should the real database have moved since (a handle of this process still
+    // flushing when the copy was made), it is checked itself.
+    let db = open_sled(&db_path)?;
+    let checked =
+        if tips(&db, &db_path)? == checked.tips { checked } else { check(&db, dir, &db_path, &hwm, options)? };
+    open_checked(db, dir, &db_path, &hwm, options, checked)
 }
 
-/// What checking a database established: its log's last index and its rebuilt state.
+/// The last log entry and the stored applied index, as bytes: equal tips mean the same database as far as a
+/// restart can tell.
+type Tips = (Option<(sled::IVec, sled::IVec)>, Option<sled::IVec>);
+
+fn tips(db: &sled::Db, db_path: &Path) -> Result<Tips, StoreError> {
+    let log = db.open_tree("raft_log").map_err(StoreError::sled(db_path))?;
+    let sm = db.open_tree("state_machine").map_err(StoreError::sled(db_path))?;
+    let last = log.last().map_err(StoreError::sled(db_path))?;
+    let applied = sm.get(state_machine::KEY_APPLIED).map_err(StoreError::sled(db_path))?;
+    Ok((last, applied))
+}
+
+/// What checking a database established: its log's last index and its rebuilt state, and the tips it saw.
 struct Checked {
     last: Option<u64>,
     rebuilt: state_machine::Rebuilt,
+    tips: Tips,
 }
 
 fn check(db: &sled::Db, dir: &Path, db_path: &Path, hwm: &Path, options: StoreOptions) -> Result<Checked, StoreError> {
+    let tips = tips(db, db_path)?;
     let last = LogStore::check(db, db_path, hwm)?;
     let rebuilt = StateMachineStore::rebuild(db, dir, db_path, options)?;
-    Ok(Checked { last, rebuilt })
+    Ok(Checked { last, rebuilt, tips })
 }
 
 fn open_checked(

@@ -24,7 +24,7 @@ use crate::snapshot;
 use crate::{LogEntry, Node, NodeId, StoreOptions, TypeConfig};
 
 const RECORD_PREFIX: u8 = b'r';
-const KEY_APPLIED: &[u8] = b"m/applied";
+pub(crate) const KEY_APPLIED: &[u8] = b"m/applied";
 
 fn record_key(index: u64) -> [u8; 9] {
     let mut key = [RECORD_PREFIX; 9];
