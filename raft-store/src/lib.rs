@@ -90,8 +90,9 @@ pub fn sled_path(dir: &Path) -> PathBuf {
 /// sled repairs a torn tail in place when it opens a database, which is right after a crash but would also
 /// rewrite a damaged file before we could report it. So an existing database is first opened and checked on a
 /// scratch copy; only when the copy opens cleanly is the real one opened. A damaged store is reported and left
-/// byte-for-byte as it was. The real database holds the same bytes as the copy, so what the check established
-/// (the log's extent, the state rebuilt from the snapshot and records) is taken over rather than done twice.
+/// byte-for-byte as it was. What the check established (the log's extent, the state rebuilt from the snapshot
+/// and records) is taken over for the real database when it ends where the copy did (same last log entry and
+/// applied index); otherwise the real one is checked itself.
 pub fn open(dir: &Path, options: StoreOptions) -> Result<(LogStore, StateMachineStore), StoreError> {
     std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
     let db_path = sled_path(dir);
