@@ -23,6 +23,10 @@ pub enum StoreError {
     /// sled failed while reading or writing.
     #[error("raft store {path}: {source}")]
     Sled { path: PathBuf, source: sled::Error },
+    /// A snapshot's encoding or decoding, run on the blocking pool, did not finish (it panicked or the runtime
+    /// shut down).
+    #[error("snapshot work did not finish: {0}")]
+    Join(String),
 }
 
 impl StoreError {

@@ -121,6 +121,7 @@ pub fn open(dir: &Path, options: StoreOptions) -> Result<(LogStore, StateMachine
         StoreError::Open { path, source } => StoreError::Open { path: real(path), source },
         StoreError::Sled { path, source } => StoreError::Sled { path: real(path), source },
         StoreError::Io { path, source } => StoreError::Io { path: real(path), source },
+        other @ StoreError::Join(_) => other,
     })?;
     // The copy is what was checked; should the real database have moved since (a handle of this process still
     // flushing when the copy was made), it is checked itself.

@@ -65,6 +65,8 @@ struct Inner {
     /// The metadata of the snapshot file; the lock is held while the file is replaced or read, so the two always
     /// agree. The bytes stay on disk: holding them in memory doubled a large state's resident size.
     snapshot: Mutex<Option<SnapshotMeta<NodeId, Node>>>,
+    /// Bytes of the snapshot file (0 without one): the size trigger compares the log written since with it.
+    snapshot_len: std::sync::atomic::AtomicU64,
     /// The newest applied records, decoded, for the watchers at the tip of the event log: thousands of them wake
     /// on each entry, and each would otherwise read and decode the same records from sled.
     recent: Mutex<RecentRecords>,
@@ -217,6 +219,10 @@ impl StateMachineStore {
         let tree = db.open_tree("state_machine").map_err(StoreError::sled(&db_path))?;
         let Rebuilt { current, snapshot } = rebuilt;
         let (applied_tx, _) = watch::channel(current.applied.map_or(0, |a| a.index));
+        let snapshot_len = match &snapshot {
+            Some(_) => std::fs::metadata(snapshot::file_path(&dir)).map_or(0, |m| m.len()),
+            None => 0,
+        };
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 tree,
@@ -226,6 +232,7 @@ impl StateMachineStore {
                 current: RwLock::new(current),
                 applied_tx,
                 snapshot: Mutex::new(snapshot),
+                snapshot_len: snapshot_len.into(),
                 recent: Mutex::new(RecentRecords::default()),
             }),
         })
@@ -248,6 +255,11 @@ impl StateMachineStore {
     /// The membership as of the last applied entry.
     pub fn membership(&self) -> StoredMembership<NodeId, Node> {
         self.read().membership.clone()
+    }
+
+    /// Bytes of the newest snapshot file (0 when there is none).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.inner.snapshot_len.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A receiver that sees the last applied index change (for long-poll watches).
@@ -310,6 +322,7 @@ impl StateMachineStore {
 
     /// Builds a snapshot of the current state, writes it durably and prunes records behind the retention window.
     pub fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let started = std::time::Instant::now();
         let (meta, bytes) = {
             let current = self.read();
             let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -330,6 +343,7 @@ impl StateMachineStore {
             if current_meta.as_ref().is_none_or(|m| m.last_log_id <= meta.last_log_id) {
                 snapshot::write_file(&self.inner.dir, &bytes)?;
                 *current_meta = Some(meta.clone());
+                self.inner.snapshot_len.store(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
         if let Some(last) = meta.last_log_id {
@@ -341,11 +355,14 @@ impl StateMachineStore {
             self.inner.tree.apply_batch(batch).map_err(StoreError::sled(&self.inner.db_path))?;
             self.inner.recent.lock().unwrap_or_else(|p| p.into_inner()).drop_before(keep_from);
         }
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), ms = started.elapsed().as_millis() as u64, "snapshot built");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 
     /// Replaces the state with a snapshot received from the leader, after checking it.
     pub fn install(&self, meta: &SnapshotMeta<NodeId, Node>, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let len = bytes.len();
         let origin = PathBuf::from(format!("<snapshot {} from leader>", meta.snapshot_id));
         let image = snapshot::decode(&bytes, &origin)?;
         if image.meta.last_log_id != meta.last_log_id {
@@ -357,6 +374,7 @@ impl StateMachineStore {
         let mut current_meta = self.inner.snapshot.lock().unwrap_or_else(|p| p.into_inner());
         snapshot::write_file(&self.inner.dir, &bytes)?;
         *current_meta = Some(meta.clone());
+        self.inner.snapshot_len.store(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         drop(current_meta);
         let mut current = self.inner.current.write().unwrap_or_else(|p| p.into_inner());
         let last = meta.last_log_id.map_or(0, |l| l.index);
@@ -371,6 +389,7 @@ impl StateMachineStore {
         current.membership = meta.last_membership.clone();
         self.inner.recent.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.inner.applied_tx.send_replace(last);
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = len, ms = started.elapsed().as_millis() as u64, "snapshot installed");
         Ok(())
     }
 
@@ -384,9 +403,22 @@ impl StateMachineStore {
     }
 }
 
+/// Runs `work` on tokio's blocking pool. Encoding or decoding a large state takes seconds of CPU: on a runtime
+/// worker it would starve the node's Raft RPCs and timers (a restarted member then missed heartbeats and
+/// campaigned while it caught up).
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.spawn_blocking(work).await.unwrap_or_else(|e| Err(StoreError::Join(e.to_string()))),
+        Err(_) => work(),
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        self.build().map_err(StoreError::into_write)
+        let this = self.clone();
+        off_runtime(move || this.build()).await.map_err(StoreError::into_write)
     }
 }
 
@@ -419,10 +451,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
-        self.install(meta, snapshot.into_inner()).map_err(StoreError::into_write)
+        let (this, meta) = (self.clone(), meta.clone());
+        off_runtime(move || this.install(&meta, snapshot.into_inner())).await.map_err(StoreError::into_write)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        self.current_snapshot().map_err(StoreError::into_read)
+        let this = self.clone();
+        off_runtime(move || this.current_snapshot()).await.map_err(StoreError::into_read)
     }
 }

@@ -11,6 +11,9 @@
 //! - `list_page`: latency of `GET /v1/frontiers?limit=1000` pages, and of the whole list in one answer;
 //! - `watchers`: notification delay (write sent → long-poll answered) with N concurrent watchers of `/v1/events`
 //!   and with N consumers long-polling their own stream's frontier history.
+//!
+//! The nodes log at `warn` to `DIR/nN.log`; `SCALE_NODE_LOG` sets another filter (e.g. `warn,coordinator=info`),
+//! and `SCALE_NODE_ARGS` adds `serve` flags (e.g. `--heartbeat-ms 100`) to compare settings.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -70,7 +73,8 @@ fn spawn(bin: &Path, node: &mut Node, peers: &str) {
         .arg("--data-dir")
         .arg(&node.dir)
         .args(["--peers", peers, "--token", TOKEN])
-        .env("RUST_LOG", "warn")
+        .args(std::env::var("SCALE_NODE_ARGS").unwrap_or_default().split_whitespace())
+        .env("RUST_LOG", std::env::var("SCALE_NODE_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -212,8 +212,10 @@ pub fn spawn_replication_monitor(coordinator: Arc<Coordinator>) {
 
 /// Snapshots by size and age, beside openraft's policy by entry count: a few large entries fill a disk (and make a
 /// restarted member replay for long) as surely as many small ones, and a cluster that writes rarely should still
-/// not keep a week of log. Builds a snapshot when `bytes_since_last` bytes of log were appended since the last one
-/// this process saw, or when it is `max_age` old and entries were applied since.
+/// not keep a week of log. Builds a snapshot when the log appended since the last one this process saw is at
+/// least `bytes_since_last` bytes and at least the size of that snapshot, or when it is `max_age` old and entries
+/// were applied since. The second floor keeps compaction's cost proportional to the writes (as Redis rewrites
+/// its AOF when it doubled): a 100 MB state rebuilt every 64 MB of log spent more CPU on snapshots than on writes.
 pub fn spawn_snapshot_trigger(coordinator: Arc<Coordinator>, bytes_since_last: u64, max_age: Option<Duration>) {
     let weak = Arc::downgrade(&coordinator);
     drop(coordinator);
@@ -238,7 +240,8 @@ pub fn spawn_snapshot_trigger(coordinator: Arc<Coordinator>, bytes_since_last: u
                 continue;
             }
             let applied_since = m.last_applied.map(|l| l.index) > m.snapshot.map(|l| l.index);
-            let by_size = bytes.saturating_sub(bytes_at_snapshot) >= bytes_since_last;
+            let snapshot_bytes = c.sm.snapshot_bytes();
+            let by_size = bytes.saturating_sub(bytes_at_snapshot) >= bytes_since_last.max(snapshot_bytes);
             let by_age = max_age.is_some_and(|age| snapshot_at.elapsed() >= age);
             if applied_since && (by_size || by_age) {
                 tracing::info!(by_size, by_age, "building a snapshot");
