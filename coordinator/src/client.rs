@@ -3,19 +3,20 @@
 //! A [`Client`] holds the list of coordinator nodes (`http://c1:7070,c2:7070,c3:7070`), prefers the node that
 //! last answered or was named leader, fails over to the others on connection errors, and retries on `503 no_leader`
 //! until its deadline. Every write carries one idempotency key for all its attempts, so a retry after a lost reply
-//! is applied once. [`Client::watch_events`] follows the event log with long polls, resuming after the last index
-//! it delivered when it has to switch nodes, so each record is delivered once and in order.
+//! is applied once. [`Client::watch_events`] follows the event log over one streamed response (module `watch`),
+//! resuming where it stopped when it has to switch nodes, so each record is delivered once and in order.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shared_model::{Applied, ClusterName, FederatedTableId, LogIndex, ProducerFence, StreamId};
 
 use crate::api::*;
+
+mod watch;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -387,11 +388,15 @@ impl Client {
     pub async fn streams(&self) -> Result<Vec<StreamView>, ClientError> {
         self.list_all("/v1/streams", None).await
     }
-    /// Federated tables.
+    /// One registered cluster (404 when it is not registered).
+    pub async fn cluster(&self, name: &ClusterName) -> Result<ClusterView, ClientError> {
+        self.get(&format!("/v1/clusters/{name}")).await
+    }
     /// One published stream (404 when it is not published).
     pub async fn stream(&self, stream: &StreamId) -> Result<StreamView, ClientError> {
         self.get(&format!("/v1/streams/{}", path_of(&stream.0))).await
     }
+    /// Federated tables.
     pub async fn federated_tables(&self) -> Result<Vec<FederatedTableView>, ClientError> {
         self.list_all("/v1/federated-tables", None).await
     }
@@ -445,29 +450,6 @@ impl Client {
     pub async fn events(&self, after: LogIndex, wait: Duration, limit: usize) -> Result<EventsPage, ClientError> {
         let path = format!("/v1/events?after={after}&wait_ms={}&limit={limit}", wait.as_millis());
         self.call::<(), _>(Method::GET, &path, None, None, wait).await
-    }
-
-    /// Follows the event log from `after`: every record once, in order, across node failures.
-    pub fn watch_events(&self, after: LogIndex) -> impl Stream<Item = Result<EventRecord, ClientError>> + '_ {
-        futures::stream::unfold(
-            (after, Vec::<EventRecord>::new().into_iter()),
-            move |(mut last, mut buffered)| async move {
-                loop {
-                    if let Some(record) = buffered.next() {
-                        last = record.index;
-                        return Some((Ok(record), (last, buffered)));
-                    }
-                    match self.events(last, Duration::from_secs(10), 1000).await {
-                        Ok(page) => {
-                            buffered =
-                                page.records.into_iter().filter(|r| r.index > last).collect::<Vec<_>>().into_iter()
-                        }
-                        Err(ClientError::Unavailable { .. }) => continue,
-                        Err(e) => return Some((Err(e), (last, buffered))),
-                    }
-                }
-            },
-        )
     }
 }
 

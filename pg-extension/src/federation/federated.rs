@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use coordinator::api::{ClusterView, CreateFederatedTable};
+use coordinator::api::CreateFederatedTable;
 use coordinator::client::ClientError;
 use shared_model::{ColumnDef, Consistency, FederatedTableId, SourceUrl};
 
@@ -120,11 +120,11 @@ pub fn create(
             Ok(view) => columns.push(view.columns),
             Err(ClientError::Api { status: 404, .. }) => {
                 let cluster = url.stream.cluster();
-                // One item of the clusters list, filtered to this cluster: a federation of 1,000 clusters answers
-                // this with one small page.
-                let page =
-                    block_on(client.list_page::<ClusterView>("/v1/clusters", Some(&cluster.to_string()), None, 1))?;
-                let registered = page.map_err(coordinator_error)?.0.iter().any(|c| &c.name == cluster);
+                let registered = match block_on(client.cluster(cluster))? {
+                    Ok(_) => true,
+                    Err(ClientError::Api { status: 404, .. }) => false,
+                    Err(e) => return Err(coordinator_error(e)),
+                };
                 if !registered {
                     return Err(PgTrickleError::Coordinator {
                         code: "unknown_cluster".into(),
