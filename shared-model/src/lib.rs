@@ -3,11 +3,12 @@
 //! No I/O and no async runtime: everything here is a deterministic function of its inputs, so the coordinator
 //! (through `raft-store`), the extension and the simulations share one tested model. The pieces:
 //! [`ids`] (validated names), [`command`] → [`decide`] → [`event`] → [`state`] (the fold), [`dag`] (the global
-//! DAG), [`frontier`] (frontiers and consistent cuts), [`idempotency`], [`codec`] (the versioned binary form) [`envelope`] (batches on the broker), [`apply`] (which
+//! DAG), [`frontier`] (frontiers and consistent cuts), [`idempotency`], [`codec`] (the versioned binary form), [`checkpoint`] (a database's state as JSON lines), [`envelope`] (batches on the broker), [`apply`] (which
 //! committed batches a consumer may apply) and [`protocol`] (the producer's state machine; the consumer's follows).
 
 pub mod apply;
 pub mod broker_settings;
+pub mod checkpoint;
 pub mod codec;
 pub mod command;
 pub mod dag;
