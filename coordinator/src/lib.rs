@@ -1,8 +1,10 @@
 //! pg_trickle federation's coordinator: the HTTP API's wire types ([`api`]) and the client library ([`client`]),
-//! always built; the service itself ([`server`]) and its command line ([`cli`]) with the `server` feature.
+//! always built; object storage by URL ([`objects`]) with the `objects` feature; the service itself ([`server`]) and its command line ([`cli`]) with the `server` feature.
 
 pub mod api;
 pub mod client;
+#[cfg(feature = "objects")]
+pub mod objects;
 
 #[cfg(feature = "server")]
 pub mod cli;

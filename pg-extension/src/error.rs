@@ -75,6 +75,9 @@ pub enum PgTrickleError {
     #[error("stream table {name} is published to the federation as {stream}")]
     Published { name: String, stream: String },
 
+    #[error("checkpoint storage {url}: {message}")]
+    CheckpointStorage { url: String, message: String },
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -98,7 +101,9 @@ impl PgTrickleError {
             | ColumnChangeBlocked { .. } => ErrorClass::Schema,
             Coordinator { rejected: true, .. } => ErrorClass::User,
             AlreadyRegistered { .. } | NotRegistered | Published { .. } => ErrorClass::Schema,
-            Busy { .. } | CoordinatorUnavailable(_) | Coordinator { .. } => ErrorClass::Transient,
+            Busy { .. } | CoordinatorUnavailable(_) | Coordinator { .. } | CheckpointStorage { .. } => {
+                ErrorClass::Transient
+            }
             Internal(_) => ErrorClass::System,
         }
     }
@@ -122,6 +127,7 @@ impl PgTrickleError {
             AlreadyRegistered { .. } => ERRCODE_DUPLICATE_OBJECT,
             NotRegistered => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Published { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            CheckpointStorage { .. } => ERRCODE_IO_ERROR,
             Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -170,6 +176,13 @@ impl PgTrickleError {
                 "Call pgtrickle.register_federation('http://c1:7070,c2:7070,c3:7070', 'name') first.".into()
             }
             Published { name, .. } => format!("Withdraw it first: SELECT pgtrickle.unpublish_stream_table('{name}');"),
+            CheckpointStorage { .. } => {
+                "Checkpoint URLs are file:///absolute/path, s3://bucket/key, gs://bucket/key or \
+                                         az://container/key; cloud credentials come from the server's environment \
+                                         (AWS_ACCESS_KEY_ID, ...). Check the URL, the credentials and that the \
+                                         server can write there."
+                    .into()
+            }
             Internal(_) => return None,
         })
     }

@@ -5,12 +5,13 @@
 //!
 //! Layout: `api/` (SQL functions), `catalog/` (catalog tables, SPI helpers), `cdc/` (change capture
 //! and buffers), `query/` (query analysis and SQL generation, pure), `refresh/` (refresh), `scheduler/`
-//! (background workers and the refresh queue), `federation/` (membership of a federation), `config/` (GUCs), `error`
+//! (background workers and the refresh queue), `checkpoint/` (the state to object storage), `federation/` (membership of a federation), `config/` (GUCs), `error`
 //! (the error type).
 
 pub mod api;
 pub mod catalog;
 pub mod cdc;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod federation;

@@ -3,19 +3,19 @@
 //! length, checksum, decode) before anything else happens, and once the new cluster has a leader, restores the
 //! state through the log (`RestoreState`), so every node of the new cluster holds it.
 //!
-//! `s3://BUCKET/KEY` takes its settings from the usual environment: `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for a local S3 server.
+//! URLs are read by [`crate::objects`]: `s3://BUCKET/KEY` (and `gs://`, `az://`) take their settings from the
+//! usual environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT` and
+//! `AWS_ALLOW_HTTP` for a local S3 server).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use shared_model::{Command, IdempotencyKey, Request, State};
 
 use super::Coordinator;
+use crate::objects::ObjectUrlError;
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -32,35 +32,10 @@ pub enum ExportError {
 }
 
 fn store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), ExportError> {
-    let parsed = url::Url::parse(url).map_err(|e| ExportError::Url { url: url.into(), reason: e.to_string() })?;
-    match parsed.scheme() {
-        "file" => {
-            let path = parsed
-                .to_file_path()
-                .map_err(|_| ExportError::Url { url: url.into(), reason: "not an absolute file path".into() })?;
-            let location = ObjectPath::from_absolute_path(&path)
-                .map_err(|e| ExportError::Url { url: url.into(), reason: e.to_string() })?;
-            Ok((Arc::new(LocalFileSystem::new()), location))
-        }
-        "s3" => {
-            let bucket =
-                parsed.host_str().ok_or_else(|| ExportError::Url { url: url.into(), reason: "no bucket".into() })?;
-            let key = parsed.path().trim_start_matches('/');
-            if key.is_empty() {
-                return Err(ExportError::Url { url: url.into(), reason: "no object key after the bucket".into() });
-            }
-            let store = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_virtual_hosted_style_request(false)
-                .build()
-                .map_err(|e| ExportError::Store { url: url.into(), source: e })?;
-            Ok((Arc::new(store), ObjectPath::from(key)))
-        }
-        other => Err(ExportError::Url {
-            url: url.into(),
-            reason: format!("scheme {other:?} is not supported (use file:// or s3://)"),
-        }),
-    }
+    crate::objects::store_for(url, false).map_err(|e| match e {
+        ObjectUrlError::Url { url, reason } => ExportError::Url { url, reason },
+        ObjectUrlError::Store { url, source } => ExportError::Store { url, source },
+    })
 }
 
 /// Writes snapshot bytes to `url`, after checking that they are a valid snapshot.

@@ -1,6 +1,7 @@
 //! The SQL API: thin `#[pg_extern]` wrappers that raise [`PgTrickleError`]s with SQLSTATE, DETAIL
 //! and HINT. The work is in [`define`] (create/alter/drop) and [`crate::refresh`].
 
+pub mod checkpoint;
 pub mod define;
 pub mod federation;
 pub mod schedule;

@@ -21,6 +21,8 @@ pub static MAX_BACKOFF_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// Fault injection for tests: the publisher exits right after the broker acknowledged a round's batches, before
 /// it records them in the coordinators' log (a crash at the worst moment, on demand).
 pub static DEBUG_EXIT_AFTER_SEND: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// Where checkpoints go (a URL prefix); unset: `file://<data directory>/pg_trickle/checkpoints`.
+pub static CHECKPOINT_URL: GucSetting<Option<std::ffi::CString>> = GucSetting::<Option<std::ffi::CString>>::new(None);
 /// How often (milliseconds) the publisher and the subscriber look for new batches when idle.
 pub static FEDERATION_POLL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 
@@ -109,6 +111,15 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_string_guc(
+        c"pg_trickle.checkpoint_url",
+        c"Where checkpoints are written: a URL prefix (file://, s3://, gs://, az://).",
+        c"Each database writes under <prefix>/<database>/. Unset: file://<data directory>/pg_trickle/checkpoints. \
+          Cloud credentials come from the server's environment, never from the URL.",
+        &CHECKPOINT_URL,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     // SAFETY: called once from _PG_init with a static NUL-terminated prefix.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_trickle".as_ptr()) };
 }
@@ -121,4 +132,9 @@ pub fn coordinator_token() -> Option<String> {
 /// The broker properties file, if one is set.
 pub fn broker_properties_file() -> Option<String> {
     BROKER_PROPERTIES_FILE.get().and_then(|t| t.into_string().ok()).filter(|t| !t.trim().is_empty())
+}
+
+/// The checkpoint URL prefix, if one is set.
+pub fn checkpoint_url() -> Option<String> {
+    CHECKPOINT_URL.get().and_then(|t| t.into_string().ok()).filter(|t| !t.trim().is_empty())
 }

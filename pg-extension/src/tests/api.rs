@@ -301,4 +301,44 @@ mod tests {
             Some(true)
         );
     }
+
+    /// A checkpoint names every stream table, its sources and settings (never by OID), and reads back through the
+    /// codec with the counts its header announces; a URL that names no usable store is refused with a hint.
+    #[pg_test]
+    fn a_checkpoint_names_every_stream_table_and_reads_back() {
+        use shared_model::checkpoint::{CheckpointReader, Item, QualifiedName, RefreshMode, SourceKind};
+        seed_orders();
+        let totals = "SELECT region, sum(amount) AS total FROM orders GROUP BY region";
+        run(&format!("SELECT pgtrickle.create_stream_table('totals', $${totals}$$, '5s', 'differential')"));
+        run("SELECT pgtrickle.create_stream_table('big', 'SELECT region FROM totals WHERE total > 100', NULL, 'full')");
+        let dir = format!("/tmp/pgtrickle-checkpoint-test-{}", std::process::id());
+        let (url, size) =
+            Spi::get_two::<String, i64>(&format!("SELECT url, bytes FROM pgtrickle.checkpoint('file://{dir}')"))
+                .unwrap();
+        let url = url.expect("a URL");
+        assert!(url.starts_with(&format!("file://{dir}/")) && url.ends_with(".jsonl.zst"), "{url}");
+        let bytes = std::fs::read(url.trim_start_matches("file://")).expect("the file exists");
+        assert_eq!(size, Some(bytes.len() as i64));
+        let (header, items) = CheckpointReader::new(&bytes[..]).unwrap().read_all().unwrap();
+        assert_eq!(header.counts.get("stream_table"), Some(&2));
+        assert_eq!(header.counts.get("dependency"), Some(&2));
+        let totals_item = items.iter().find(|i| matches!(i, Item::StreamTable { name, .. } if name.name == "totals"));
+        match totals_item {
+            Some(Item::StreamTable { query, schedule, refresh_mode, .. }) => {
+                assert_eq!(query, totals);
+                assert_eq!(schedule.as_deref(), Some("00:00:05"));
+                assert_eq!(*refresh_mode, RefreshMode::Differential);
+            }
+            other => panic!("no stream table item for totals: {other:?}"),
+        }
+        assert!(items.iter().any(|i| matches!(i, Item::Dependency { stream_table, source, source_kind, .. }
+            if stream_table == &QualifiedName::new("public", "big") && source == &QualifiedName::new("public", "totals")
+                && *source_kind == SourceKind::StreamTable)));
+        // An explicit file name is used as given.
+        let named = format!("file://{dir}/named.jsonl.zst");
+        assert_eq!(one::<String>(&format!("SELECT url FROM pgtrickle.checkpoint('{named}')")), Some(named));
+        let message = expect_error("SELECT pgtrickle.checkpoint('ftp://host/x')", PgSqlErrorCode::ERRCODE_IO_ERROR);
+        assert!(message.contains("not supported") && message.contains("s3://"), "{message}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
