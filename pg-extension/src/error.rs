@@ -6,6 +6,27 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
+/// Why a checkpoint is refused by a restore: each its own SQLSTATE, so scripts can tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFault {
+    /// Nothing in the file.
+    Empty,
+    /// Not a checkpoint.
+    Foreign,
+    /// Written by a newer format version.
+    Newer,
+    /// Ends early.
+    Truncated,
+    /// Damaged or inconsistent.
+    Corrupt,
+    /// A table the checkpoint's stream tables read is not in this database.
+    MissingSource,
+    /// Holds what a restore cannot recreate yet.
+    Unsupported,
+    /// The database already has stream tables and `replace` was not asked for.
+    NotEmpty,
+}
+
 /// How an error should be read: who has to act.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -78,6 +99,9 @@ pub enum PgTrickleError {
     #[error("checkpoint storage {url}: {message}")]
     CheckpointStorage { url: String, message: String },
 
+    #[error("checkpoint {url} refused: {message}")]
+    CheckpointRefused { url: String, fault: CheckpointFault, message: String },
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -101,6 +125,10 @@ impl PgTrickleError {
             | ColumnChangeBlocked { .. } => ErrorClass::Schema,
             Coordinator { rejected: true, .. } => ErrorClass::User,
             AlreadyRegistered { .. } | NotRegistered | Published { .. } => ErrorClass::Schema,
+            CheckpointRefused { fault: CheckpointFault::MissingSource | CheckpointFault::NotEmpty, .. } => {
+                ErrorClass::Schema
+            }
+            CheckpointRefused { .. } => ErrorClass::User,
             Busy { .. } | CoordinatorUnavailable(_) | Coordinator { .. } | CheckpointStorage { .. } => {
                 ErrorClass::Transient
             }
@@ -128,6 +156,15 @@ impl PgTrickleError {
             NotRegistered => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Published { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             CheckpointStorage { .. } => ERRCODE_IO_ERROR,
+            CheckpointRefused { fault, .. } => match fault {
+                CheckpointFault::Empty => ERRCODE_ZERO_LENGTH_CHARACTER_STRING,
+                CheckpointFault::Foreign => ERRCODE_INVALID_PARAMETER_VALUE,
+                CheckpointFault::Newer | CheckpointFault::Unsupported => ERRCODE_FEATURE_NOT_SUPPORTED,
+                CheckpointFault::Truncated => ERRCODE_BAD_COPY_FILE_FORMAT,
+                CheckpointFault::Corrupt => ERRCODE_DATA_CORRUPTED,
+                CheckpointFault::MissingSource => ERRCODE_UNDEFINED_TABLE,
+                CheckpointFault::NotEmpty => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            },
             Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -183,6 +220,39 @@ impl PgTrickleError {
                                          server can write there."
                     .into()
             }
+            CheckpointRefused { fault, .. } => match fault {
+                CheckpointFault::Empty | CheckpointFault::Truncated => {
+                    "The file was cut short (an interrupted upload or copy): restore an earlier checkpoint; \
+                     SELECT * FROM pgtrickle.list_checkpoints() lists them."
+                        .into()
+                }
+                CheckpointFault::Foreign => {
+                    "Name a .jsonl.zst file written by pgtrickle.checkpoint(); pgtrickle.list_checkpoints() lists them."
+                        .into()
+                }
+                CheckpointFault::Newer => {
+                    "Update the pg_trickle extension of this database to the release that wrote it, then retry.".into()
+                }
+                CheckpointFault::Corrupt => {
+                    "The file is damaged or was edited: restore an earlier checkpoint (pgtrickle.list_checkpoints())."
+                        .into()
+                }
+                CheckpointFault::MissingSource => {
+                    "Restore or create the source tables first (pg_restore of the data), then restore the checkpoint; \
+                     nothing was changed."
+                        .into()
+                }
+                CheckpointFault::Unsupported => {
+                    "Register with the federation (pgtrickle.register_federation(..., takeover => true)) and recreate \
+                     publications and federated stream tables by hand; nothing was changed."
+                        .into()
+                }
+                CheckpointFault::NotEmpty => {
+                    "Call pgtrickle.restore_from_checkpoint(url, replace => true) to drop this database's stream \
+                     tables and recreate them from the checkpoint."
+                        .into()
+                }
+            },
             Internal(_) => return None,
         })
     }

@@ -129,6 +129,12 @@ fn register_sources(pgt_id: i64, analysis: &Analysis) -> Result<()> {
 }
 
 pub fn create(name: &str, query: &str, schedule: Option<&str>, refresh_mode: &str) -> Result<()> {
+    create_with(name, query, schedule, refresh_mode, true)
+}
+
+/// Creates a stream table; with `populate` false it starts empty and marked for REINITIALIZE, so the scheduler (or
+/// a manual refresh) fills it: what a restore of many stream tables wants in its one transaction.
+pub fn create_with(name: &str, query: &str, schedule: Option<&str>, refresh_mode: &str, populate: bool) -> Result<()> {
     let refresh_mode = validate_mode(refresh_mode)?;
     let schedule = parse_schedule(schedule)?;
     let (schema, table) = resolve_new_name(name)?;
@@ -156,6 +162,13 @@ pub fn create(name: &str, query: &str, schedule: Option<&str>, refresh_mode: &st
     .ok_or_else(|| PgTrickleError::Internal("INSERT … RETURNING returned nothing".into()))?;
     register_sources(pgt_id, &storage.analysis)?;
     cdc::create_stream_table_buffer(storage.relid)?;
+    if !populate {
+        catalog::exec_with(
+            "UPDATE pgtrickle.pgt_stream_tables SET needs_reinit = true, next_due_at = now() WHERE pgt_id = $1",
+            &[pgt_id.into()],
+        )?;
+        return Ok(());
+    }
     let st = catalog::load(pgt_id, RowLock::Wait)?.ok_or_else(|| PgTrickleError::Internal("new row missing".into()))?;
     refresh::refresh(&st, Trigger::Create, Request::Reinitialize)?;
     Ok(())

@@ -22,7 +22,7 @@ fn queries() -> Vec<String> {
     vec![
         format!(
             "SELECT json_build_object('type', 'stream_table', 'name', {ST_NAME}, 'query', st.defining_query, \
-             'schedule', st.schedule::text, 'refresh_mode', st.refresh_mode, 'status', st.status, \
+             'schedule_secs', extract(epoch FROM st.schedule)::float8, 'refresh_mode', st.refresh_mode, 'status', st.status, \
              'settings', '{{}}'::json, 'refresh_sql', NULL)::text \
              FROM pgtrickle.pgt_stream_tables st ORDER BY st.pgt_id"
         ),

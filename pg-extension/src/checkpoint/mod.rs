@@ -1,13 +1,18 @@
 //! Checkpoints: this database's `pg_trickle` state as one zstd JSON lines file in object storage
 //! (docs/CHECKPOINT_FORMAT.md; the codec is `shared_model::checkpoint`). [`collect`] reads the catalog into
-//! items; [`write`] encodes them and uploads the file under `<prefix>/<database>/<RFC 3339 UTC time>.jsonl.zst`.
+//! items; [`write`] encodes them and uploads `<prefix>/<RFC 3339 UTC time>.jsonl.zst`; [`list`] and [`prune`]
+//! read and thin out a prefix ([`retention`] decides what goes); [`restore`] recreates the stream tables. Without a URL the prefix is this database's
+//! folder under `pg_trickle.checkpoint_url` ([`database_prefix`]).
 
 pub mod collect;
+pub mod restore;
+pub mod retention;
 
 use std::collections::BTreeMap;
 
+use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use shared_model::checkpoint::{CheckpointWriter, Header};
 
 use crate::error::{PgTrickleError, Result};
@@ -35,13 +40,20 @@ pub fn default_prefix() -> Result<String> {
     Ok(format!("file://{}/pg_trickle/checkpoints", data_dir.trim_end_matches('/')))
 }
 
+/// This database's folder under [`default_prefix`]: databases of one server sharing the setting never list or
+/// prune each other's checkpoints.
+pub fn database_prefix() -> Result<String> {
+    let database = crate::catalog::scalar::<String>("SELECT current_database()::text", &[])?.unwrap_or_default();
+    Ok(format!("{}/{database}", default_prefix()?.trim_end_matches('/')))
+}
+
 /// The object a checkpoint taken now goes to: `url` itself when it names a `.jsonl.zst` file, else a new file
-/// under the prefix `url` (default: [`default_prefix`]) and this database's name.
-fn target(url: Option<&str>, database: &str, written_at: &str) -> Result<String> {
+/// under the prefix `url` (default: [`database_prefix`]).
+fn target(url: Option<&str>, written_at: &str) -> Result<String> {
     match url {
         Some(u) if u.ends_with(SUFFIX) => Ok(u.to_string()),
-        Some(prefix) => Ok(format!("{}/{database}/{written_at}{SUFFIX}", prefix.trim_end_matches('/'))),
-        None => Ok(format!("{}/{database}/{written_at}{SUFFIX}", default_prefix()?.trim_end_matches('/'))),
+        Some(prefix) => Ok(format!("{}/{written_at}{SUFFIX}", prefix.trim_end_matches('/'))),
+        None => Ok(format!("{}/{written_at}{SUFFIX}", database_prefix()?)),
     }
 }
 
@@ -74,7 +86,7 @@ pub fn write(url: Option<&str>) -> Result<Written> {
         writer.item(item).map_err(invalid)?;
     }
     let bytes = writer.finish().map_err(invalid)?;
-    let url = target(url, &database, &written_at)?;
+    let url = target(url, &written_at)?;
     let size = bytes.len() as u64;
     put(&url, bytes)?;
     Ok(Written { url, bytes: size, counts })
@@ -91,4 +103,67 @@ fn put(url: &str, bytes: Vec<u8>) -> Result<()> {
     crate::federation::runtime::block_on(async move { store.put(&location, PutPayload::from(bytes)).await })?
         .map_err(|e| storage_error(url, e.to_string()))?;
     Ok(())
+}
+
+/// A checkpoint file found under a prefix.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub url: String,
+    pub bytes: u64,
+    /// When it was taken (from its name), milliseconds since the Unix epoch.
+    pub taken_at_ms: i64,
+}
+
+/// The checkpoint files directly under `prefix` (default: [`database_prefix`]), newest first; other files are
+/// left out.
+pub fn list(prefix: Option<&str>) -> Result<Vec<Listed>> {
+    let prefix = match prefix {
+        Some(p) => p.trim_end_matches('/').to_string(),
+        None => database_prefix()?,
+    };
+    let (store, location) =
+        coordinator::objects::store_for(&prefix, true).map_err(|e| storage_error(&prefix, e.to_string()))?;
+    let depth = location.parts().count() + 1;
+    let found = crate::federation::runtime::block_on(async move {
+        let location = (!location.as_ref().is_empty()).then_some(location);
+        store.list(location.as_ref()).try_collect::<Vec<_>>().await
+    })?;
+    let objects = match found {
+        Ok(objects) => objects,
+        // A prefix nothing was written to yet.
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(storage_error(&prefix, e.to_string())),
+    };
+    let mut listed: Vec<Listed> = objects
+        .into_iter()
+        // Files directly in the prefix only (the listing recurses into sub-folders).
+        .filter(|meta| meta.location.parts().count() == depth)
+        .filter_map(|meta| {
+            let name = meta.location.filename()?.to_string();
+            let taken_at_ms = retention::taken_at_ms(&name)?;
+            Some(Listed { url: format!("{prefix}/{name}"), bytes: meta.size, taken_at_ms })
+        })
+        .collect();
+    listed.sort_by(|a, b| b.taken_at_ms.cmp(&a.taken_at_ms).then_with(|| b.url.cmp(&a.url)));
+    Ok(listed)
+}
+
+/// Deletes the checkpoints under `prefix` (default: [`database_prefix`]) taken more than `retention_days` ago,
+/// keeping the newest whatever its age; returns the URLs deleted.
+pub fn prune(prefix: Option<&str>, retention_days: i64, now_ms: i64) -> Result<Vec<String>> {
+    let listed = list(prefix)?;
+    let names: Vec<String> = listed.iter().map(|l| l.url.clone()).collect();
+    let file_names: Vec<String> =
+        names.iter().map(|u| u.rsplit_once('/').map_or(u.clone(), |(_, n)| n.to_string())).collect();
+    let doomed: Vec<String> = retention::to_prune(&file_names, now_ms, retention_days)
+        .into_iter()
+        .filter_map(|name| names.iter().find(|u| u.ends_with(&format!("/{name}"))).cloned())
+        .collect();
+    for url in &doomed {
+        let (store, location) =
+            coordinator::objects::store_for(url, false).map_err(|e| storage_error(url, e.to_string()))?;
+        crate::federation::runtime::block_on(async move { store.delete(&location).await })?
+            .map_err(|e| storage_error(url, e.to_string()))?;
+    }
+    Ok(doomed)
 }

@@ -23,6 +23,10 @@ pub static MAX_BACKOFF_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static DEBUG_EXIT_AFTER_SEND: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Where checkpoints go (a URL prefix); unset: `file://<data directory>/pg_trickle/checkpoints`.
 pub static CHECKPOINT_URL: GucSetting<Option<std::ffi::CString>> = GucSetting::<Option<std::ffi::CString>>::new(None);
+/// Seconds between periodic checkpoints written by the scheduler (0: none).
+pub static CHECKPOINT_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
+/// Days a checkpoint is kept before the scheduler prunes it (the newest is always kept).
+pub static CHECKPOINT_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(7);
 /// How often (milliseconds) the publisher and the subscriber look for new batches when idle.
 pub static FEDERATION_POLL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 
@@ -119,6 +123,26 @@ pub fn register() {
         &CHECKPOINT_URL,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.checkpoint_interval",
+        c"How often the scheduler writes a checkpoint of each database (0: never).",
+        c"Checkpoints go to pg_trickle.checkpoint_url; pgtrickle.checkpoint() writes one on demand.",
+        &CHECKPOINT_INTERVAL_S,
+        0,
+        7 * 86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_trickle.checkpoint_retention_days",
+        c"Days a checkpoint is kept before the scheduler prunes it.",
+        c"The newest checkpoint of a database is kept whatever its age; files that are not checkpoints are never touched.",
+        &CHECKPOINT_RETENTION_DAYS,
+        0,
+        36_500,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     // SAFETY: called once from _PG_init with a static NUL-terminated prefix.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_trickle".as_ptr()) };

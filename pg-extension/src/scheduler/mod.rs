@@ -3,8 +3,10 @@
 //! `pg_trickle.max_workers`. A scheduler exits when its database lacks the extension; the launcher
 //! looks again later. Each scheduler refreshes its due stream tables in [`queue::order`], one
 //! transaction per refresh: a failure rolls back that refresh only, marks the stream table ERROR
-//! with the message, and schedules a retry with exponential backoff; the others go on.
+//! with the message, and schedules a retry with exponential backoff; the others go on. Between rounds it writes
+//! the database's periodic checkpoints ([`checkpoints`]).
 
+pub mod checkpoints;
 pub mod queue;
 pub mod transaction;
 
@@ -145,6 +147,7 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     let mut admission = AdmitAll;
     let mut federation = FederationWorkers::default();
+    let mut checkpoints = checkpoints::Periodic::default();
     loop {
         reload_config_if_asked();
         let installed = BackgroundWorker::transaction(|| {
@@ -168,6 +171,7 @@ pub extern "C-unwind" fn pg_trickle_scheduler_main(arg: pg_sys::Datum) {
                     run_one(pgt_id);
                 }
             }
+            checkpoints.tick();
         }
         if !BackgroundWorker::wait_latch(Some(interval())) {
             return;

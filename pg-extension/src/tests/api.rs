@@ -324,9 +324,9 @@ mod tests {
         assert_eq!(header.counts.get("dependency"), Some(&2));
         let totals_item = items.iter().find(|i| matches!(i, Item::StreamTable { name, .. } if name.name == "totals"));
         match totals_item {
-            Some(Item::StreamTable { query, schedule, refresh_mode, .. }) => {
+            Some(Item::StreamTable { query, schedule_secs, refresh_mode, .. }) => {
                 assert_eq!(query, totals);
-                assert_eq!(schedule.as_deref(), Some("00:00:05"));
+                assert_eq!(*schedule_secs, Some(5.0));
                 assert_eq!(*refresh_mode, RefreshMode::Differential);
             }
             other => panic!("no stream table item for totals: {other:?}"),
@@ -337,8 +337,147 @@ mod tests {
         // An explicit file name is used as given.
         let named = format!("file://{dir}/named.jsonl.zst");
         assert_eq!(one::<String>(&format!("SELECT url FROM pgtrickle.checkpoint('{named}')")), Some(named));
+        // Listing and pruning: checkpoints are listed newest first (a file named otherwise is not one); an old one
+        // is pruned, a foreign file and the newest stay.
+        std::fs::write(format!("{dir}/2020-01-01T00:00:00.000Z.jsonl.zst"), b"old").unwrap();
+        std::fs::write(format!("{dir}/notes.txt"), b"mine").unwrap();
+        let listed = Spi::get_one::<i64>(&format!("SELECT count(*) FROM pgtrickle.list_checkpoints('file://{dir}')"));
+        assert_eq!(listed.unwrap(), Some(2));
+        let pruned =
+            one::<String>(&format!("SELECT string_agg(url, ',') FROM pgtrickle.prune_checkpoints('file://{dir}', 7)"));
+        assert_eq!(pruned, Some(format!("file://{dir}/2020-01-01T00:00:00.000Z.jsonl.zst")));
+        assert!(std::path::Path::new(&format!("{dir}/notes.txt")).exists());
+        let newest = one::<String>(&format!("SELECT url FROM pgtrickle.list_checkpoints('file://{dir}') LIMIT 1"));
+        assert_eq!(newest, Some(url.clone()));
         let message = expect_error("SELECT pgtrickle.checkpoint('ftp://host/x')", PgSqlErrorCode::ERRCODE_IO_ERROR);
         assert!(message.contains("not supported") && message.contains("s3://"), "{message}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Restoring: the stream tables come back by name in dependency order, empty and marked for REINITIALIZE,
+    /// then equal their queries once refreshed; a database with stream tables is refused unless `replace`.
+    #[pg_test]
+    fn a_checkpoint_restores_the_stream_tables_it_names() {
+        seed_orders();
+        let totals = "SELECT region, sum(amount) AS total FROM orders GROUP BY region";
+        let big = "SELECT region FROM totals WHERE total > 100";
+        run(&format!("SELECT pgtrickle.create_stream_table('totals', $${totals}$$, '5s', 'differential')"));
+        run(&format!("SELECT pgtrickle.create_stream_table('big', $${big}$$, NULL, 'full')"));
+        run("SELECT pgtrickle.create_stream_table('ids', 'SELECT id FROM orders', '1m')");
+        run("SELECT pgtrickle.alter_stream_table('ids', status => 'suspended')");
+        let dir = format!("/tmp/pgtrickle-restore-test-{}", std::process::id());
+        let url = one::<String>(&format!("SELECT url FROM pgtrickle.checkpoint('file://{dir}')")).unwrap();
+
+        let refused = expect_error(
+            &format!("SELECT pgtrickle.restore_from_checkpoint('{url}')"),
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        );
+        assert!(refused.contains("replace => true"), "{refused}");
+        run("SELECT pgtrickle.drop_stream_table('totals', cascade => true)");
+        run("SELECT pgtrickle.drop_stream_table('ids')");
+        assert_eq!(
+            one::<i64>(&format!("SELECT stream_tables FROM pgtrickle.restore_from_checkpoint('{url}')")),
+            Some(3)
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM pgtrickle.pgt_stream_tables WHERE needs_reinit AND row_count = 0"),
+            Some(3)
+        );
+        assert_eq!(
+            one::<String>("SELECT status FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'ids'"),
+            Some("SUSPENDED".into())
+        );
+        assert_eq!(
+            one::<String>("SELECT refresh_mode FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'big'"),
+            Some("full".into())
+        );
+        run("SELECT pgtrickle.refresh_stream_table('totals')");
+        run("SELECT pgtrickle.refresh_stream_table('big')");
+        assert_same("totals", totals);
+        assert_same("big", big);
+        // With replace, the existing ones are dropped and recreated.
+        assert_eq!(
+            one::<i64>(&format!(
+                "SELECT stream_tables FROM pgtrickle.restore_from_checkpoint('{url}', replace => true)"
+            )),
+            Some(3)
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM pgtrickle.pgt_stream_tables WHERE needs_reinit"), Some(3));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every kind of bad checkpoint is refused with its own SQLSTATE and a hint, and nothing changes.
+    #[pg_test]
+    fn bad_checkpoints_are_refused_each_with_its_own_sqlstate_and_nothing_changes() {
+        use shared_model::checkpoint::{CheckpointWriter, Header, Item, QualifiedName, SourceKind, Watermark};
+        seed_orders();
+        run("SELECT pgtrickle.create_stream_table('ids', 'SELECT id FROM orders', '1m')");
+        let dir = format!("/tmp/pgtrickle-bad-checkpoints-{}", std::process::id());
+        let url = one::<String>(&format!("SELECT url FROM pgtrickle.checkpoint('file://{dir}')")).unwrap();
+        let good = std::fs::read(url.trim_start_matches("file://")).unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = format!("{dir}/{name}");
+            std::fs::write(&path, bytes).unwrap();
+            format!("file://{path}")
+        };
+        let mut flipped = good.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x40;
+        let newer = zstd::encode_all(&b"{\"format\":\"pg_trickle_checkpoint\",\"version\":99}\n"[..], 3).unwrap();
+        let mut header = Header {
+            format: String::new(),
+            version: 0,
+            extension_version: "test".into(),
+            cluster: None,
+            database: "elsewhere".into(),
+            written_at: "2026-12-01T00:00:00.000Z".into(),
+            counts: [("stream_table".to_string(), 1u64), ("dependency".to_string(), 1u64)].into_iter().collect(),
+        };
+        header.counts.retain(|_, n| *n > 0);
+        let mut writer = CheckpointWriter::new(Vec::new(), header).unwrap();
+        writer
+            .item(&Item::StreamTable {
+                name: QualifiedName::new("public", "lost"),
+                query: "SELECT * FROM nowhere".into(),
+                schedule_secs: None,
+                refresh_mode: shared_model::checkpoint::RefreshMode::Full,
+                status: shared_model::checkpoint::StreamTableStatus::Active,
+                settings: Default::default(),
+                refresh_sql: None,
+            })
+            .unwrap();
+        writer
+            .item(&Item::Dependency {
+                stream_table: QualifiedName::new("public", "lost"),
+                source: QualifiedName::new("public", "nowhere"),
+                source_kind: SourceKind::Table,
+                consumed: Watermark { snapshot: None, xid: None, change_id: None },
+            })
+            .unwrap();
+        let missing_source = writer.finish().unwrap();
+        let cases = [
+            ("flipped.jsonl.zst", flipped, PgSqlErrorCode::ERRCODE_DATA_CORRUPTED),
+            ("truncated.jsonl.zst", good[..good.len() - 7].to_vec(), PgSqlErrorCode::ERRCODE_BAD_COPY_FILE_FORMAT),
+            ("foreign.jsonl.zst", b"id,name\n1,a\n".to_vec(), PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE),
+            ("newer.jsonl.zst", newer, PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED),
+            ("empty.jsonl.zst", Vec::new(), PgSqlErrorCode::ERRCODE_ZERO_LENGTH_CHARACTER_STRING),
+            ("missing.jsonl.zst", missing_source, PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE),
+        ];
+        let catalog = "SELECT string_agg(format('%s %s %s', pgt_id, pgt_name, needs_reinit), ',' ORDER BY pgt_id) \
+                       FROM pgtrickle.pgt_stream_tables";
+        let before = one::<String>(catalog);
+        for (name, bytes, sqlstate) in cases {
+            let file = write(name, &bytes);
+            let message =
+                expect_error(&format!("SELECT pgtrickle.restore_from_checkpoint('{file}', replace => true)"), sqlstate);
+            assert!(message.contains("HINT: ") && !message.ends_with("HINT: "), "{name}: {message}");
+            assert_eq!(one::<String>(catalog), before, "{name} changed the catalog");
+        }
+        assert!(expect_error(
+            &format!("SELECT pgtrickle.restore_from_checkpoint('file://{dir}/absent.jsonl.zst')"),
+            PgSqlErrorCode::ERRCODE_IO_ERROR
+        )
+        .contains("absent"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

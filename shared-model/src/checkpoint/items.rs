@@ -136,8 +136,8 @@ pub enum Item {
     StreamTable {
         name: QualifiedName,
         query: String,
-        /// Schedule as PostgreSQL prints the interval (`00:00:05`), None when refreshed on demand only.
-        schedule: Option<String>,
+        /// Seconds between scheduled refreshes, None when refreshed on demand only.
+        schedule_secs: Option<f64>,
         refresh_mode: RefreshMode,
         status: StreamTableStatus,
         /// Further per-stream-table settings by name.
@@ -204,10 +204,13 @@ impl Item {
     /// Checks what the codec can check alone: every name is a valid PostgreSQL name, numbers are finite.
     pub(crate) fn check(&self) -> Result<(), String> {
         match self {
-            Item::StreamTable { name, query, .. } => {
+            Item::StreamTable { name, query, schedule_secs, .. } => {
                 name.check()?;
                 if query.trim().is_empty() {
                     return Err(format!("stream table {name} has an empty query"));
+                }
+                if schedule_secs.is_some_and(|s| !s.is_finite() || s <= 0.0) {
+                    return Err(format!("stream table {name} has a schedule that is not a positive number"));
                 }
                 Ok(())
             }

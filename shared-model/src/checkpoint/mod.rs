@@ -8,6 +8,7 @@
 
 mod codec;
 mod items;
+mod restore;
 #[cfg(test)]
 mod tests;
 
@@ -16,6 +17,7 @@ pub use items::{
     GroupKind, Header, Item, QualifiedName, RefreshMode, SourceKind, StreamTableStatus, Trailer, Watermark,
     FORMAT_NAME, FORMAT_VERSION,
 };
+pub use restore::{restore_plan, PlanError, RestorePlan, StreamTableDef};
 
 /// Why a checkpoint cannot be written or read.
 #[derive(Debug, thiserror::Error)]

@@ -45,11 +45,11 @@ fn name() -> impl Strategy<Value = QualifiedName> {
 
 fn item() -> impl Strategy<Value = Item> {
     prop_oneof![
-        (name(), ".{1,200}", proptest::option::of("[0-9:]{8}"), any::<bool>(), proptest::option::of(".{0,100}"))
-            .prop_map(|(name, query, schedule, full, sql)| Item::StreamTable {
+        (name(), ".{1,200}", proptest::option::of(0.01..1e6f64), any::<bool>(), proptest::option::of(".{0,100}"))
+            .prop_map(|(name, query, schedule_secs, full, sql)| Item::StreamTable {
                 name,
                 query: format!("SELECT {query}"),
-                schedule,
+                schedule_secs,
                 refresh_mode: if full { RefreshMode::Full } else { RefreshMode::Differential },
                 status: StreamTableStatus::Active,
                 settings: BTreeMap::from([("tier".to_string(), "high".to_string())]),
@@ -130,7 +130,7 @@ fn sample() -> Vec<Item> {
         Item::StreamTable {
             name: QualifiedName::new("public", "order_totals"),
             query: "SELECT customer, sum(amount) FROM orders GROUP BY customer".into(),
-            schedule: Some("00:00:05".into()),
+            schedule_secs: Some(5.0),
             refresh_mode: RefreshMode::Differential,
             status: StreamTableStatus::Active,
             settings: BTreeMap::new(),
