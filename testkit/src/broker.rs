@@ -39,18 +39,18 @@ fn cache_binary(env: &str, relative: &str, install: &str) -> Result<PathBuf> {
     }
 }
 
-const S3_KEY: &str = "testkit-key";
-const S3_SECRET: &str = "testkit-secret";
-
-/// A local S3-compatible server holding the broker's data.
-struct ObjectStore {
+/// A local S3-compatible server (s3s-fs) serving the folders of `root` as buckets; dropping it kills it.
+pub struct S3Server {
     port: u16,
     child: Child,
 }
 
-impl ObjectStore {
-    fn start(root: &std::path::Path) -> Result<ObjectStore> {
-        std::fs::create_dir_all(root.join("tansu"))?; // the bucket
+impl S3Server {
+    const KEY: &'static str = "testkit-key";
+    const SECRET: &'static str = "testkit-secret";
+
+    /// Starts s3s-fs over `root` (create a folder in it per bucket).
+    pub fn start(root: &std::path::Path) -> Result<S3Server> {
         let binary = cache_binary(
             "PGTRICKLE_S3S_BIN",
             "s3s/bin/s3s-fs",
@@ -58,19 +58,34 @@ impl ObjectStore {
         )?;
         let port = free_port()?;
         let child = Command::new(binary)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", S3_KEY])
-            .args(["--secret-key", S3_SECRET])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", Self::KEY])
+            .args(["--secret-key", Self::SECRET])
             .arg(root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let store = ObjectStore { port, child };
+        let store = S3Server { port, child };
         wait_listening(port, "s3s-fs", String::new)?;
         Ok(store)
     }
+
+    /// The environment an `object_store` client (tansu, the coordinator, PostgreSQL with pg_trickle) needs to
+    /// reach it.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", Self::KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET.to_string()),
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+            ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
 }
 
-impl Drop for ObjectStore {
+impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -83,7 +98,7 @@ pub struct Broker {
     child: Option<Child>,
     dir: tempfile::TempDir,
     starts: usize,
-    store: Option<ObjectStore>,
+    store: Option<S3Server>,
     secure: Option<Secure>,
 }
 
@@ -204,7 +219,8 @@ impl Broker {
     /// Starts a broker that keeps its data in a local S3 server, across restarts.
     pub fn start_persistent() -> Result<Broker> {
         let dir = tempfile::Builder::new().prefix("pgtrickle-broker-").tempdir()?;
-        let store = ObjectStore::start(&dir.path().join("s3"))?;
+        std::fs::create_dir_all(dir.path().join("s3").join("tansu"))?; // the bucket
+        let store = S3Server::start(&dir.path().join("s3"))?;
         let mut broker = Broker { port: free_port()?, child: None, dir, starts: 0, store: Some(store), secure: None };
         broker.spawn()?;
         Ok(broker)
@@ -228,13 +244,7 @@ impl Broker {
                 command.args(["--storage-engine", "memory://tansu/"]);
             }
             Some(store) => {
-                command
-                    .args(["--storage-engine", "s3://tansu/"])
-                    .env("AWS_ACCESS_KEY_ID", S3_KEY)
-                    .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
-                    .env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", store.port))
-                    .env("AWS_ALLOW_HTTP", "true")
-                    .env("AWS_DEFAULT_REGION", "us-east-1");
+                command.args(["--storage-engine", "s3://tansu/"]).envs(store.env());
             }
         }
         let child = command.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(log).spawn()?;

@@ -125,9 +125,15 @@ impl Coordinators {
 
     /// Runs the coordinator CLI against the cluster; returns its stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
+        self.cli_with_env(args, &[])
+    }
+
+    /// [`Coordinators::cli`] with extra environment (object store credentials…).
+    pub fn cli_with_env(&self, args: &[&str], env: &[(String, String)]) -> Result<String> {
         let output = Command::new(&self.binary)
             .args(["--endpoints", &self.endpoints(), "--token", TOKEN, "--timeout-secs", "20"])
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()?;
         if !output.status.success() {
             return Err(HarnessError::Command {

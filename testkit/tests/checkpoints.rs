@@ -1,12 +1,15 @@
-//! Periodic checkpoints on a real server with pg_trickle preloaded: the scheduler writes one every
+//! Checkpoints on real servers with pg_trickle preloaded: the scheduler writes one every
 //! `pg_trickle.checkpoint_interval` into the database's folder under `pg_trickle.checkpoint_url`, each readable by
-//! the codec with the stream tables in it, and prunes checkpoints past the retention, never other files.
+//! the codec with the stream tables in it, and prunes checkpoints past the retention, never other files; and
+//! `s3://` against a real S3-compatible server (s3s-fs), for checkpoints and the coordinator's own snapshots.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shared_model::checkpoint::{CheckpointReader, Item};
+use testkit::broker::S3Server;
+use testkit::coordinators::Coordinators;
 use testkit::{wait_for, Clusters};
 
 /// Checkpoint files (time-named) in `folder`, oldest first.
@@ -88,4 +91,53 @@ fn the_scheduler_writes_checkpoints_periodically_and_prunes_only_old_ones() {
         let path = url.strip_prefix("file://").expect("a file URL");
         assert!(Path::new(path).starts_with(&folder) && Path::new(path).exists(), "{url}");
     }
+}
+
+#[test]
+fn checkpoints_and_coordinator_snapshots_go_to_s3_and_restore_from_there() {
+    let root = tempfile::Builder::new().prefix("pgtrickle-s3-").tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("checkpoints")).unwrap(); // the bucket
+    let s3 = S3Server::start(root.path()).expect("start s3s-fs");
+    let mut clusters = Clusters::start(1, &["pg_trickle.enabled=off"]).expect("start cluster");
+    // Cloud credentials reach the server through its environment, never through a URL or a setting.
+    clusters[0].stop().unwrap();
+    for (key, value) in s3.env() {
+        clusters[0].set_env(&key, &value);
+    }
+    clusters[0].start().unwrap();
+    let mut client = clusters[0].connect("postgres").unwrap();
+    client
+        .batch_execute(
+            "CREATE EXTENSION pg_trickle;
+             CREATE TABLE readings (id int PRIMARY KEY, sensor text, value int);
+             INSERT INTO readings SELECT g, 's' || (g % 4), g FROM generate_series(1, 100) g;
+             SELECT pgtrickle.create_stream_table('per_sensor',
+                 'SELECT sensor, count(*) AS n, sum(value) AS total FROM readings GROUP BY sensor', schedule => '1s');
+             SELECT pgtrickle.create_stream_table('busy', 'SELECT sensor FROM per_sensor WHERE n > 10', schedule => '1s');",
+        )
+        .unwrap();
+    let row =
+        client.query_one("SELECT url, bytes FROM pgtrickle.checkpoint('s3://checkpoints/site_a/app')", &[]).unwrap();
+    let (url, bytes): (String, i64) = (row.get(0), row.get(1));
+    let name = url.strip_prefix("s3://checkpoints/site_a/app/").unwrap_or_else(|| panic!("{url}"));
+    let on_disk = root.path().join("checkpoints/site_a/app").join(name);
+    assert_eq!(std::fs::metadata(&on_disk).map(|m| m.len() as i64).ok(), Some(bytes), "{}", on_disk.display());
+    let listed: i64 = client
+        .query_one("SELECT count(*) FROM pgtrickle.list_checkpoints('s3://checkpoints/site_a/app')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(listed, 1);
+    let restored: i64 = client
+        .query_one("SELECT stream_tables FROM pgtrickle.restore_from_checkpoint($1, replace => true)", &[&url])
+        .unwrap()
+        .get(0);
+    assert_eq!(restored, 2);
+
+    // The coordinator's state snapshot to the same server, in the same run.
+    let coordinators = Coordinators::start(1).expect("start a coordinator");
+    coordinators
+        .cli_with_env(&["snapshot", "--to", "s3://checkpoints/coordinator/state.snap"], &s3.env())
+        .expect("snapshot --to s3://");
+    let snapshot = std::fs::metadata(root.path().join("checkpoints/coordinator/state.snap")).expect("the snapshot");
+    assert!(snapshot.len() > 0);
 }
