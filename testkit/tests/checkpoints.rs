@@ -141,3 +141,100 @@ fn checkpoints_and_coordinator_snapshots_go_to_s3_and_restore_from_there() {
     let snapshot = std::fs::metadata(root.path().join("checkpoints/coordinator/state.snap")).expect("the snapshot");
     assert!(snapshot.len() > 0);
 }
+
+/// The definitions of a cluster's stream tables, in a comparable form.
+fn definitions(client: &mut postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT format('%s.%s %s %s %s %s', pgt_schema, pgt_name, refresh_mode, status, \
+             coalesce(schedule::text, 'manual'), defining_query) \
+             FROM pgtrickle.pgt_stream_tables ORDER BY pgt_schema, pgt_name",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn a_dag_of_120_stream_tables_restores_on_a_fresh_cluster_and_each_equals_its_query() {
+    let clusters = Clusters::start(2, &["pg_trickle.enabled=off"]).expect("start clusters");
+    let sources = "CREATE EXTENSION pg_trickle;
+         CREATE SCHEMA app;
+         CREATE TABLE app.events (id int PRIMARY KEY, kind int, amount int, bucket int);
+         INSERT INTO app.events SELECT g, g % 17, (g * 7919) % 1000, g % 13 FROM generate_series(1, 2000) g;
+         CREATE TABLE app.users (id int PRIMARY KEY, region int);
+         INSERT INTO app.users SELECT g, g % 5 FROM generate_series(1, 300) g;";
+    let mut a = clusters[0].connect("postgres").unwrap();
+    let mut b = clusters[1].connect("postgres").unwrap();
+    a.batch_execute(sources).unwrap();
+    b.batch_execute(sources).unwrap();
+    // 40 differential aggregates, 40 full-refresh filters, 40 stream tables over the aggregates.
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for i in 0..40 {
+        let agg = format!(
+            "SELECT kind AS g, count(*) AS n, sum(amount) AS total FROM app.events \
+             WHERE amount > {i} AND bucket <> {} GROUP BY kind",
+            i % 13
+        );
+        a.execute(
+            "SELECT pgtrickle.create_stream_table($1, $2, '1m', 'differential')",
+            &[&format!("app.agg_{i}"), &agg],
+        )
+        .unwrap();
+        queries.push((format!("app.agg_{i}"), agg));
+        let full = format!("SELECT id, region FROM app.users WHERE id % {} = {}", i % 9 + 2, i % 2);
+        a.execute("SELECT pgtrickle.create_stream_table($1, $2, NULL, 'full')", &[&format!("app.users_{i}"), &full])
+            .unwrap();
+        queries.push((format!("app.users_{i}"), full));
+        let over = format!("SELECT g, n FROM app.agg_{i} WHERE n > {}", i * 3);
+        a.execute("SELECT pgtrickle.create_stream_table($1, $2, '30s')", &[&format!("app.over_{i}"), &over]).unwrap();
+        queries.push((format!("app.over_{i}"), over));
+    }
+    a.batch_execute("SELECT pgtrickle.alter_stream_table('app.users_3', status => 'suspended')").unwrap();
+    let dir = tempfile::Builder::new().prefix("pgtrickle-roundtrip-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let url: String = a
+        .query_one(&format!("SELECT url FROM pgtrickle.checkpoint('file://{}')", dir.path().display()), &[])
+        .unwrap()
+        .get(0);
+
+    let restored: i64 =
+        b.query_one("SELECT stream_tables FROM pgtrickle.restore_from_checkpoint($1)", &[&url]).unwrap().get(0);
+    assert_eq!(restored, 120);
+    assert_eq!(definitions(&mut b), definitions(&mut a), "the definitions differ after the restore");
+    let waiting: i64 =
+        b.query_one("SELECT count(*) FROM pgtrickle.pgt_stream_tables WHERE needs_reinit", &[]).unwrap().get(0);
+    assert_eq!(waiting, 120, "every restored stream table waits for REINITIALIZE");
+    // Refreshed in creation order (each after what it reads), every one equals its query on B's data.
+    let names: Vec<String> = b
+        .query("SELECT format('%I.%I', pgt_schema, pgt_name) FROM pgtrickle.pgt_stream_tables ORDER BY pgt_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in &names {
+        b.execute("SELECT pgtrickle.refresh_stream_table($1)", &[name]).unwrap();
+    }
+    for (name, query) in &queries {
+        let columns = if name.contains("agg_") {
+            "g, n, total"
+        } else if name.contains("users_") {
+            "id, region"
+        } else {
+            "g, n"
+        };
+        let differ: i64 = b
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM ((SELECT {columns} FROM {name} EXCEPT ALL ({query})) \
+                     UNION ALL (({query}) EXCEPT ALL SELECT {columns} FROM {name})) d"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(differ, 0, "{name} differs from its query after restore and refresh");
+    }
+}
