@@ -12,6 +12,13 @@ use testkit::broker::S3Server;
 use testkit::coordinators::Coordinators;
 use testkit::{wait_for, Clusters};
 
+/// The extension, a source table and a stream table over it.
+const READINGS: &str = "CREATE EXTENSION pg_trickle;
+             CREATE TABLE readings (id int PRIMARY KEY, sensor text, value int);
+             INSERT INTO readings SELECT g, 's' || (g % 4), g FROM generate_series(1, 100) g;
+             SELECT pgtrickle.create_stream_table('per_sensor',
+                 'SELECT sensor, count(*) AS n, sum(value) AS total FROM readings GROUP BY sensor', schedule => '1s');";
+
 /// Checkpoint files (time-named) in `folder`, oldest first.
 fn checkpoints_in(folder: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> =
@@ -47,15 +54,7 @@ fn the_scheduler_writes_checkpoints_periodically_and_prunes_only_old_ones() {
     .expect("start cluster");
     let cluster = &clusters[0];
     let mut client = cluster.connect("postgres").unwrap();
-    client
-        .batch_execute(
-            "CREATE EXTENSION pg_trickle;
-             CREATE TABLE readings (id int PRIMARY KEY, sensor text, value int);
-             INSERT INTO readings SELECT g, 's' || (g % 4), g FROM generate_series(1, 100) g;
-             SELECT pgtrickle.create_stream_table('per_sensor',
-                 'SELECT sensor, count(*) AS n, sum(value) AS total FROM readings GROUP BY sensor', schedule => '1s');",
-        )
-        .unwrap();
+    client.batch_execute(READINGS).unwrap();
 
     // Two checkpoints by the scheduler, two seconds apart; the old one pruned by then.
     let written = wait_for(Duration::from_secs(40), || {
@@ -106,15 +105,9 @@ fn checkpoints_and_coordinator_snapshots_go_to_s3_and_restore_from_there() {
     }
     clusters[0].start().unwrap();
     let mut client = clusters[0].connect("postgres").unwrap();
+    client.batch_execute(READINGS).unwrap();
     client
-        .batch_execute(
-            "CREATE EXTENSION pg_trickle;
-             CREATE TABLE readings (id int PRIMARY KEY, sensor text, value int);
-             INSERT INTO readings SELECT g, 's' || (g % 4), g FROM generate_series(1, 100) g;
-             SELECT pgtrickle.create_stream_table('per_sensor',
-                 'SELECT sensor, count(*) AS n, sum(value) AS total FROM readings GROUP BY sensor', schedule => '1s');
-             SELECT pgtrickle.create_stream_table('busy', 'SELECT sensor FROM per_sensor WHERE n > 10', schedule => '1s');",
-        )
+        .batch_execute("SELECT pgtrickle.create_stream_table('busy', 'SELECT sensor FROM per_sensor WHERE n > 10', schedule => '1s')")
         .unwrap();
     let row =
         client.query_one("SELECT url, bytes FROM pgtrickle.checkpoint('s3://checkpoints/site_a/app')", &[]).unwrap();
