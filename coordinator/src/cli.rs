@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::api::*;
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::server::config::{file_peers, parse_peers, FileConfig, RaftSettings, ServeConfig, TlsFiles};
+use shared_model::CheckpointRecord;
 
 /// Command-line interface.
 #[derive(Debug, Parser)]
@@ -70,6 +71,8 @@ pub enum Command {
     Members,
     /// Registered PostgreSQL clusters.
     Clusters,
+    /// The newest checkpoint each cluster recorded (pgtrickle.checkpoint on that cluster).
+    Checkpoints,
     /// The federation's name and change-log settings; with any option, changes them.
     Federation {
         /// The federation's name (the host part of source URLs).
@@ -432,6 +435,29 @@ pub async fn run_client(cli: &Cli) -> Result<(), Exit> {
                 })
                 .collect();
             table(&["NAME", "ENDPOINT", "SYSTEM IDENTIFIER", "EPOCH", "REGISTERED AT", "LAST CHECKPOINT"], rows);
+        }
+        Command::Checkpoints => {
+            let newest: Vec<(String, CheckpointRecord)> = client
+                .clusters()
+                .await?
+                .into_iter()
+                .filter_map(|c| c.last_checkpoint.map(|k| (c.name.to_string(), k)))
+                .collect();
+            if cli.json {
+                let listed: Vec<serde_json::Value> = newest
+                    .iter()
+                    .map(|(cluster, k)| serde_json::json!({"cluster": cluster, "checkpoint": k}))
+                    .collect();
+                print_json(&listed);
+                return Ok(());
+            }
+            let rows = newest
+                .into_iter()
+                .map(|(cluster, k)| {
+                    vec![cluster, k.url, k.size_bytes.to_string(), k.taken_at_unix_ms.to_string(), k.checksum]
+                })
+                .collect();
+            table(&["CLUSTER", "URL", "BYTES", "TAKEN AT (UNIX MS)", "SHA-256"], rows);
         }
         Command::Federation { name, backend, bootstrap_servers, topic_prefix } => {
             let mut view = client.federation().await?;

@@ -65,6 +65,16 @@ fn register_status_refusals_and_deregister() {
     client.query_one(&format!("SELECT * FROM pgtrickle.register_federation('{urls}', 'cluster_a')"), &[]).unwrap();
     assert_eq!(registrations(&mut client), 1);
     assert!(coordinators.cli(&["clusters"]).unwrap().contains("cluster_a"));
+    // A checkpoint of a registered database is recorded at the coordinators, which list the newest per cluster.
+    let dir = tempfile::Builder::new().prefix("pgtrickle-fed-checkpoint-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let row = client
+        .query_one(&format!("SELECT url, recorded FROM pgtrickle.checkpoint('file://{}')", dir.path().display()), &[])
+        .unwrap();
+    let (checkpoint_url, recorded): (String, bool) = (row.get(0), row.get(1));
+    assert!(recorded, "{checkpoint_url} was not recorded at the coordinators");
+    let listed = coordinators.cli(&["checkpoints"]).unwrap();
+    assert!(listed.contains("cluster_a") && listed.contains(&checkpoint_url), "{listed}");
     refused(
         &mut client,
         &format!("SELECT * FROM pgtrickle.register_federation('{urls}', 'cluster_b')"),

@@ -10,10 +10,12 @@ pub mod retention;
 
 use std::collections::BTreeMap;
 
+use coordinator::api::RecordCheckpoint;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use shared_model::checkpoint::{CheckpointWriter, Header};
+use shared_model::{CheckpointRecord, ClusterName};
 
 use crate::error::{PgTrickleError, Result};
 
@@ -27,6 +29,9 @@ pub struct Written {
     pub bytes: u64,
     /// Items per kind, as the header counts them.
     pub counts: BTreeMap<String, u64>,
+    /// Whether the federation's coordinators recorded it (false when not registered, or unreachable: a warning
+    /// says why; the checkpoint itself is written either way).
+    pub recorded: bool,
 }
 
 /// Where checkpoints go when no URL is given: `pg_trickle.checkpoint_url`, else `checkpoints/` under the data
@@ -85,11 +90,36 @@ pub fn write(url: Option<&str>) -> Result<Written> {
     for item in &items {
         writer.item(item).map_err(invalid)?;
     }
-    let bytes = writer.finish().map_err(invalid)?;
+    let (bytes, trailer) = writer.finish().map_err(invalid)?;
     let url = target(url, &written_at)?;
     let size = bytes.len() as u64;
     put(&url, bytes)?;
-    Ok(Written { url, bytes: size, counts })
+    let taken_at_unix_ms = crate::catalog::scalar::<i64>(
+        "SELECT (extract(epoch FROM $1::timestamptz) * 1000)::int8",
+        &[written_at.clone().into()],
+    )?
+    .map_or(0, |ms| ms.max(0) as u64);
+    let record = CheckpointRecord { url: url.clone(), checksum: trailer.sha256, size_bytes: size, taken_at_unix_ms };
+    let recorded = match record_at_coordinators(record) {
+        Ok(recorded) => recorded,
+        Err(e) => {
+            pgrx::warning!("pg_trickle: checkpoint {url} written but not recorded at the coordinators: {e}");
+            false
+        }
+    };
+    Ok(Written { url, bytes: size, counts, recorded })
+}
+
+/// Records a checkpoint at the federation's coordinators, so `pgtrickle-coordinator checkpoints` lists the newest
+/// of every cluster; Ok(false) when this database is not registered.
+fn record_at_coordinators(record: CheckpointRecord) -> Result<bool> {
+    let Some(member) = crate::federation::membership()? else { return Ok(false) };
+    let cluster = ClusterName::parse(&member.cluster_name)
+        .map_err(|e| PgTrickleError::Internal(format!("registered cluster name: {e}")))?;
+    let client = crate::federation::client(&member.coordinator_url, std::time::Duration::from_secs(10))?;
+    crate::federation::runtime::block_on(client.record_checkpoint(&cluster, &RecordCheckpoint { checkpoint: record }))?
+        .map_err(crate::federation::coordinator_error)?;
+    Ok(true)
 }
 
 fn storage_error(url: &str, message: String) -> PgTrickleError {

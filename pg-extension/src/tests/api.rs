@@ -454,7 +454,7 @@ mod tests {
                 consumed: Watermark { snapshot: None, xid: None, change_id: None },
             })
             .unwrap();
-        let missing_source = writer.finish().unwrap();
+        let missing_source = writer.finish().unwrap().0;
         let cases = [
             ("flipped.jsonl.zst", flipped, PgSqlErrorCode::ERRCODE_DATA_CORRUPTED),
             ("truncated.jsonl.zst", good[..good.len() - 7].to_vec(), PgSqlErrorCode::ERRCODE_BAD_COPY_FILE_FORMAT),

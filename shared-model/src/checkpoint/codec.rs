@@ -59,8 +59,9 @@ impl<W: Write> CheckpointWriter<W> {
         self.line(item)
     }
 
-    /// Writes the trailer and ends the zstd frame; returns the underlying writer.
-    pub fn finish(mut self) -> Result<W, CheckpointError> {
+    /// Writes the trailer and ends the zstd frame; returns the underlying writer and the trailer (its SHA-256
+    /// names the checkpoint's contents, e.g. when it is recorded at the coordinators).
+    pub fn finish(mut self) -> Result<(W, Trailer), CheckpointError> {
         if self.written != self.declared {
             return Err(CheckpointError::Invalid(format!(
                 "the header announced {:?} but {:?} were written",
@@ -72,7 +73,8 @@ impl<W: Write> CheckpointWriter<W> {
         let mut bytes = serde_json::to_vec(&trailer).map_err(|e| CheckpointError::Invalid(e.to_string()))?;
         bytes.push(b'\n');
         self.out.write_all(&bytes).map_err(CheckpointError::write)?;
-        self.out.finish().map_err(CheckpointError::write)
+        let out = self.out.finish().map_err(CheckpointError::write)?;
+        Ok((out, trailer.trailer))
     }
 }
 

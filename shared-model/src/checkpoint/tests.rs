@@ -28,7 +28,7 @@ fn encode(items: &[Item]) -> Vec<u8> {
     for item in items {
         writer.item(item).unwrap();
     }
-    writer.finish().unwrap()
+    writer.finish().unwrap().0
 }
 
 fn decode(bytes: &[u8]) -> Result<(Header, Vec<Item>), CheckpointError> {
