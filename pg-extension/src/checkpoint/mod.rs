@@ -9,6 +9,7 @@ pub mod restore;
 pub mod retention;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use coordinator::api::RecordCheckpoint;
 use futures::TryStreamExt;
@@ -94,11 +95,7 @@ pub fn write(url: Option<&str>) -> Result<Written> {
     let url = target(url, &written_at)?;
     let size = bytes.len() as u64;
     put(&url, bytes)?;
-    let taken_at_unix_ms = crate::catalog::scalar::<i64>(
-        "SELECT (extract(epoch FROM $1::timestamptz) * 1000)::int8",
-        &[written_at.clone().into()],
-    )?
-    .map_or(0, |ms| ms.max(0) as u64);
+    let taken_at_unix_ms = retention::taken_at_ms(&format!("{written_at}{SUFFIX}")).map_or(0, |ms| ms.max(0) as u64);
     let record = CheckpointRecord { url: url.clone(), checksum: trailer.sha256, size_bytes: size, taken_at_unix_ms };
     let recorded = match record_at_coordinators(record) {
         Ok(recorded) => recorded,
@@ -122,14 +119,18 @@ fn record_at_coordinators(record: CheckpointRecord) -> Result<bool> {
     Ok(true)
 }
 
-fn storage_error(url: &str, message: String) -> PgTrickleError {
+pub(crate) fn storage_error(url: &str, message: String) -> PgTrickleError {
     PgTrickleError::CheckpointStorage { url: url.to_string(), message }
+}
+
+/// The object store and path `url` names (a prefix when `prefix`), or a storage error naming the URL.
+pub(crate) fn store(url: &str, prefix: bool) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+    coordinator::objects::store_for(url, prefix).map_err(|e| storage_error(url, e.to_string()))
 }
 
 /// Uploads `bytes` to `url`.
 fn put(url: &str, bytes: Vec<u8>) -> Result<()> {
-    let (store, location): (_, ObjectPath) =
-        coordinator::objects::store_for(url, false).map_err(|e| storage_error(url, e.to_string()))?;
+    let (store, location) = store(url, false)?;
     crate::federation::runtime::block_on(async move { store.put(&location, PutPayload::from(bytes)).await })?
         .map_err(|e| storage_error(url, e.to_string()))?;
     Ok(())
@@ -147,16 +148,24 @@ pub struct Listed {
 /// The checkpoint files directly under `prefix` (default: [`database_prefix`]), newest first; other files are
 /// left out.
 pub fn list(prefix: Option<&str>) -> Result<Vec<Listed>> {
+    Ok(list_in(prefix)?.1.into_iter().map(|(listed, _)| listed).collect())
+}
+
+/// A prefix's store and its checkpoint files with their paths in it, newest first.
+type Listing = (Arc<dyn ObjectStore>, Vec<(Listed, ObjectPath)>);
+
+/// [`list`], with the store and each file's path in it.
+fn list_in(prefix: Option<&str>) -> Result<Listing> {
     let prefix = match prefix {
         Some(p) => p.trim_end_matches('/').to_string(),
         None => database_prefix()?,
     };
-    let (store, location) =
-        coordinator::objects::store_for(&prefix, true).map_err(|e| storage_error(&prefix, e.to_string()))?;
+    let (store, location) = store(&prefix, true)?;
     let depth = location.parts().count() + 1;
+    let lister = store.clone();
     let found = crate::federation::runtime::block_on(async move {
         let location = (!location.as_ref().is_empty()).then_some(location);
-        store.list(location.as_ref()).try_collect::<Vec<_>>().await
+        lister.list(location.as_ref()).try_collect::<Vec<_>>().await
     })?;
     let objects = match found {
         Ok(objects) => objects,
@@ -164,36 +173,33 @@ pub fn list(prefix: Option<&str>) -> Result<Vec<Listed>> {
         Err(object_store::Error::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(storage_error(&prefix, e.to_string())),
     };
-    let mut listed: Vec<Listed> = objects
+    let mut listed: Vec<(Listed, ObjectPath)> = objects
         .into_iter()
         // Files directly in the prefix only (the listing recurses into sub-folders).
         .filter(|meta| meta.location.parts().count() == depth)
         .filter_map(|meta| {
             let name = meta.location.filename()?.to_string();
             let taken_at_ms = retention::taken_at_ms(&name)?;
-            Some(Listed { url: format!("{prefix}/{name}"), bytes: meta.size, taken_at_ms })
+            Some((Listed { url: format!("{prefix}/{name}"), bytes: meta.size, taken_at_ms }, meta.location))
         })
         .collect();
-    listed.sort_by(|a, b| b.taken_at_ms.cmp(&a.taken_at_ms).then_with(|| b.url.cmp(&a.url)));
-    Ok(listed)
+    listed.sort_by(|(a, _), (b, _)| b.taken_at_ms.cmp(&a.taken_at_ms).then_with(|| b.url.cmp(&a.url)));
+    Ok((store, listed))
 }
 
 /// Deletes the checkpoints under `prefix` (default: [`database_prefix`]) taken more than `retention_days` ago,
 /// keeping the newest whatever its age; returns the URLs deleted.
 pub fn prune(prefix: Option<&str>, retention_days: i64, now_ms: i64) -> Result<Vec<String>> {
-    let listed = list(prefix)?;
-    let names: Vec<String> = listed.iter().map(|l| l.url.clone()).collect();
-    let file_names: Vec<String> =
-        names.iter().map(|u| u.rsplit_once('/').map_or(u.clone(), |(_, n)| n.to_string())).collect();
-    let doomed: Vec<String> = retention::to_prune(&file_names, now_ms, retention_days)
-        .into_iter()
-        .filter_map(|name| names.iter().find(|u| u.ends_with(&format!("/{name}"))).cloned())
-        .collect();
-    for url in &doomed {
-        let (store, location) =
-            coordinator::objects::store_for(url, false).map_err(|e| storage_error(url, e.to_string()))?;
-        crate::federation::runtime::block_on(async move { store.delete(&location).await })?
-            .map_err(|e| storage_error(url, e.to_string()))?;
+    let (store, listed) = list_in(prefix)?;
+    let taken: Vec<i64> = listed.iter().map(|(l, _)| l.taken_at_ms).collect();
+    let mut pruned = Vec::new();
+    for at in retention::to_prune(&taken, now_ms, retention_days) {
+        let (listed, location) = &listed[at];
+        let deleter = store.clone();
+        let location = location.clone();
+        crate::federation::runtime::block_on(async move { deleter.delete(&location).await })?
+            .map_err(|e| storage_error(&listed.url, e.to_string()))?;
+        pruned.push(listed.url.clone());
     }
-    Ok(doomed)
+    Ok(pruned)
 }

@@ -44,15 +44,14 @@ fn fault_of(e: &CheckpointError) -> CheckpointFault {
 
 /// The bytes at `url`.
 fn fetch(url: &str) -> Result<Vec<u8>> {
-    let storage = |message: String| PgTrickleError::CheckpointStorage { url: url.to_string(), message };
-    let (store, location) = coordinator::objects::store_for(url, false).map_err(|e| storage(e.to_string()))?;
+    let (store, location) = super::store(url, false)?;
     let fetched = crate::federation::runtime::block_on(async move {
         match store.get(&location).await {
             Ok(result) => result.bytes().await.map(|b| b.to_vec()),
             Err(e) => Err(e),
         }
     })?;
-    fetched.map_err(|e| storage(e.to_string()))
+    fetched.map_err(|e| super::storage_error(url, e.to_string()))
 }
 
 fn sql_name(name: &QualifiedName) -> String {

@@ -39,14 +39,16 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The names among `names` to delete: checkpoints taken more than `retention_days` before `now_ms`. The newest
-/// checkpoint is always kept, however old, so a database that stopped writing them still has one to restore.
-pub fn to_prune(names: &[String], now_ms: i64, retention_days: i64) -> Vec<&str> {
+/// Which of the checkpoints taken at `taken_at_ms` (positions in the slice) to delete: those taken more than
+/// `retention_days` before `now_ms`. The newest is always kept, however old, so a database that stopped writing
+/// checkpoints still has one to restore.
+pub fn to_prune(taken_at_ms: &[i64], now_ms: i64, retention_days: i64) -> Vec<usize> {
     let horizon = now_ms - retention_days * 86_400_000;
-    let mut dated: Vec<(i64, &str)> = names.iter().filter_map(|n| taken_at_ms(n).map(|t| (t, n.as_str()))).collect();
-    dated.sort();
-    let newest = dated.last().map(|(t, _)| *t);
-    dated.into_iter().filter(|(t, _)| *t < horizon && Some(*t) != newest).map(|(_, n)| n).collect()
+    let newest = taken_at_ms.iter().max().copied();
+    let mut doomed: Vec<usize> =
+        (0..taken_at_ms.len()).filter(|&i| taken_at_ms[i] < horizon && Some(taken_at_ms[i]) != newest).collect();
+    doomed.sort_by_key(|&i| taken_at_ms[i]);
+    doomed
 }
 
 #[cfg(test)]
@@ -73,9 +75,15 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let now = taken_at_ms("2026-12-01T00:00:00.000Z.jsonl.zst").unwrap();
-        assert_eq!(to_prune(&names, now, 7), vec!["2026-11-20T00:00:00.000Z.jsonl.zst"]);
-        assert!(to_prune(&names, now, 30).is_empty());
+        // As prune does: only names that are checkpoints, by the time in the name.
+        let checkpoints: Vec<&String> = names.iter().filter(|n| taken_at_ms(n).is_some()).collect();
+        let taken: Vec<i64> = checkpoints.iter().filter_map(|n| taken_at_ms(n)).collect();
+        let doomed = |now, days| -> Vec<&str> {
+            to_prune(&taken, now, days).into_iter().map(|i| checkpoints[i].as_str()).collect()
+        };
+        assert_eq!(doomed(now, 7), vec!["2026-11-20T00:00:00.000Z.jsonl.zst"]);
+        assert!(doomed(now, 30).is_empty());
         // Everything old: the newest stays.
-        assert_eq!(to_prune(&names, now + 100 * day, 7), vec!["2026-11-20T00:00:00.000Z.jsonl.zst"]);
+        assert_eq!(doomed(now + 100 * day, 7), vec!["2026-11-20T00:00:00.000Z.jsonl.zst"]);
     }
 }
